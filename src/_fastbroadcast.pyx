@@ -1,0 +1,395 @@
+# cython: language_level=3, freethreading_compatible=False
+"""C fan-out for reinhardt_ws rooms (private: import ``reinhardt_ws`` instead).
+
+Line-for-line counterpart of ``reinhardt_ws/_fastbroadcast_py.py``; read that
+module's docstring for the model (Hub per loop, Peer per connection, one coalesced
+``sendmsg`` per connection per event-loop iteration, one shared ``bytes`` frame per
+broadcast).  Everything the twin does, this does, in the same order.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
+from cpython.dict cimport PyDict_Next
+from cpython.object cimport PyObject
+from cpython.set cimport PySet_Contains
+from libc.errno cimport errno
+from libc.string cimport memcpy
+from libc.string cimport strerror
+
+cdef extern from "_fastbroadcast_compat.h":
+    ctypedef struct rws_iovec:
+        void *iov_base
+        size_t iov_len
+    int RWS_HAVE_DIRECT
+    Py_ssize_t rws_sendv(int fd, rws_iovec *iov, int n) nogil
+    int rws_would_block(int err) nogil
+
+import errno as _errno
+from collections.abc import Mapping as _Mapping
+
+__all__ = ["DELIVERED", "DROPPED", "FAILED", "IMPLEMENTATION", "Hub", "Peer", "build_frame"]
+
+IMPLEMENTATION = "cython"
+
+DELIVERED = 0
+DROPPED = 1
+FAILED = 2
+
+cdef enum:
+    IOV_CHUNK = 256
+
+cdef frozenset _FATAL_ERRNOS = frozenset(
+    {_errno.EPIPE, _errno.ECONNRESET, _errno.ENOTCONN, _errno.EBADF, _errno.ECONNABORTED,
+     _errno.ETIMEDOUT, _errno.EHOSTUNREACH, _errno.ENETUNREACH}
+)
+
+
+cpdef bytes build_frame(int opcode, bytes payload):
+    """Return one unmasked, final server frame (RFC 6455 section 5.2) carrying *payload*.
+
+    Raises ``ValueError`` for an opcode outside 0..15 and for a control frame
+    (opcode >= 8) whose payload is longer than 125 bytes.
+    """
+    if opcode < 0 or opcode > 0xF:
+        raise ValueError(f"opcode out of range: {opcode}")
+    if payload is None:
+        raise TypeError("payload must be bytes, not None")
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(payload)
+    if opcode >= 0x8 and n > 125:
+        raise ValueError(f"control frame payload too long: {n} > 125")
+    cdef Py_ssize_t hlen = 2 if n < 126 else (4 if n < 65536 else 10)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, hlen + n)
+    cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(out)
+    cdef int i
+    p[0] = <unsigned char>(0x80 | opcode)
+    if n < 126:
+        p[1] = <unsigned char>n
+    elif n < 65536:
+        p[1] = 126
+        p[2] = <unsigned char>((n >> 8) & 0xFF)
+        p[3] = <unsigned char>(n & 0xFF)
+    else:
+        p[1] = 127
+        for i in range(8):
+            p[2 + i] = <unsigned char>((<unsigned long long>n >> (8 * (7 - i))) & 0xFF)
+    memcpy(p + hlen, PyBytes_AS_STRING(payload), n)
+    return out
+
+
+cdef int _direct_fd(object transport):
+    if not RWS_HAVE_DIRECT:
+        return -1
+    if transport.get_extra_info("sslcontext") is not None:
+        return -1
+    if transport.get_extra_info("ssl_object") is not None:
+        return -1
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return -1
+    try:
+        return <int>sock.fileno()
+    except Exception:
+        return -1
+
+
+cdef class Peer:
+    """Write state of one connection: its queue, its socket and its limits.
+
+    *transport* is the connection's asyncio transport; *ws* the picows transport on
+    top of it (or None), consulted so nothing is written after a close frame picows
+    sent by itself.  ``on_overflow()`` and ``on_failure(exc)`` are called at most
+    once each, from the event loop, through ``call_soon``: never while a fan-out
+    is iterating a room.
+    """
+
+    cdef:
+        Hub _hub
+        object _transport
+        object _ws
+        object _write
+        object _get_write_buffer_size
+        object _on_overflow
+        object _on_failure
+        int _fd
+        list _pending
+        bint _scheduled
+        readonly str conn_id
+        readonly Py_ssize_t max_write_buffer
+        readonly Py_ssize_t pending_size
+        readonly bint drop_slow
+        readonly bint paused
+        readonly bint closed
+        readonly bint failed
+        readonly bint over_limit
+
+    def __init__(self, Hub hub not None, transport, ws, str conn_id not None,
+                 Py_ssize_t max_write_buffer, bint drop_slow, on_overflow, on_failure):
+        if max_write_buffer <= 0:
+            raise ValueError("max_write_buffer must be positive")
+        self._hub = hub
+        self._transport = transport
+        self._ws = ws
+        self._write = transport.write
+        self._get_write_buffer_size = transport.get_write_buffer_size
+        self._fd = _direct_fd(transport)
+        self._pending = []
+        self._scheduled = False
+        self._on_overflow = on_overflow
+        self._on_failure = on_failure
+        self.conn_id = conn_id
+        self.max_write_buffer = max_write_buffer
+        self.drop_slow = drop_slow
+        self.pending_size = 0
+        self.paused = False
+        self.closed = False
+        self.failed = False
+        self.over_limit = False
+
+    # -- queueing -----------------------------------------------------------
+    def send(self, bytes frame not None):
+        """Queue *frame*; return DELIVERED, DROPPED or FAILED.
+
+        DELIVERED means queued for this iteration's flush.  Never raises for a
+        broken connection; the failure is reported by the return value.
+        """
+        return self._send(frame)
+
+    cdef int _send(self, bytes frame) except -1:
+        if self.closed or self.failed:
+            return 2
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(frame)
+        if (self.paused or self.pending_size + size > self.max_write_buffer) and self._over(size):
+            if self.drop_slow:
+                self.over_limit = True
+                return 1
+            self.closed = True
+            self._drop_pending()
+            self._hub._loop.call_soon(self._on_overflow)
+            return 1
+        self.over_limit = False
+        self._pending.append(frame)
+        self.pending_size += size
+        if not self._scheduled:
+            self._scheduled = True
+            self._hub._dirty.append(self)
+            self._hub._schedule()
+        return 0
+
+    def push(self, bytes frame not None):
+        """Queue *frame* without the slow-consumer check; DELIVERED or FAILED.
+
+        For a connection's own sends, which wait for the buffer to drain
+        (backpressure) instead of being dropped.
+        """
+        if self.closed or self.failed:
+            return 2
+        self._pending.append(frame)
+        self.pending_size += PyBytes_GET_SIZE(frame)
+        if not self._scheduled:
+            self._scheduled = True
+            self._hub._dirty.append(self)
+            self._hub._schedule()
+        return 0
+
+    cdef bint _over(self, Py_ssize_t size) except -1:
+        cdef Py_ssize_t buffered
+        try:
+            buffered = self._get_write_buffer_size()
+        except Exception:
+            buffered = 0
+        return buffered + self.pending_size + size > self.max_write_buffer
+
+    def buffered_size(self):
+        """Bytes queued here plus bytes the transport holds."""
+        try:
+            return <Py_ssize_t>self._get_write_buffer_size() + self.pending_size
+        except Exception:
+            return self.pending_size
+
+    # -- writing ------------------------------------------------------------
+    def flush(self):
+        """Write everything queued, now, in order (one ``sendmsg`` when possible)."""
+        self._flush()
+
+    cdef int _flush(self) except -1:
+        cdef list pending = self._pending
+        if not pending:
+            return 0
+        self._pending = []
+        self.pending_size = 0
+        if self.failed:
+            return 0
+        if self._ws is not None and self._ws.is_close_frame_sent:
+            self.closed = True
+            return 0
+        try:
+            self._write_out(pending)
+        except OSError as exc:
+            self._fail(exc)
+        return 0
+
+    cdef int _write_out(self, list frames) except -1:
+        cdef rws_iovec iov[IOV_CHUNK]
+        cdef Py_ssize_t count = len(frames)
+        cdef Py_ssize_t start = 0
+        cdef Py_ssize_t cnt, i, j, sent, flen
+        cdef int err
+        cdef bytes frame
+        if self._transport.is_closing():
+            self._fail(None)
+            return 0
+        if self._fd >= 0 and self._get_write_buffer_size() == 0:
+            while start < count:
+                cnt = count - start
+                if cnt > IOV_CHUNK:
+                    cnt = IOV_CHUNK
+                for i in range(cnt):
+                    frame = <bytes>frames[start + i]
+                    iov[i].iov_base = PyBytes_AS_STRING(frame)
+                    iov[i].iov_len = <size_t>PyBytes_GET_SIZE(frame)
+                sent = rws_sendv(self._fd, iov, <int>cnt)
+                if sent < 0:
+                    err = errno
+                    if not rws_would_block(err) and err in _FATAL_ERRNOS:
+                        raise OSError(err, strerror(err).decode("utf-8", "replace"))
+                    sent = 0
+                # Walk past what the kernel took; hand the rest to the transport.
+                for i in range(cnt):
+                    flen = <Py_ssize_t>iov[i].iov_len
+                    if sent >= flen:
+                        sent -= flen
+                        start += 1
+                        continue
+                    if sent:
+                        frame = <bytes>frames[start]
+                        self._write(PyBytes_FromStringAndSize(
+                            PyBytes_AS_STRING(frame) + sent, flen - sent))
+                        sent = 0
+                        start += 1
+                    for j in range(start, count):
+                        self._write(frames[j])
+                    return 0
+            return 0
+        for frame in frames:
+            self._write(frame)
+        return 0
+
+    cdef void _drop_pending(self):
+        self._pending = []
+        self.pending_size = 0
+
+    cdef int _fail(self, exc) except -1:
+        if self.failed:
+            return 0
+        self.failed = True
+        self._drop_pending()
+        self._hub._loop.call_soon(self._on_failure, exc)
+        return 0
+
+    def write_now(self, bytes frame=None):
+        """Flush the queue and then *frame* (if given) synchronously, in order."""
+        if frame is not None:
+            if self.closed or self.failed:
+                return
+            self._pending.append(frame)
+            self.pending_size += PyBytes_GET_SIZE(frame)
+        self._flush()
+
+    def close(self):
+        """Accept no more frames; frames already queued are still flushed."""
+        self.closed = True
+
+    def discard(self):
+        """The connection is gone: drop the queue and refuse everything."""
+        self.closed = True
+        self.failed = True
+        self._drop_pending()
+
+    # -- transport flow control (from the protocol) ------------------------
+    def pause_writing(self):
+        self.paused = True
+
+    def resume_writing(self):
+        self.paused = False
+
+
+cdef class Hub:
+    """Per-event-loop fan-out engine: one flush per loop iteration for all peers."""
+
+    cdef:
+        object _loop
+        list _dirty
+        bint _flush_scheduled
+        object _flush_cb
+
+    def __init__(self, loop):
+        self._loop = loop
+        self._dirty = []
+        self._flush_scheduled = False
+        self._flush_cb = self.flush
+
+    @property
+    def loop(self):
+        return self._loop
+
+    cdef int _schedule(self) except -1:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush_cb)
+        return 0
+
+    def flush(self):
+        """Write out every peer that has something queued."""
+        self._flush_scheduled = False
+        cdef list dirty = self._dirty
+        self._dirty = []
+        cdef Peer peer
+        for peer in dirty:
+            peer._scheduled = False
+            peer._flush()
+
+    def fanout(self, peers, bytes frame not None, exclude=None):
+        """Queue *frame* on every peer not excluded (by ``conn_id``).
+
+        *peers* is a mapping whose values are peers, or an iterable of peers.
+        Returns ``(delivered, dropped, failed_ids)``.
+        """
+        cdef Py_ssize_t delivered = 0
+        cdef Py_ssize_t dropped = 0
+        cdef list failed = []
+        cdef Py_ssize_t pos = 0
+        cdef PyObject *key
+        cdef PyObject *value
+        cdef Peer peer
+        cdef int status
+        cdef bint use_set = type(exclude) is set or type(exclude) is frozenset
+        cdef bint has_exclude = exclude is not None and len(exclude) > 0
+        if type(peers) is dict:
+            while PyDict_Next(peers, &pos, &key, &value):
+                peer = <Peer?><object>value
+                if has_exclude:
+                    if use_set:
+                        if PySet_Contains(exclude, peer.conn_id):
+                            continue
+                    elif peer.conn_id in exclude:
+                        continue
+                status = peer._send(frame)
+                if status == 0:
+                    delivered += 1
+                elif status == 1:
+                    dropped += 1
+                else:
+                    failed.append(peer.conn_id)
+        else:
+            values = peers.values() if isinstance(peers, _Mapping) else peers
+            for obj in values:
+                peer = <Peer?>obj
+                if has_exclude and peer.conn_id in exclude:
+                    continue
+                status = peer._send(frame)
+                if status == 0:
+                    delivered += 1
+                elif status == 1:
+                    dropped += 1
+                else:
+                    failed.append(peer.conn_id)
+        return delivered, dropped, failed

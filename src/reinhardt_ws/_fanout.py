@@ -1,0 +1,85 @@
+"""The one place that chooses the fan-out implementation (C extension or Python twin).
+
+``REINHARDT_WS_NO_EXTENSIONS=1`` (any non-empty value but ``0``) forces the Python
+twin; interpreters other than CPython always use it; a failed import of the
+extension (missing, or the ``ValueError`` Cython raises on a binary layout
+mismatch) falls back to it with a ``RuntimeWarning``.  Everything else in the
+package asks this module for the implementation, never imports one directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import warnings
+import weakref
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+from . import _fastbroadcast_py
+
+if TYPE_CHECKING:
+    from ._fastbroadcast_py import Hub
+
+__all__ = ["available", "get_hub", "impl", "use"]
+
+
+def _extensions_disabled() -> bool:
+    value = os.environ.get("REINHARDT_WS_NO_EXTENSIONS", "")
+    return value not in ("", "0")
+
+
+def _load_extension() -> ModuleType | None:
+    if _extensions_disabled() or platform.python_implementation() != "CPython":
+        return None
+    try:
+        from . import _fastbroadcast  # type: ignore[attr-defined]
+    except (ImportError, ValueError) as exc:
+        warnings.warn(
+            f"reinhardt_ws: the C fan-out could not be loaded ({exc!r}); using the "
+            "pure-Python twin. Reinstall from a wheel or with a C compiler, or set "
+            "REINHARDT_WS_NO_EXTENSIONS=1 to silence this.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+    return _fastbroadcast  # type: ignore[no-any-return]
+
+
+_extension = _load_extension()
+
+#: The implementation in use: ``reinhardt_ws._fastbroadcast`` or its Python twin.
+impl: ModuleType = _extension if _extension is not None else _fastbroadcast_py
+
+_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakKeyDictionary()
+
+
+def available() -> dict[str, ModuleType]:
+    """Every implementation that can run here, by name (``"cython"``, ``"python"``)."""
+    found = {"python": _fastbroadcast_py}
+    if _extension is not None:
+        found["cython"] = _extension
+    return found
+
+
+def use(name: str) -> None:
+    """Switch the implementation for hubs created from now on (tests, benchmarks).
+
+    Raises ``LookupError`` when *name* cannot run here.
+    """
+    global impl
+    choices = available()
+    if name not in choices:
+        raise LookupError(f"fan-out implementation {name!r} is not available here")
+    impl = choices[name]
+    _hubs.clear()
+
+
+def get_hub(loop: asyncio.AbstractEventLoop) -> Hub:
+    """The fan-out hub of *loop*, created on first use."""
+    hub = _hubs.get(loop)
+    if hub is None or hub.loop is not loop:
+        hub = impl.Hub(loop)
+        _hubs[loop] = hub
+    return hub

@@ -1,0 +1,56 @@
+# Type stub of the compiled module built from src/_fastbroadcast.pyx.
+# Its interface is exactly that of reinhardt_ws._fastbroadcast_py (the Python twin).
+import asyncio
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final
+
+__all__ = ["DELIVERED", "DROPPED", "FAILED", "IMPLEMENTATION", "Hub", "Peer", "build_frame"]
+
+IMPLEMENTATION: Final[str]
+DELIVERED: Final[int]
+DROPPED: Final[int]
+FAILED: Final[int]
+
+def build_frame(opcode: int, payload: bytes) -> bytes: ...
+
+class Peer:
+    conn_id: str
+    max_write_buffer: int
+    pending_size: int
+    drop_slow: bool
+    paused: bool
+    closed: bool
+    failed: bool
+    over_limit: bool
+    def __init__(
+        self,
+        hub: Hub,
+        transport: Any,
+        ws: Any,
+        conn_id: str,
+        max_write_buffer: int,
+        drop_slow: bool,
+        on_overflow: Callable[[], object],
+        on_failure: Callable[[BaseException | None], object],
+    ) -> None: ...
+    def send(self, frame: bytes) -> int: ...
+    def push(self, frame: bytes) -> int: ...
+    def buffered_size(self) -> int: ...
+    def flush(self) -> None: ...
+    def write_now(self, frame: bytes | None = None) -> None: ...
+    def close(self) -> None: ...
+    def discard(self) -> None: ...
+    def pause_writing(self) -> None: ...
+    def resume_writing(self) -> None: ...
+
+class Hub:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None: ...
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+    def flush(self) -> None: ...
+    def fanout(
+        self,
+        peers: Mapping[Any, Peer] | Iterable[Peer],
+        frame: bytes,
+        exclude: frozenset[str] | set[str] | None = None,
+    ) -> tuple[int, int, list[str]]: ...
