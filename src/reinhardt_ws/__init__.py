@@ -1,1 +1,62 @@
-"""reinhardt_ws: a WebSocket server with rooms whose broadcast path runs at C speed."""
+"""reinhardt_ws: a WebSocket server for Python whose room broadcasts run at C speed.
+
+Everything public is importable from here; ``reinhardt_ws._fastbroadcast`` (the
+compiled fan-out) and the other underscore modules are private.
+``IMPLEMENTATION`` tells which fan-out runs: ``"cython"`` or ``"python"``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from . import _fanout
+from .client import connect
+from .connection import WebSocketConnection
+from .errors import (
+    ConnectionClosed,
+    HandshakeError,
+    ProtocolError,
+    ReceiveError,
+    SendError,
+    WebSocketError,
+)
+from .handler import WebSocketHandler
+from .messages import CloseCode, Message, MessageType, WebSocketMessage
+from .rooms import BroadcastResult, InMemoryBackend, RoomManager
+from .server import HTTPResponse, Server, serve
+
+__all__ = [
+    "IMPLEMENTATION",
+    "BroadcastResult",
+    "CloseCode",
+    "ConnectionClosed",
+    "HTTPResponse",
+    "HandshakeError",
+    "InMemoryBackend",
+    "Message",
+    "MessageType",
+    "ProtocolError",
+    "ReceiveError",
+    "RoomManager",
+    "SendError",
+    "Server",
+    "WebSocketConnection",
+    "WebSocketError",
+    "WebSocketHandler",
+    "WebSocketMessage",
+    "__version__",
+    "connect",
+    "serve",
+]
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    IMPLEMENTATION: str
+
+
+def __getattr__(name: str) -> object:
+    # Read at access time, so it always names the fan-out that new hubs use.
+    if name == "IMPLEMENTATION":
+        return _fanout.impl.IMPLEMENTATION
+    raise AttributeError(f"module 'reinhardt_ws' has no attribute {name!r}")

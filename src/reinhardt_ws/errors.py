@@ -1,0 +1,59 @@
+"""The exceptions of reinhardt_ws; every one derives from :class:`WebSocketError`."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConnectionClosed",
+    "HandshakeError",
+    "ProtocolError",
+    "ReceiveError",
+    "SendError",
+    "WebSocketError",
+]
+
+
+class WebSocketError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+
+class SendError(WebSocketError):
+    """A message could not be sent (invalid message, or the connection is gone)."""
+
+
+class ReceiveError(WebSocketError):
+    """A message could not be received."""
+
+
+class ConnectionClosed(SendError, ReceiveError):
+    """The connection is closed: raised by any send or receive on it.
+
+    ``code`` is the close code that ended it (1006 when it ended without a close
+    frame) and ``reason`` the close reason.  It is a :class:`SendError` and a
+    :class:`ReceiveError`, so code written against either catches it.
+    """
+
+    def __init__(self, code: int = 1006, reason: str = "") -> None:
+        self.code = int(code)
+        self.reason = reason
+        super().__init__(f"connection closed: code={self.code} reason={reason!r}")
+
+
+class ProtocolError(WebSocketError):
+    """Input broke the WebSocket protocol or a message format.
+
+    ``code`` is the close code the connection answers it with (1002 by default,
+    1007 for invalid UTF-8, 1009 for an oversized message).
+    """
+
+    def __init__(self, message: str, code: int = 1002) -> None:
+        self.code = int(code)
+        super().__init__(message)
+
+
+class HandshakeError(WebSocketError):
+    """A client's opening handshake failed; ``status`` is the HTTP status, if any."""
+
+    def __init__(self, message: str, status: int | None = None, body: bytes = b"") -> None:
+        self.status = status
+        self.body = body
+        super().__init__(message)
