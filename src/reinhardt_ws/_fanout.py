@@ -34,7 +34,7 @@ def _load_extension() -> ModuleType | None:
     if _extensions_disabled() or platform.python_implementation() != "CPython":
         return None
     try:
-        from . import _fastbroadcast  # type: ignore[attr-defined]
+        from . import _fastbroadcast
     except (ImportError, ValueError) as exc:
         warnings.warn(
             f"reinhardt_ws: the C fan-out could not be loaded ({exc!r}); using the "
@@ -44,7 +44,7 @@ def _load_extension() -> ModuleType | None:
             stacklevel=2,
         )
         return None
-    return _fastbroadcast  # type: ignore[no-any-return]
+    return _fastbroadcast
 
 
 _extension = _load_extension()

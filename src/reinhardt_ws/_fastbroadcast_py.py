@@ -186,7 +186,7 @@ class Peer:
             buffered = self._get_write_buffer_size()
         except Exception:  # transport already gone
             buffered = 0
-        return buffered + self.pending_size + size > self.max_write_buffer
+        return bool(buffered + self.pending_size + size > self.max_write_buffer)
 
     def buffered_size(self) -> int:
         """Bytes queued here plus bytes the transport holds."""

@@ -67,9 +67,8 @@ class _Connect:
                     websocket_handshake_timeout=self._open_timeout,
                     enable_auto_pong=False,
                     enable_auto_ping=ping,
-                    auto_ping_idle_timeout=self._ping_interval if ping else 20,
-                    auto_ping_reply_timeout=(self._ping_timeout or self._ping_interval)
-                    if ping else 20,
+                    auto_ping_idle_timeout=float(self._ping_interval or 20),
+                    auto_ping_reply_timeout=float(self._ping_timeout or self._ping_interval or 20),
                     max_frame_size=opts.max_message_size or (1 << 62),
                     extra_headers=headers or None,
                     logger_name="reinhardt_ws.picows.client",
@@ -81,8 +80,8 @@ class _Connect:
             raise HandshakeError(str(exc), status, exc.raw_body or b"") from exc
         except (asyncio.TimeoutError, TimeoutError) as exc:
             raise HandshakeError(f"opening handshake with {self.url} timed out") from exc
-        conn: WebSocketConnection = listener.conn
-        return conn
+        assert isinstance(listener, ConnectionListener)
+        return listener.conn
 
     def __await__(self) -> Generator[Any, None, WebSocketConnection]:
         return self._connect().__await__()

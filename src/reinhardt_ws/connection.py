@@ -570,10 +570,10 @@ class WebSocketConnection:
             self._server._forget(self)
 
 
-_PICOWS_CODES = frozenset(int(c) for c in WSCloseCode)
+_PICOWS_CODES = frozenset(c.value for c in WSCloseCode)
 
 
-class ConnectionListener(WSListener):  # type: ignore[misc]
+class ConnectionListener(WSListener):
     """picows listener of one connection: frames in, RFC 6455 duties, events out."""
 
     def __init__(self, conn: WebSocketConnection) -> None:
@@ -593,7 +593,8 @@ class ConnectionListener(WSListener):  # type: ignore[misc]
             if conn._close_sent:
                 return  # closing: data is discarded (RFC 6455 section 1.4)
             try:
-                message = conn._assembler.feed(op, frame.fin, rsv, frame.get_payload_as_bytes())
+                message = conn._assembler.feed(op.value, frame.fin, rsv,
+                                               frame.get_payload_as_bytes())
             except ProtocolError as exc:
                 conn._fail(exc.code, str(exc))
                 return
@@ -610,7 +611,7 @@ class ConnectionListener(WSListener):  # type: ignore[misc]
             conn._on_pong(frame.get_payload_as_bytes())
         elif op is _CLOSE:
             if frame.payload_size >= 2:
-                conn._on_close_frame(int(frame.get_close_code()), frame.get_close_reason() or "")
+                conn._on_close_frame(frame.get_close_code().value, frame.get_close_reason() or "")
             else:
                 conn._on_close_frame(None, "")
 

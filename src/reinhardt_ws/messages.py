@@ -45,7 +45,8 @@ class CloseCode(enum.IntEnum):
 
 
 #: Codes an endpoint may put in a close frame, besides 3000-4999.
-_SENDABLE_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
+_SENDABLE_CODES = frozenset(
+    {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
 
 OPCODE_TEXT = 0x1
 OPCODE_BINARY = 0x2
@@ -202,8 +203,11 @@ class Message:
     def __repr__(self) -> str:
         if self.type is MessageType.CLOSE:
             return f"Message.close(code={self.code!r}, reason={self.reason!r})"
-        shown = self.data if len(self.data) <= 60 else self.data[:57] + ("..." if isinstance(
-            self.data, str) else b"...")
+        data = self.data
+        if isinstance(data, str):
+            shown: str | bytes = data if len(data) <= 60 else data[:57] + "..."
+        else:
+            shown = data if len(data) <= 60 else data[:57] + b"..."
         return f"Message.{self.type.value}({shown!r})"
 
 
@@ -232,8 +236,8 @@ class WebSocketMessage:
     data: Any
     timestamp: int | None
 
-    def __init__(self, message_type: MessageType | str, data: Any, timestamp: int | None = None,
-                 ) -> None:
+    def __init__(self, message_type: MessageType | str, data: Any,
+                 timestamp: int | None = None) -> None:
         if isinstance(message_type, str):
             try:
                 message_type = _TYPE_NAMES[message_type]
@@ -241,7 +245,8 @@ class WebSocketMessage:
                 raise ValueError(f"unknown message_type {message_type!r}") from None
         if not isinstance(message_type, MessageType):
             raise TypeError("message_type must be a MessageType or its lowercase name")
-        if timestamp is not None and (isinstance(timestamp, bool) or not isinstance(timestamp, int)):
+        if timestamp is not None and (
+                isinstance(timestamp, bool) or not isinstance(timestamp, int)):
             raise TypeError("timestamp must be an int (Unix seconds) or None")
         object.__setattr__(self, "message_type", message_type)
         object.__setattr__(self, "data", data)

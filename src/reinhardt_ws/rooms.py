@@ -14,6 +14,7 @@ default) is this process only; ``RedisBackend`` (``reinhardt_ws.redis``, the
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Iterable
@@ -129,6 +130,10 @@ def encode_frame(message: Broadcastable) -> bytes:
     raise TypeError(f"cannot broadcast {type(message).__name__}")
 
 
+async def _as_coroutine(awaitable: Awaitable[T]) -> T:
+    return await awaitable
+
+
 def _exclude_ids(exclude: Exclude) -> frozenset[str]:
     if exclude is None:
         return frozenset()
@@ -168,7 +173,7 @@ class RoomManager:
         if url.startswith("memory://"):
             return cls()
         if url.startswith(("redis://", "rediss://", "unix://")):
-            from .redis import RedisBackend
+            from .redis import RedisBackend  # type: ignore[import-not-found,unused-ignore]
 
             return cls(backend=RedisBackend(url, **options))
         raise ValueError(f"no backend for {url!r}")
@@ -205,7 +210,8 @@ class RoomManager:
         assert loop is not None
         if loop.is_closed():
             raise RuntimeError("the event loop this RoomManager is bound to is closed")
-        future = asyncio.run_coroutine_threadsafe(fn(*args), loop)  # type: ignore[arg-type]
+        future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(
+            _as_coroutine(fn(*args)), loop)
         return await asyncio.wrap_future(future)
 
     # -- membership -----------------------------------------------------------
@@ -287,7 +293,7 @@ class RoomManager:
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         assert self._loop is not None
-        task = self._loop.create_task(coro)  # type: ignore[arg-type]
+        task: asyncio.Task[Any] = self._loop.create_task(_as_coroutine(coro))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -305,7 +311,7 @@ class RoomManager:
         process's members).
         """
         if not self._here():
-            return await self._elsewhere(self.broadcast, room, message, exclude=exclude)
+            return await self._elsewhere(self.broadcast, room, message, exclude)
         frame = encode_frame(message)
         excluded = _exclude_ids(exclude)
         result = self.deliver_local(room, frame, excluded)
@@ -317,7 +323,7 @@ class RoomManager:
                             exclude: Exclude = None) -> BroadcastResult:
         """Send *message* once to every connection that is in at least one room."""
         if not self._here():
-            return await self._elsewhere(self.broadcast_all, message, exclude=exclude)
+            return await self._elsewhere(self.broadcast_all, message, exclude)
         frame = encode_frame(message)
         excluded = _exclude_ids(exclude)
         result = self.deliver_local(None, frame, excluded)

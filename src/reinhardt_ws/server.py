@@ -106,8 +106,8 @@ class Server:
             self._requested_port,
             websocket_handshake_timeout=self._handshake_timeout,
             enable_auto_ping=ping,
-            auto_ping_idle_timeout=self._ping_interval if ping else 20,
-            auto_ping_reply_timeout=(self._ping_timeout or self._ping_interval) if ping else 20,
+            auto_ping_idle_timeout=float(self._ping_interval or 20),
+            auto_ping_reply_timeout=float(self._ping_timeout or self._ping_interval or 20),
             enable_auto_pong=False,
             max_frame_size=self._options.max_message_size or (1 << 62),
             read_buffer_init_size=self._read_buffer_size,
@@ -199,12 +199,11 @@ class Server:
         headers = request.headers
         raw_path = request.path.decode("latin-1")
         path = unquote(urlsplit(raw_path).path) or "/"
-        if not _is_upgrade(headers):
-            if self._http_handler is not None:
-                answer = self._http_handler(path, headers)
-                if answer is not None:
-                    return _http_answer(answer)
-            # picows validates the upgrade headers next and answers 400.
+        if not _is_upgrade(headers) and self._http_handler is not None:
+            answer = self._http_handler(path, headers)
+            if answer is not None:
+                return _http_answer(answer)
+        # Anything else must be a valid upgrade: picows answers 400 otherwise.
         if self._closing:
             return _http_answer(HTTPResponse(503, b"server shutting down\n"))
         subprotocol = _negotiate_subprotocol(headers.get("sec-websocket-protocol"),

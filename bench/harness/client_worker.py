@@ -1,0 +1,232 @@
+"""A bench client process: COUNT raw WebSocket clients that drain their sockets.
+
+Run by the harness (``python client_worker.py --port P --count N``), never by hand.
+It opens COUNT TCP connections, sends each the opening handshake with the fixed
+key and checks the 101 answer and its Sec-WebSocket-Accept, then reads every
+socket with epoll, counting bytes and (unless ``--no-verify``) checking each byte
+against the expected frame stream.  Nothing is parsed per frame and nothing is
+sent after the handshake: client work stays small and out of the server process.
+
+Control: one command per line on stdin, one reply per line on stdout.
+  (start)                       -> READY <count>   |  ERROR <reason>
+  STALL <k>                     -> OK   (stop reading the first k sockets for good)
+  EXPECT <bytes> <size> <timeout> <stall_timeout>
+                                -> ARMED, then later exactly one of
+                                   DONE <client_cpu_s>
+                                   SHORT <short_sockets> <missing_bytes> <closed> <corrupt> <over>
+  QUIT                          -> (exit)
+EXPECT arms a phase: every active socket must receive exactly <bytes> more bytes,
+the stream of frames of <size>-byte payloads.  SHORT is sent when the phase times
+out, makes no progress for <stall_timeout> seconds, or a socket gets a wrong byte,
+too many bytes or EOF.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import socket
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import wire  # noqa: E402
+
+RECV_SIZE = 256 * 1024
+
+
+def say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def handshake_all(host: str, port: int, count: int, batch: int, timeout: float) -> list[socket.socket]:
+    request = wire.upgrade_request(host, port)
+    accept_line = ("sec-websocket-accept: " + wire.ACCEPT).encode()
+    socks: list[socket.socket] = []
+    deadline = time.monotonic() + timeout
+    for start in range(0, count, batch):
+        group = []
+        for _ in range(start, min(count, start + batch)):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.settimeout(max(0.1, deadline - time.monotonic()))
+            s.connect((host, port))
+            s.sendall(request)
+            group.append(s)
+        for s in group:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                s.settimeout(max(0.1, deadline - time.monotonic()))
+                chunk = s.recv(4096)
+                if not chunk:
+                    raise ConnectionError("server closed the connection during the handshake")
+                data += chunk
+                if len(data) > 65536:
+                    raise ConnectionError("handshake response too long")
+            head, _, rest = data.partition(b"\r\n\r\n")
+            lines = head.split(b"\r\n")
+            if not lines[0].startswith(b"HTTP/1.1 101"):
+                raise ConnectionError(f"handshake refused: {lines[0]!r}")
+            if not any(line.lower().replace(b" ", b"") == accept_line.replace(b" ", b"")
+                       for line in lines[1:]):
+                raise ConnectionError("wrong or missing Sec-WebSocket-Accept")
+            if rest:
+                raise ConnectionError(f"{len(rest)} bytes arrived right after the handshake")
+            s.setblocking(False)
+        socks.extend(group)
+    return socks
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--count", type=int, required=True)
+    ap.add_argument("--connect-batch", type=int, default=256)
+    ap.add_argument("--connect-timeout", type=float, default=120.0)
+    ap.add_argument("--no-verify", action="store_true", help="count bytes without checking them")
+    args = ap.parse_args()
+
+    wire.raise_nofile_limit()
+    try:
+        socks = handshake_all(args.host, args.port, args.count, args.connect_batch,
+                              args.connect_timeout)
+    except (OSError, ConnectionError) as exc:
+        say(f"ERROR {type(exc).__name__}: {exc}".replace("\n", " "))
+        return 1
+
+    n = len(socks)
+    max_fd = max(s.fileno() for s in socks)
+    slot_of_fd: list[int] = [-1] * (max_fd + 1)
+    for i, s in enumerate(socks):
+        slot_of_fd[s.fileno()] = i
+    received = [0] * n
+    active = [True] * n  # False once stalled or closed
+    closed = [False] * n
+    ep = select.epoll(sizehint=n + 1)
+    stdin_fd = sys.stdin.fileno()
+    ep.register(stdin_fd, select.EPOLLIN)
+    for s in socks:
+        ep.register(s.fileno(), select.EPOLLIN)
+    say(f"READY {n}")
+
+    buf = bytearray(RECV_SIZE)
+    mv = memoryview(buf)
+    recv_into = [s.recv_into for s in socks]
+    verify = not args.no_verify
+
+    # Phase state.
+    armed = False
+    base = 0  # bytes every active socket had when the phase was armed
+    target = 0
+    remaining = 0  # active sockets still short of target
+    flen = 1
+    pattern = b""
+    deadline = stall_deadline = 0.0
+    stall_timeout = 0.0
+    corrupt = over = 0
+    line_buf = b""
+
+    def finish_short(reason: str) -> None:
+        nonlocal armed
+        short = missing = 0
+        for i in range(n):
+            if active[i] or closed[i]:
+                if received[i] < target:
+                    short += 1
+                    missing += target - received[i]
+        n_closed = sum(closed)
+        say(f"SHORT {short} {missing} {n_closed} {corrupt} {over} {reason}")
+        armed = False
+
+    while True:
+        if armed:
+            now = time.monotonic()
+            if now > deadline:
+                finish_short("timeout")
+            elif now > stall_deadline:
+                finish_short("stalled")
+        events = ep.poll(0.2 if armed else 1.0, 4096)
+        for fd, _ev in events:
+            if fd == stdin_fd:
+                chunk = os.read(stdin_fd, 4096)
+                if not chunk:
+                    return 0
+                line_buf += chunk
+                while b"\n" in line_buf:
+                    raw, line_buf = line_buf.split(b"\n", 1)
+                    cmd = raw.decode().split()
+                    if not cmd:
+                        continue
+                    if cmd[0] == "QUIT":
+                        return 0
+                    if cmd[0] == "STALL":
+                        k = min(int(cmd[1]), n)
+                        for i in range(k):
+                            if active[i]:
+                                ep.unregister(socks[i].fileno())
+                                active[i] = False
+                        say("OK")
+                    elif cmd[0] == "EXPECT":
+                        nbytes, size = int(cmd[1]), int(cmd[2])
+                        timeout, stall_timeout = float(cmd[3]), float(cmd[4])
+                        firsts = [received[i] for i in range(n) if active[i]]
+                        base = firsts[0] if firsts else 0
+                        if any(r != base for r in firsts):
+                            say(f"SHORT {sum(r != base for r in firsts)} 0 {sum(closed)} 0 0 uneven-before-phase")
+                            continue
+                        target = base + nbytes
+                        remaining = sum(1 for i in range(n) if active[i]) if nbytes else 0
+                        frame = wire.make_frame(size)
+                        flen = len(frame)
+                        pattern = frame * (RECV_SIZE // flen + 2)
+                        corrupt = over = 0
+                        now = time.monotonic()
+                        deadline = now + timeout
+                        stall_deadline = now + stall_timeout
+                        armed = True
+                        say("ARMED")
+                        if remaining == 0:
+                            armed = False
+                            say(f"DONE {sum(os.times()[:2]):.3f}")
+                    else:
+                        say(f"ERROR unknown command {cmd[0]}")
+                continue
+            i = slot_of_fd[fd]
+            try:
+                got = recv_into[i](buf)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                got = 0
+            if got == 0:
+                ep.unregister(fd)
+                active[i] = False
+                closed[i] = True
+                if armed:
+                    finish_short("eof")
+                continue
+            before = received[i]
+            after = before + got
+            received[i] = after
+            if not armed:
+                continue
+            stall_deadline = time.monotonic() + stall_timeout
+            if verify and not pattern.startswith(mv[:got], (before - base) % flen):
+                corrupt += 1
+                finish_short("corrupt")
+                continue
+            if after >= target:
+                if after > target:
+                    over += 1
+                    finish_short("too-many-bytes")
+                    continue
+                remaining -= 1
+                if remaining == 0:
+                    armed = False
+                    say(f"DONE {sum(os.times()[:2]):.3f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""What the bench clients and servers agree on: the handshake, the payload bytes,
+the frame sizes and the control-line protocol.  Standard library only: the client
+and server processes import it by path, without the package.
+
+Every contestant sends the same payload (``make_payload``) as one unmasked binary
+frame, so a client can check each byte it receives against ``make_frame`` repeated.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import resource
+
+__all__ = [
+    "ACCEPT",
+    "KEY",
+    "frame_header_len",
+    "frame_len",
+    "make_frame",
+    "make_payload",
+    "raise_nofile_limit",
+    "upgrade_request",
+]
+
+#: The fixed Sec-WebSocket-Key of every bench client (the RFC 6455 example) and the
+#: accept value a correct server answers with.  floor.c hard-codes both.
+KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+ACCEPT = base64.b64encode(
+    hashlib.sha1((KEY + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()
+).decode()
+
+
+def upgrade_request(host: str, port: int, path: str = "/bench") -> bytes:
+    return (
+        f"GET {path} HTTP/1.1\r\n"
+        f"Host: {host}:{port}\r\n"
+        "Upgrade: websocket\r\n"
+        "Connection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {KEY}\r\n"
+        "Sec-WebSocket-Version: 13\r\n"
+        "\r\n"
+    ).encode()
+
+
+def make_payload(size: int) -> bytes:
+    """The bench payload of *size* bytes; floor.c builds the same bytes."""
+    return bytes(i % 251 for i in range(size))
+
+
+def frame_header_len(size: int) -> int:
+    return 2 if size < 126 else 4 if size < 65536 else 10
+
+
+def frame_len(size: int) -> int:
+    """Bytes on the wire for one unmasked frame carrying *size* payload bytes."""
+    return frame_header_len(size) + size
+
+
+def make_frame(size: int, opcode: int = 0x2) -> bytes:
+    first = 0x80 | opcode
+    if size < 126:
+        header = bytes((first, size))
+    elif size < 65536:
+        header = bytes((first, 126, size >> 8, size & 0xFF))
+    else:
+        header = bytes((first, 127)) + size.to_bytes(8, "big")
+    return header + make_payload(size)
+
+
+def raise_nofile_limit() -> int:
+    """Raise this process's open-file soft limit to its hard limit; return it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]

@@ -1,0 +1,35 @@
+"""The package's ``__all__`` is exactly what its public modules export."""
+
+from __future__ import annotations
+
+import importlib
+
+import reinhardt_ws
+
+PUBLIC_MODULES = ("client", "connection", "errors", "handler", "messages", "rooms", "server")
+
+
+def test_every_module_states_its_exports() -> None:
+    for name in PUBLIC_MODULES:
+        module = importlib.import_module(f"reinhardt_ws.{name}")
+        assert isinstance(module.__all__, list), name
+        for symbol in module.__all__:
+            assert hasattr(module, symbol), f"{name}.{symbol}"
+
+
+def test_package_all_matches_modules() -> None:
+    exported = set()
+    for name in PUBLIC_MODULES:
+        exported |= set(importlib.import_module(f"reinhardt_ws.{name}").__all__)
+    exported -= {"Backend"}  # a Protocol for backend authors: reinhardt_ws.rooms.Backend
+    extra = {"IMPLEMENTATION", "__version__"}
+    assert set(reinhardt_ws.__all__) == exported | extra
+    for symbol in reinhardt_ws.__all__:
+        assert getattr(reinhardt_ws, symbol) is not None
+
+
+def test_private_extension_not_in_top_level_namespace() -> None:
+    import sys
+
+    assert "_fastbroadcast" not in sys.modules
+    assert "_fastbroadcast" not in reinhardt_ws.__all__
