@@ -65,3 +65,34 @@ def test_twins_export_the_same_interface(fanout_module: object) -> None:
         public = {n for n in dir(getattr(_fastbroadcast_py, name)) if not n.startswith("_")}
         other = {n for n in dir(getattr(fanout_module, name)) if not n.startswith("_")}
         assert public <= other, public - other
+
+
+_BROKEN_EXTENSION = """
+import importlib.abc, importlib.machinery, sys, warnings
+
+class Broken(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def find_spec(self, name, path=None, target=None):
+        if name == "reinhardt_ws._fastbroadcast":
+            return importlib.machinery.ModuleSpec(name, self)
+        return None
+    def create_module(self, spec):
+        raise ValueError("picows.picows.WSTransport size changed, may indicate binary "
+                         "incompatibility. Expected 200 from C header, got 184 from PyObject")
+    def exec_module(self, module):
+        pass
+
+sys.meta_path.insert(0, Broken())
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import reinhardt_ws
+print(reinhardt_ws.IMPLEMENTATION)
+print(sum(issubclass(w.category, RuntimeWarning) and "size changed" in str(w.message)
+          for w in caught))
+"""
+
+
+def test_layout_mismatch_falls_back_with_a_warning() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "REINHARDT_WS_NO_EXTENSIONS"}
+    out = subprocess.run([sys.executable, "-c", _BROKEN_EXTENSION], env=env,
+                         capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.split() == ["python", "1"], out.stdout + out.stderr

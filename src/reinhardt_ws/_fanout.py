@@ -1,15 +1,17 @@
 """The one place that chooses the fan-out implementation (C extension or Python twin).
 
 ``REINHARDT_WS_NO_EXTENSIONS=1`` (any non-empty value but ``0``) forces the Python
-twin; interpreters other than CPython always use it; a failed import of the
-extension (missing, or the ``ValueError`` Cython raises on a binary layout
-mismatch) falls back to it with a ``RuntimeWarning``.  Everything else in the
+twin; interpreters other than CPython always use it; a pure install (no
+extension file) uses it silently; an extension that is present but fails to
+import (an ``ImportError``, or the ``ValueError`` Cython raises on a binary
+layout mismatch) falls back to it with a ``RuntimeWarning``.  Everything else in the
 package asks this module for the implementation, never imports one directly.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import platform
 import warnings
@@ -32,6 +34,10 @@ def _extensions_disabled() -> bool:
 
 def _load_extension() -> ModuleType | None:
     if _extensions_disabled() or platform.python_implementation() != "CPython":
+        return None
+    if importlib.util.find_spec(f"{__package__}._fastbroadcast") is None:
+        # A pure install (py3-none-any wheel, or built without a compiler): the
+        # twin is what was installed, nothing is broken, so nothing to warn about.
         return None
     try:
         from . import _fastbroadcast
