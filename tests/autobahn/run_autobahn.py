@@ -79,7 +79,7 @@ import tempfile
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -124,10 +124,9 @@ def log(msg: str) -> None:
 
 def clean_env() -> dict[str, str]:
     """The environment for Python 2.7 processes: no Python 3 paths or settings leak in."""
+    dropped = ("VIRTUAL_ENV", "PYENV_VERSION", "__PYVENV_LAUNCHER__")
     env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("PYTHON") and k not in ("VIRTUAL_ENV", "PYENV_VERSION", "__PYVENV_LAUNCHER__")
+        k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k not in dropped
     }
     env["PYTHONIOENCODING"] = "utf-8"
     env["PYTHONDONTWRITEBYTECODE"] = "1"
@@ -317,6 +316,9 @@ def build_venv(venv: Path, python27: Path) -> None:
     started = time.monotonic()
     log(f"building the Autobahn virtualenv at {venv} with {python27}")
     if venv.exists():
+        looks_like_venv = (venv / "pyvenv.cfg").exists() or (venv / MARKER_NAME).exists()
+        if any(venv.iterdir()) and not looks_like_venv:
+            raise HarnessError(f"{venv} is not empty and is no virtualenv: refusing to replace it")
         shutil.rmtree(venv)
     venv.parent.mkdir(parents=True, exist_ok=True)
     logfile = venv.parent / f"{venv.name}-build.log"
@@ -442,20 +444,26 @@ class ServerProcess:
         """The exit code if the server has died by itself, else ``None``."""
         return None if self.proc is None else self.proc.poll()
 
-    def stop(self) -> int | None:
+    def stop(self) -> None:
         """Stop the process group: SIGINT, then SIGTERM, then SIGKILL."""
         proc = self.proc
         if proc is None:
-            return None
+            return
         try:
+            if proc.poll() is not None:
+                log(f"server had already exited with {proc.returncode}")
+                return
+            started = time.monotonic()
             for sig, grace in ((signal.SIGINT, 5.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-                if proc.poll() is not None:
-                    break
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, sig)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(grace)
-            return proc.poll()
+                if proc.poll() is not None:
+                    log(f"server stopped by {sig.name} in {time.monotonic() - started:.1f} s "
+                        f"(exit {proc.returncode})")
+                    return
+            log("server did not stop, even on SIGKILL")
         finally:
             # Anything the server left in its group goes too.
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -489,9 +497,18 @@ def write_spec(path: Path, url: str, agent: str, outdir: Path,
     path.write_text(json.dumps(spec, indent=2) + "\n")
 
 
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def run_wstest(wstest: Path, spec: Path, logfile: Path, timeout: float) -> int:
     """Run the fuzzing client; return the number of cases it announced."""
     log(f"running wstest -m fuzzingclient (log: {logfile})")
+    env = clean_env()
+    env["PYTHONUNBUFFERED"] = "1"  # a live log, read below while wstest runs
+    announced: int | None = None
     with open(logfile, "w", encoding="utf-8") as fh:
         proc = subprocess.Popen(
             [str(wstest), "-m", "fuzzingclient", "-s", str(spec)],
@@ -499,27 +516,32 @@ def run_wstest(wstest: Path, spec: Path, logfile: Path, timeout: float) -> int:
             stdin=subprocess.DEVNULL,
             stdout=fh,
             stderr=subprocess.STDOUT,
-            env=clean_env(),
+            env=env,
             start_new_session=True,
         )
-        try:
-            rc = proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            raise HarnessError(f"wstest did not finish within {timeout:.0f} s; see {logfile}") from None
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None:
+            if announced is None:
+                found = re.search(r"will run (\d+) test cases", logfile.read_text(errors="replace"))
+                announced = int(found.group(1)) if found else None
+                if announced == 0:  # wstest would wait forever
+                    _kill_group(proc)
+                    raise HarnessError("no Autobahn case matches --cases/--exclude-cases")
+            if time.monotonic() > deadline:
+                _kill_group(proc)
+                raise HarnessError(f"wstest did not finish within {timeout:.0f} s; see {logfile}")
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(0.25)
     text = logfile.read_text(encoding="utf-8", errors="replace")
-    if rc != 0:
+    if proc.returncode != 0:
         tail = "\n".join(text.splitlines()[-30:])
-        raise HarnessError(f"wstest exited with {rc}; see {logfile}:\n{tail}")
-    announced = re.search(r"will run (\d+) test cases", text)
-    if not announced:
+        raise HarnessError(f"wstest exited with {proc.returncode}; see {logfile}:\n{tail}")
+    found = re.search(r"will run (\d+) test cases", text)
+    if not found:
         raise HarnessError(f"wstest did not say how many cases it would run; see {logfile}")
-    refused = re.findall(r"^Connection to .* failed \(.*\)$", text, re.M)
-    for line in refused:
+    for line in re.findall(r"^Connection to .* failed \(.*\)$", text, re.M):
         log(f"wstest: {line}")
-    return int(announced.group(1))
+    return int(found.group(1))
 
 
 # --------------------------------------------------------------------------- report
@@ -654,7 +676,7 @@ def summarize(results: list[CaseResult], outdir: Path, agent: str, expected: int
     }
 
 
-def _counts(values: Iterator[str] | Any) -> dict[str, int]:
+def _counts(values: Iterable[str]) -> dict[str, int]:
     counter = Counter(values)
     counts = {b: counter.pop(b, 0) for b in BEHAVIORS}
     counts.update(counter)  # anything unexpected stays visible
@@ -669,13 +691,17 @@ def print_summary(summary: dict[str, Any]) -> None:
           f"({summary['cases_reported']}/{summary['cases_expected']} cases, "
           f"{summary['elapsed_s']} s; report: {summary['outdir']}/index.html)")
     print("Outcome = worse of behavior and behaviorClose.")
+    def row(name: str, total: int, counts: dict[str, int]) -> str:
+        return f"{name:<9}{total:>6}" + "".join(f"{counts[c]:>{width}}" for c in cols)
+
     print(f"{'section':<9}{'total':>6}" + "".join(f"{c:>{width}}" for c in cols))
     for name, sec in summary["sections"].items():
-        print(f"{name:<9}{sec['total']:>6}" + "".join(f"{sec['outcome'][c]:>{width}}" for c in cols))
-    total = summary["outcome"]
-    print(f"{'all':<9}{summary['cases_reported']:>6}" + "".join(f"{total[c]:>{width}}" for c in cols))
-    print("behavior:      " + ", ".join(f"{k} {v}" for k, v in summary["behavior"].items() if v))
-    print("behaviorClose: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["behaviorClose"].items())))
+        print(row(name, sec["total"], sec["outcome"]))
+    print(row("all", summary["cases_reported"], summary["outcome"]))
+    behavior = summary["behavior"].items()
+    close = sorted(summary["behaviorClose"].items())
+    print("behavior:      " + ", ".join(f"{k} {v}" for k, v in behavior if v))
+    print("behaviorClose: " + ", ".join(f"{k} {v}" for k, v in close))
     if summary["non_strict"]:
         print("NON-STRICT:    " + " ".join(summary["non_strict"]))
     if summary["informational"]:
@@ -765,6 +791,9 @@ def _main(args: argparse.Namespace) -> int:
     agent = re.sub(r"[^A-Za-z0-9_.-]", "-", args.agent)
     outdir = (args.outdir or DEFAULT_REPORTS / agent).expanduser().absolute()
     if outdir.exists():
+        if any(outdir.iterdir()) and not (outdir / "spec.json").exists():
+            raise HarnessError(f"--outdir {outdir} is not empty and holds no earlier run: "
+                               "refusing to clear it")
         shutil.rmtree(outdir)  # never judge a stale report
     outdir.mkdir(parents=True)
     cases = split_patterns(args.cases) or ["*"]
@@ -802,8 +831,7 @@ def _main(args: argparse.Namespace) -> int:
             verdict.fail(f"the server exited by itself with {crashed} during the run")
     finally:
         if server is not None:
-            rc = server.stop()
-            log(f"server stopped (exit {rc})")
+            server.stop()
 
     summary = summarize(results, outdir, agent, expected, verdict, elapsed)
     print_summary(summary)

@@ -1,0 +1,107 @@
+"""Autobahn|Testsuite conformance of the echo server, once per fan-out implementation.
+
+Runs ``tests/autobahn/run_autobahn.py`` (the fuzzing client of the PyPI
+``autobahntestsuite``, in a Python 2.7 virtualenv that the script builds on
+first use under ``.autobahn/venv``) against
+``python -m reinhardt_ws echo``.  Sections 1-10 must not fail; sections 12-13
+(permessage-deflate) must report UNIMPLEMENTED or OK.  The first run builds the
+virtualenv (about half a minute), hence the long timeout.  Select or skip with
+``-m autobahn`` / ``-m 'not autobahn'``.  The HTML report of each run stays in
+``.autobahn/reports/reinhardt-ws-<impl>/index.html``.
+
+The two runs come from the session-wide ``implementation`` fixture of
+``conftest.py`` (``"cython"``, then ``"python"``): the server process gets
+``REINHARDT_WS_NO_EXTENSIONS=1`` for the Python twin and no such variable for the
+C extension, which must then import (a missing build fails, it never skips).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent / "autobahn" / "run_autobahn.py"
+
+pytestmark = [pytest.mark.autobahn, pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+def _env_for(impl: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("REINHARDT_WS_NO_EXTENSIONS", None)
+    if impl == "python":
+        env["REINHARDT_WS_NO_EXTENSIONS"] = "1"
+    return env
+
+
+def _check_implementation(impl: str, env: dict[str, str]) -> None:
+    """The server process will run *impl*: the extension imports, and the selector agrees."""
+    probe = "import reinhardt_ws; print(reinhardt_ws.IMPLEMENTATION)"
+    if impl == "cython":
+        probe = "import reinhardt_ws._fastbroadcast; " + probe
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", probe],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, (
+        f"reinhardt_ws cannot run the {impl!r} fan-out here "
+        f"(is the C extension built?):\n{result.stderr}"
+    )
+    assert result.stdout.strip() == impl
+
+
+def _verdict(returncode: int, output: str) -> str:
+    """The end of the script's output: the failed cases and the reasons."""
+    lines = output.splitlines()
+    start = next((i for i, line in enumerate(lines)
+                  if line.startswith(("FAILED cases", "AUTOBAHN:"))), None)
+    tail = lines[start:] if start is not None else lines[-40:]
+    return f"Autobahn run failed (exit {returncode}):\n" + "\n".join(tail)
+
+
+def test_autobahn_fuzzingclient(implementation: str, tmp_path: Path) -> None:
+    impl = implementation
+    env = _env_for(impl)
+    _check_implementation(impl, env)
+
+    server_cmd = (
+        f"{shlex.quote(sys.executable)} -m reinhardt_ws echo --host 127.0.0.1 --port {{port}} "
+        "--max-message-size 16777216"
+    )
+    summary_path = tmp_path / "summary.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--server-cmd",
+            server_cmd,
+            "--agent",
+            f"reinhardt-ws-{impl}",
+            "--json-summary",
+            str(summary_path),
+        ],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=870,
+        check=False,
+    )
+    print(result.stdout)  # the full report: shown by pytest on failure (and with -rP)
+    returncode = result.returncode
+    assert returncode == 0, _verdict(returncode, result.stdout)
+
+    summary = json.loads(summary_path.read_text())
+    assert summary["passed"]
+    assert summary["cases_reported"] == summary["cases_expected"] > 500
+    assert summary["outcome"]["FAILED"] == 0
