@@ -627,7 +627,11 @@ def case_details(outdir: Path, result: CaseResult) -> dict[str, Any]:
     }
 
 
-def judge(results: list[CaseResult], expected: int) -> Verdict:
+def judge(results: list[CaseResult], expected: int,
+          known_upstream: frozenset[str] = frozenset()) -> Verdict:
+    """The run's verdict.  Cases in *known_upstream* are failures of a dependency
+    we cannot fix from our side (documented in docs/conformance.md): they are
+    still reported as FAILED, but do not fail the run."""
     verdict = Verdict()
     if len(results) != expected:
         verdict.fail(
@@ -641,7 +645,7 @@ def judge(results: list[CaseResult], expected: int) -> Verdict:
                     f"case {r.id} (permessage-deflate) is {r.behavior}/{r.behavior_close}, "
                     "not UNIMPLEMENTED or OK"
                 )
-        elif r.outcome == "FAILED":
+        elif r.outcome == "FAILED" and r.id not in known_upstream:
             verdict.fail(f"case {r.id} FAILED (behavior {r.behavior}, close {r.behavior_close})")
     return verdict
 
@@ -749,6 +753,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--server-cmd",
         help="start this server for the run; {port} is replaced by a free port on 127.0.0.1",
     )
+    parser.add_argument(
+        "--known-upstream", default="", metavar="IDS",
+        help="comma-separated case ids that fail because of a dependency (still reported "
+             "as FAILED, listed apart, and not counted against the verdict)")
     parser.add_argument("--cases", default="*",
                         help='comma-separated case patterns, e.g. "1.*,7.*" (default: "*")')
     parser.add_argument("--exclude-cases", default="", help="comma-separated case patterns to skip")
@@ -826,7 +834,8 @@ def _main(args: argparse.Namespace) -> int:
 
         crashed = server.exited_early() if server else None
         results = load_report(outdir, agent)
-        verdict = judge(results, expected)
+        known = frozenset(split_patterns(args.known_upstream))
+        verdict = judge(results, expected, known)
         if crashed is not None:
             verdict.fail(f"the server exited by itself with {crashed} during the run")
     finally:
@@ -834,7 +843,15 @@ def _main(args: argparse.Namespace) -> int:
             server.stop()
 
     summary = summarize(results, outdir, agent, expected, verdict, elapsed)
+    summary["known_upstream"] = sorted(
+        r.id for r in results if r.outcome == "FAILED" and r.id in known)
     print_summary(summary)
+    if summary["known_upstream"]:
+        print("Known upstream failures (FAILED, not counted; see docs/conformance.md): "
+              + " ".join(summary["known_upstream"]))
+    fixed = sorted(known - {r.id for r in results if r.outcome == "FAILED"})
+    if fixed:
+        print("No longer failing, remove from --known-upstream: " + " ".join(fixed))
     if crashed is not None and server is not None:
         print("server log tail:\n" + server.log_tail())
     if args.json_summary:
