@@ -9,6 +9,7 @@ broadcast).  Everything the twin does, this does, in the same order.
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.dict cimport PyDict_Next
+from cpython.number cimport PyNumber_Index
 from cpython.object cimport PyObject
 from cpython.set cimport PySet_Contains
 from libc.errno cimport errno
@@ -43,24 +44,27 @@ cdef frozenset _FATAL_ERRNOS = frozenset(
 )
 
 
-cpdef bytes build_frame(int opcode, bytes payload):
+cpdef bytes build_frame(object opcode, object payload):
     """Return one unmasked, final server frame (RFC 6455 section 5.2) carrying *payload*.
 
     Raises ``ValueError`` for an opcode outside 0..15 and for a control frame
-    (opcode >= 8) whose payload is longer than 125 bytes.
+    (opcode >= 8) whose payload is longer than 125 bytes, ``TypeError`` for an
+    opcode that is not an integer or a payload that is not ``bytes``.
     """
-    if opcode < 0 or opcode > 0xF:
+    opcode = PyNumber_Index(opcode)
+    if not 0 <= opcode <= 0xF:
         raise ValueError(f"opcode out of range: {opcode}")
-    if payload is None:
-        raise TypeError("payload must be bytes, not None")
+    if not isinstance(payload, bytes):
+        raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
+    cdef int op = opcode
     cdef Py_ssize_t n = PyBytes_GET_SIZE(payload)
-    if opcode >= 0x8 and n > 125:
+    if op >= 0x8 and n > 125:
         raise ValueError(f"control frame payload too long: {n} > 125")
     cdef Py_ssize_t hlen = 2 if n < 126 else (4 if n < 65536 else 10)
     cdef bytes out = PyBytes_FromStringAndSize(NULL, hlen + n)
     cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(out)
     cdef int i
-    p[0] = <unsigned char>(0x80 | opcode)
+    p[0] = <unsigned char>(0x80 | op)
     if n < 126:
         p[1] = <unsigned char>n
     elif n < 65536:
@@ -112,6 +116,7 @@ cdef class Peer:
         int _fd
         list _pending
         bint _scheduled
+        Py_ssize_t _transport_size
         readonly str conn_id
         readonly Py_ssize_t max_write_buffer
         readonly Py_ssize_t pending_size
@@ -133,6 +138,7 @@ cdef class Peer:
         self._fd = _direct_fd(transport)
         self._pending = []
         self._scheduled = False
+        self._transport_size = 0
         self._on_overflow = on_overflow
         self._on_failure = on_failure
         self.conn_id = conn_id
@@ -150,6 +156,7 @@ cdef class Peer:
 
         DELIVERED means queued for this iteration's flush.  Never raises for a
         broken connection; the failure is reported by the return value.
+        ``TypeError`` if *frame* is not ``bytes``.
         """
         return self._send(frame)
 
@@ -157,7 +164,8 @@ cdef class Peer:
         if self.closed or self.failed:
             return 2
         cdef Py_ssize_t size = PyBytes_GET_SIZE(frame)
-        if (self.paused or self.pending_size + size > self.max_write_buffer) and self._over(size):
+        if (self.paused or self._transport_size + self.pending_size + size
+                > self.max_write_buffer) and self._over(size):
             if self.drop_slow:
                 self.over_limit = True
                 return 1
@@ -178,12 +186,18 @@ cdef class Peer:
         """Queue *frame* without the slow-consumer check; DELIVERED or FAILED.
 
         For a connection's own sends, which wait for the buffer to drain
-        (backpressure) instead of being dropped.
+        (backpressure) instead of being dropped.  A queue grown past
+        ``max_write_buffer`` is written at once: a sender that never yields to
+        the loop never lets the flush run, and must still see the transport's
+        backlog (which pauses it).
         """
         if self.closed or self.failed:
             return 2
         self._pending.append(frame)
         self.pending_size += PyBytes_GET_SIZE(frame)
+        if self.pending_size > self.max_write_buffer:
+            self._flush()
+            return 0
         if not self._scheduled:
             self._scheduled = True
             self._hub._dirty.append(self)
@@ -194,8 +208,9 @@ cdef class Peer:
         cdef Py_ssize_t buffered
         try:
             buffered = self._get_write_buffer_size()
-        except Exception:
+        except Exception:  # transport already gone
             buffered = 0
+        self._transport_size = buffered
         return buffered + self.pending_size + size > self.max_write_buffer
 
     def buffered_size(self):
@@ -223,7 +238,7 @@ cdef class Peer:
             return 0
         try:
             self._write_out(pending)
-        except OSError as exc:
+        except Exception as exc:  # OSError, or whatever the transport raised
             self._fail(exc)
         return 0
 
@@ -238,6 +253,7 @@ cdef class Peer:
             self._fail(None)
             return 0
         if self._fd >= 0 and self._get_write_buffer_size() == 0:
+            self._transport_size = 0
             while start < count:
                 cnt = count - start
                 if cnt > IOV_CHUNK:
@@ -267,10 +283,12 @@ cdef class Peer:
                         start += 1
                     for j in range(start, count):
                         self._write(frames[j])
+                    self._transport_size = self._get_write_buffer_size()
                     return 0
             return 0
         for frame in frames:
             self._write(frame)
+        self._transport_size = self._get_write_buffer_size()
         return 0
 
     cdef void _drop_pending(self):

@@ -18,14 +18,21 @@ transport must buffer it keeps a reference, not a copy.
 Slow consumers: a peer whose buffered bytes (transport buffer plus queue) would pass
 ``max_write_buffer`` is either skipped for that frame (``drop_slow=True``) or
 handed to its ``on_overflow`` callback once (the connection closes it with 1013);
-both count as *dropped*.  A peer whose socket write failed, or that is closing,
-counts as *failed* and calls ``on_failure`` once.
+both count as *dropped*.  So what a peer holds stays within ``max_write_buffer``
+(plus the small control frames picows writes by itself).  To keep the check cheap,
+a peer remembers the transport's buffer size as of its last write (an upper bound:
+a transport buffer only shrinks between our writes) and asks the transport again
+only when that bound says the frame might not fit.  A peer whose socket write
+failed (or whose transport raised), or that is closing, counts as *failed* and
+calls ``on_failure`` once; one failing peer never keeps the others from being
+written.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import operator
 import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -47,7 +54,8 @@ DELIVERED = 0
 DROPPED = 1
 FAILED = 2
 
-_IOV_MAX = 1024
+#: Frames per ``writev`` (IOV_CHUNK in the .pyx; aiofastnet flushes 256 iovecs too).
+_IOV_MAX = 256
 _FATAL_ERRNOS = frozenset(
     {errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF, errno.ECONNABORTED,
      errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH}
@@ -58,10 +66,14 @@ def build_frame(opcode: int, payload: bytes) -> bytes:
     """Return one unmasked, final server frame (RFC 6455 section 5.2) carrying *payload*.
 
     Raises ``ValueError`` for an opcode outside 0..15 and for a control frame
-    (opcode >= 8) whose payload is longer than 125 bytes.
+    (opcode >= 8) whose payload is longer than 125 bytes, ``TypeError`` for an
+    opcode that is not an integer or a payload that is not ``bytes``.
     """
+    opcode = operator.index(opcode)
     if not 0 <= opcode <= 0xF:
         raise ValueError(f"opcode out of range: {opcode}")
+    if not isinstance(payload, bytes):
+        raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
     n = len(payload)
     if opcode >= 0x8 and n > 125:
         raise ValueError(f"control frame payload too long: {n} > 125")
@@ -94,6 +106,7 @@ class Peer:
         "_pending",
         "_scheduled",
         "_transport",
+        "_transport_size",
         "_write",
         "_ws",
         "closed",
@@ -127,6 +140,7 @@ class Peer:
         self._fd = _direct_fd(transport)
         self._pending: list[bytes] = []
         self._scheduled = False
+        self._transport_size = 0
         self._on_overflow = on_overflow
         self._on_failure = on_failure
         self.conn_id = conn_id
@@ -144,11 +158,18 @@ class Peer:
 
         DELIVERED means queued for this iteration's flush.  Never raises for a
         broken connection; the failure is reported by the return value.
+        ``TypeError`` if *frame* is not ``bytes``.
         """
+        if type(frame) is not bytes:
+            raise TypeError(f"frame must be bytes, not {type(frame).__name__}")
+        return self._send(frame)
+
+    def _send(self, frame: bytes) -> int:
         if self.closed or self.failed:
             return FAILED
         size = len(frame)
-        if (self.paused or self.pending_size + size > self.max_write_buffer) and self._over(size):
+        if (self.paused or self._transport_size + self.pending_size + size
+                > self.max_write_buffer) and self._over(size):
             if self.drop_slow:
                 self.over_limit = True
                 return DROPPED
@@ -169,12 +190,20 @@ class Peer:
         """Queue *frame* without the slow-consumer check; DELIVERED or FAILED.
 
         For a connection's own sends, which wait for the buffer to drain
-        (backpressure) instead of being dropped.
+        (backpressure) instead of being dropped.  A queue grown past
+        ``max_write_buffer`` is written at once: a sender that never yields to
+        the loop never lets the flush run, and must still see the transport's
+        backlog (which pauses it).
         """
+        if type(frame) is not bytes:
+            raise TypeError(f"frame must be bytes, not {type(frame).__name__}")
         if self.closed or self.failed:
             return FAILED
         self._pending.append(frame)
         self.pending_size += len(frame)
+        if self.pending_size > self.max_write_buffer:
+            self.flush()
+            return DELIVERED
         if not self._scheduled:
             self._scheduled = True
             self._hub._dirty.append(self)
@@ -183,9 +212,10 @@ class Peer:
 
     def _over(self, size: int) -> bool:
         try:
-            buffered = self._get_write_buffer_size()
+            buffered = int(self._get_write_buffer_size())
         except Exception:  # transport already gone
             buffered = 0
+        self._transport_size = buffered
         return bool(buffered + self.pending_size + size > self.max_write_buffer)
 
     def buffered_size(self) -> int:
@@ -212,7 +242,7 @@ class Peer:
             return
         try:
             self._write_out(pending)
-        except OSError as exc:
+        except Exception as exc:  # OSError, or whatever the transport raised
             self._fail(exc)
 
     def _write_out(self, frames: list[bytes]) -> None:
@@ -220,6 +250,7 @@ class Peer:
             self._fail(None)
             return
         if self._fd >= 0 and self._get_write_buffer_size() == 0:
+            self._transport_size = 0
             start = 0
             count = len(frames)
             while start < count:
@@ -248,10 +279,12 @@ class Peer:
                         start += 1
                     for rest in frames[start:]:
                         self._write(rest)
+                    self._transport_size = self._get_write_buffer_size()
                     return
             return
         for frame in frames:
             self._write(frame)
+        self._transport_size = self._get_write_buffer_size()
 
     def _drop_pending(self) -> None:
         self._pending = []
@@ -267,6 +300,8 @@ class Peer:
     def write_now(self, frame: bytes | None = None) -> None:
         """Flush the queue and then *frame* (if given) synchronously, in order."""
         if frame is not None:
+            if type(frame) is not bytes:
+                raise TypeError(f"frame must be bytes, not {type(frame).__name__}")
             if self.closed or self.failed:
                 return
             self._pending.append(frame)
@@ -330,6 +365,8 @@ class Hub:
         *peers* is a mapping whose values are peers, or an iterable of peers.
         Returns ``(delivered, dropped, failed_ids)``.
         """
+        if type(frame) is not bytes:
+            raise TypeError(f"frame must be bytes, not {type(frame).__name__}")
         delivered = 0
         dropped = 0
         failed: list[str] = []
@@ -337,7 +374,7 @@ class Hub:
         for peer in values:
             if exclude and peer.conn_id in exclude:
                 continue
-            status = peer.send(frame)
+            status = peer._send(frame)
             if status == DELIVERED:
                 delivered += 1
             elif status == DROPPED:

@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from .connection import WebSocketConnection
+from .errors import ConnectionClosed
 from .handler import WebSocketHandler
 from .messages import Message, MessageType, WebSocketMessage
 from .rooms import RoomManager
@@ -47,6 +48,14 @@ class ChatHandler(WebSocketHandler):
         await conn.send(_event({"event": "error", "error": error}))
 
     async def on_message(self, conn: WebSocketConnection, message: Message) -> None:
+        try:
+            await self._dispatch(conn, message)
+        except ConnectionClosed:
+            # The client left before our answer (it sent, then closed at once):
+            # an ordinary end of conversation, not a handler failure.
+            pass
+
+    async def _dispatch(self, conn: WebSocketConnection, message: Message) -> None:
         if message.type is not MessageType.TEXT:
             await self._error(conn, "expected a JSON text message")
             return

@@ -205,13 +205,15 @@ class RoomManager:
             self._bind(running)
         return running is self._loop
 
-    async def _elsewhere(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    async def _elsewhere(self, fn: Callable[..., Awaitable[T]], *args: Any,
+                         **kwargs: Any) -> T:
+        """Run ``fn(*args, **kwargs)`` on the owning loop and await it from here."""
         loop = self._loop
         assert loop is not None
         if loop.is_closed():
             raise RuntimeError("the event loop this RoomManager is bound to is closed")
         future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(
-            _as_coroutine(fn(*args)), loop)
+            _as_coroutine(fn(*args, **kwargs)), loop)
         return await asyncio.wrap_future(future)
 
     # -- membership -----------------------------------------------------------
@@ -311,7 +313,7 @@ class RoomManager:
         process's members).
         """
         if not self._here():
-            return await self._elsewhere(self.broadcast, room, message, exclude)
+            return await self._elsewhere(self.broadcast, room, message, exclude=exclude)
         frame = encode_frame(message)
         excluded = _exclude_ids(exclude)
         result = self.deliver_local(room, frame, excluded)
@@ -323,7 +325,7 @@ class RoomManager:
                             exclude: Exclude = None) -> BroadcastResult:
         """Send *message* once to every connection that is in at least one room."""
         if not self._here():
-            return await self._elsewhere(self.broadcast_all, message, exclude)
+            return await self._elsewhere(self.broadcast_all, message, exclude=exclude)
         frame = encode_frame(message)
         excluded = _exclude_ids(exclude)
         result = self.deliver_local(None, frame, excluded)

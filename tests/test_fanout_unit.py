@@ -1,0 +1,738 @@
+"""The fan-out twins at the unit level: frames, and Peer and Hub on real sockets.
+
+Every test runs on both implementations (``fanout_module``); the oracle tests also
+compare the twins with each other directly.  Peers sit on real loopback TCP
+connections wrapped in real transports: the loop's own (asyncio's selector
+transport, or uvloop's) and aiofastnet's, which picows uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import random
+import socket
+import struct
+import sys
+from collections.abc import AsyncIterator, Callable, Coroutine
+from types import ModuleType
+from typing import Any
+
+import aiofastnet
+import pytest
+
+from reinhardt_ws import _fanout
+
+from .fixtures import eventually
+
+Run = Callable[[Coroutine[Any, Any, Any]], Any]
+
+TRANSPORTS = ("loop", "aiofastnet")
+PAYLOAD_SIZES = (0, 1, 125, 126, 127, 65535, 65536, 70000)
+DATA_OPCODES = (0x0, 0x1, 0x2, 0x3, 0x7)
+CONTROL_OPCODES = (0x8, 0x9, 0xA, 0xB, 0xF)
+
+
+# -- an independent encoder, the reference both twins must match ---------------
+def reference_frame(opcode: int, payload: bytes) -> bytes:
+    n = len(payload)
+    if n <= 125:
+        header = struct.pack("!BB", 0x80 | opcode, n)
+    elif n <= 0xFFFF:
+        header = struct.pack("!BBH", 0x80 | opcode, 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x80 | opcode, 127, n)
+    return header + payload
+
+
+def payload_of(size: int, seed: int = 0) -> bytes:
+    return bytes((i * 31 + seed) & 0xFF for i in range(size))
+
+
+def outcome(fn: Callable[[], object]) -> tuple[str, str]:
+    """What a call did: its result, or its exception type and message."""
+    try:
+        return ("ok", repr(fn()))
+    except Exception as exc:
+        return (type(exc).__name__, str(exc))
+
+
+# -- build_frame: the twins against the reference and against each other -------
+@pytest.mark.parametrize("size", PAYLOAD_SIZES)
+@pytest.mark.parametrize("opcode", DATA_OPCODES)
+def test_build_frame_data_frames(fanout_module: ModuleType, opcode: int, size: int) -> None:
+    payload = payload_of(size, opcode)
+    frame = fanout_module.build_frame(opcode, payload)
+    assert type(frame) is bytes
+    assert frame == reference_frame(opcode, payload)
+    for twin in _fanout.available().values():
+        assert twin.build_frame(opcode, payload) == frame
+
+
+@pytest.mark.parametrize("size", (0, 1, 124, 125))
+@pytest.mark.parametrize("opcode", CONTROL_OPCODES)
+def test_build_frame_control_frames(fanout_module: ModuleType, opcode: int, size: int) -> None:
+    payload = payload_of(size)
+    assert fanout_module.build_frame(opcode, payload) == reference_frame(opcode, payload)
+
+
+@pytest.mark.parametrize("size", (126, 127, 65536))
+@pytest.mark.parametrize("opcode", CONTROL_OPCODES)
+def test_build_frame_rejects_long_control_frames(fanout_module: ModuleType, opcode: int,
+                                                 size: int) -> None:
+    with pytest.raises(ValueError, match="control frame payload too long"):
+        fanout_module.build_frame(opcode, bytes(size))
+
+
+@pytest.mark.parametrize("opcode", (-1, 16, 255, 1 << 31, 1 << 40, -(1 << 40)))
+def test_build_frame_rejects_bad_opcodes(fanout_module: ModuleType, opcode: int) -> None:
+    with pytest.raises(ValueError, match="opcode out of range"):
+        fanout_module.build_frame(opcode, b"")
+
+
+class BytesSubclass(bytes):
+    pass
+
+
+@pytest.mark.parametrize("args", [
+    (1, bytearray(b"ab")), (1, memoryview(b"ab")), (1, "ab"), (1, None),
+    (1.0, b""), ("1", b""), (None, b""), (True, b"ab"), (1, BytesSubclass(b"ab")),
+    (16, b""), (-1, b""), (9, bytes(126)), (2, bytes(70000)),
+], ids=repr)
+def test_build_frame_twins_fail_alike(args: tuple[Any, Any]) -> None:
+    """Same input, same result or same exception (type and message), in both twins."""
+    twins = _fanout.available()
+    results = {name: outcome(lambda m=m: m.build_frame(*args)) for name, m in twins.items()}
+    assert len(set(results.values())) == 1, results
+    if isinstance(args[1], (bytearray, memoryview, str)) or args[1] is None:
+        assert results["python"][0] == "TypeError"
+    if isinstance(args[0], (float, str)) or args[0] is None:
+        assert results["python"][0] == "TypeError"
+
+
+# -- real transports over loopback TCP --------------------------------------------
+def tcp_pair(sndbuf: int | None = None, rcvbuf: int | None = None
+             ) -> tuple[socket.socket, socket.socket]:
+    """(writer, reader): a connected loopback TCP pair, both non-blocking.
+
+    *sndbuf* caps the writer's kernel send buffer, *rcvbuf* the reader's receive
+    buffer (set before connecting, so the window stays small).
+    """
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        if sndbuf is not None:  # inherited by the accepted socket
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        listener.listen(1)
+        reader = socket.socket()
+        if rcvbuf is not None:
+            reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        reader.connect(listener.getsockname())
+        writer, _ = listener.accept()
+    writer.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    writer.setblocking(False)
+    reader.setblocking(False)
+    return writer, reader
+
+
+class FlowProtocol(asyncio.Protocol):
+    """Transport flow control forwarded to the peer, as the picows listener does."""
+
+    def __init__(self) -> None:
+        self.peer: Any = None
+        self.lost = False
+
+    def pause_writing(self) -> None:
+        if self.peer is not None:
+            self.peer.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None:
+            self.peer.resume_writing()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.lost = True
+
+
+class Link:
+    """One Peer on a real transport, the reading end of its socket, and what the
+    peer's callbacks reported."""
+
+    def __init__(self, peer: Any, transport: asyncio.Transport, reader: socket.socket) -> None:
+        self.peer = peer
+        self.transport = transport
+        self.reader = reader
+        self.overflows = 0
+        self.failures: list[BaseException | None] = []
+
+    @property
+    def fd(self) -> int:
+        return int(self.transport.get_extra_info("socket").fileno())
+
+    def data_segments_out(self) -> int:
+        """Data segments the writing socket has sent (Linux ``tcpi_data_segs_out``)."""
+        info = socket.socket(fileno=os.dup(self.fd))
+        try:
+            raw = info.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 160)
+        finally:
+            info.close()
+        return int(struct.unpack_from("I", raw, 156)[0])
+
+    async def read_exactly(self, n: int, timeout: float = 10.0) -> bytes:
+        loop = asyncio.get_running_loop()
+        chunks: list[bytes] = []
+        got = 0
+
+        async def read() -> None:
+            nonlocal got
+            while got < n:
+                chunk = await loop.sock_recv(self.reader, min(1 << 20, n - got))
+                assert chunk, "the writer closed early"
+                chunks.append(chunk)
+                got += len(chunk)
+
+        await asyncio.wait_for(read(), timeout)
+        return b"".join(chunks)
+
+    def read_available(self) -> bytes:
+        """Everything readable now, without waiting."""
+        chunks = []
+        while True:
+            try:
+                chunk = self.reader.recv(1 << 20)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def reset_reader(self) -> None:
+        """Close the reading end with a TCP reset (SO_LINGER 0)."""
+        self.reader.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.reader.close()
+
+
+async def open_transport(kind: str, sock: socket.socket, protocol: asyncio.Protocol
+                         ) -> asyncio.Transport:
+    loop = asyncio.get_running_loop()
+    if kind == "aiofastnet":
+        transport, _ = await aiofastnet.connect_accepted_socket(loop, lambda: protocol, sock)
+    else:
+        transport, _ = await loop.create_connection(lambda: protocol, sock=sock)
+    return transport  # type: ignore[return-value]
+
+
+@contextlib.asynccontextmanager
+async def open_links(mod: ModuleType, count: int, kind: str = "loop", *,
+                     max_write_buffer: int = 1 << 30, drop_slow: bool = True,
+                     sndbuf: int | None = None, rcvbuf: int | None = None,
+                     high_water: int | None = None, hub: Any = None
+                     ) -> AsyncIterator[tuple[Any, list[Link]]]:
+    """*count* peers of *mod* on one hub, each on its own real connection."""
+    loop = asyncio.get_running_loop()
+    hub = hub if hub is not None else mod.Hub(loop)
+    links: list[Link] = []
+    protocols: list[FlowProtocol] = []
+    try:
+        for i in range(count):
+            writer, reader = tcp_pair(sndbuf, rcvbuf)
+            protocol = FlowProtocol()
+            try:
+                transport = await open_transport(kind, writer, protocol)
+            except BaseException:
+                writer.close()
+                reader.close()
+                raise
+            if high_water is not None:
+                transport.set_write_buffer_limits(high=high_water, low=high_water // 4)
+            link = Link(None, transport, reader)
+
+            def on_overflow(link: Link = link) -> None:
+                link.overflows += 1
+
+            link.peer = mod.Peer(hub, transport, None, f"peer{i}", max_write_buffer, drop_slow,
+                                 on_overflow, link.failures.append)
+            protocol.peer = link.peer
+            links.append(link)
+            protocols.append(protocol)
+        yield hub, links
+    finally:
+        for link in links:
+            link.transport.abort()
+            if link.reader.fileno() >= 0:
+                link.reader.close()
+        await eventually(lambda: all(p.lost for p in protocols))
+
+
+def frames_of(mod: ModuleType, count: int, size: int, tag: int = 0) -> list[bytes]:
+    """*count* binary frames with distinct payloads of *size* bytes."""
+    return [mod.build_frame(0x2, (tag * 1_000_003 + i).to_bytes(8, "big") * (size // 8))
+            for i in range(count)]
+
+
+def parse_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """(opcode, payload) of every whole server frame in *data* (no leftovers)."""
+    out = []
+    pos = 0
+    while pos < len(data):
+        b0, b1 = data[pos], data[pos + 1]
+        assert not b1 & 0x80
+        n = b1 & 0x7F
+        pos += 2
+        if n == 126:
+            n = int.from_bytes(data[pos:pos + 2], "big")
+            pos += 2
+        elif n == 127:
+            n = int.from_bytes(data[pos:pos + 8], "big")
+            pos += 8
+        assert pos + n <= len(data), "a frame was cut short"
+        out.append((b0 & 0x0F, data[pos:pos + n]))
+        pos += n
+    return out
+
+
+# -- Peer and Hub semantics: the same operations give the same answers -------------
+async def _script(mod: ModuleType) -> list[Any]:
+    """A fixed sequence of Peer/Hub operations; returns what each one answered."""
+    log: list[Any] = []
+    loop = asyncio.get_running_loop()
+    hub = mod.Hub(loop)
+    log.append(hub.loop is loop)
+    log.append(outcome(lambda: mod.Peer(hub, None, None, "x", 0, True, print, print)))
+    small = mod.build_frame(0x1, b"s" * 98)  # 100 bytes
+    events: list[str] = []
+    async with open_links(mod, 4, max_write_buffer=1000, hub=hub) as (_, links):
+        a, _b, c, d = (link.peer for link in links)
+        # b2 closes on overflow instead of dropping
+        b2 = mod.Peer(hub, links[1].transport, None, "b", 1000, False,
+                      lambda: events.append("overflow"), lambda e: events.append("failure"))
+        log.append([a.send(small) for _ in range(11)])  # the 11th would pass 1000
+        log.append((a.pending_size, a.over_limit, a.buffered_size()))
+        log.append([b2.send(small) for _ in range(12)])
+        log.append((b2.closed, b2.failed, b2.pending_size))
+        # push: never dropped; past max_write_buffer the queue is written at once
+        log.append([c.push(small) for _ in range(15)])
+        log.append(c.pending_size)
+        log.append(outcome(lambda: a.send(bytearray(small)))[0])
+        log.append(outcome(lambda: a.push(memoryview(small)))[0])
+        log.append(outcome(lambda: hub.fanout([a], bytearray(small)))[0])
+        log.append(hub.fanout({"a": a, "c": c, "d": d}, small))
+        log.append(hub.fanout([c, d], small, exclude={"peer2"}))
+        log.append(hub.fanout((p for p in (c, d)), small, exclude=frozenset({"peer3"})))
+        log.append(hub.fanout({"c": c, "d": d}, small, exclude=["peer2", "peer3"]))
+        log.append(hub.fanout({}, small))
+        await asyncio.sleep(0)  # the one flush of this iteration
+        log.append([(p.pending_size, p.closed, p.failed) for p in (a, b2, c, d)])
+        log.append([len(await link.read_exactly(n)) for link, n in
+                    zip(links, (1000, 0, 1700, 200), strict=True)])
+        log.append([link.read_available() for link in links])
+        d.close()
+        log.append((d.send(small), d.push(small), d.closed, d.failed))
+        c.discard()
+        log.append((c.send(small), c.push(small), c.closed, c.failed, c.pending_size))
+        log.append(hub.fanout([a, c, d], small))
+        a.pause_writing()
+        log.append((a.paused, a.send(small), a.over_limit))
+        a.resume_writing()
+        log.append(a.paused)
+        await asyncio.sleep(0)
+        log.append(a.pending_size)
+    log.append(events)
+    return log
+
+
+def test_peer_and_hub_semantics_match_between_twins(run: Run) -> None:
+    logs = {name: run(_script(mod)) for name, mod in _fanout.available().items()}
+    python = logs["python"]
+    # Not vacuous: the answers are the documented ones.
+    assert python[0] is True
+    assert python[1] == ("ValueError", "max_write_buffer must be positive")
+    assert python[2] == [0] * 10 + [1]
+    assert python[3] == (1000, True, 1000)
+    assert python[4] == [0] * 10 + [1, 2]
+    assert python[5] == (True, False, 0)
+    assert python[6] == [0] * 15
+    assert python[7] == 400  # 1100 bytes were written by the 11th push
+    assert python[8] == python[9] == python[10] == "TypeError"
+    assert python[11] == (2, 1, [])  # a is over its limit: dropped
+    assert python[12] == (1, 0, [])
+    assert python[13] == (1, 0, [])
+    assert python[14] == (0, 0, [])
+    assert python[15] == (0, 0, [])
+    assert python[16] == [(0, False, False), (0, True, False), (0, False, False),
+                          (0, False, False)]
+    assert python[17] == [1000, 0, 1700, 200]
+    assert python[18] == [b""] * 4
+    assert python[19] == (2, 2, True, False)
+    assert python[20] == (2, 2, True, True, 0)
+    assert python[21] == (1, 0, ["peer2", "peer3"])
+    assert python[22] == (True, 0, False)
+    assert python[23] is False
+    assert python[24] == 0
+    assert python[25] == ["overflow"]  # once, from the loop
+    for name, log in logs.items():
+        assert log == python, name
+
+
+async def _random_script(mod: ModuleType, seed: int) -> list[Any]:
+    """A seeded random sequence of Peer/Hub operations (small enough that the kernel
+    takes every write whole, so the outcome depends on the twin alone)."""
+    rng = random.Random(seed)
+    log: list[Any] = []
+    async with open_links(mod, 3, max_write_buffer=1000) as (hub, links):
+        peers = [link.peer for link in links]
+        for step in range(150):
+            op = rng.choice(("send", "send", "push", "fanout", "fanout", "flush",
+                             "pause", "resume", "close"))
+            peer = rng.choice(peers)
+            frame = mod.build_frame(rng.choice((0x1, 0x2)), bytes(rng.randrange(0, 300)))
+            if op == "send":
+                log.append((step, peer.send(frame)))
+            elif op == "push":
+                log.append((step, peer.push(frame)))
+            elif op == "fanout":
+                exclude = {p.conn_id for p in peers if rng.random() < 0.3}
+                log.append((step, hub.fanout(peers, frame, exclude)))
+            elif op == "flush":
+                await asyncio.sleep(0)
+            elif op == "pause":
+                peer.pause_writing()
+            elif op == "resume":
+                peer.resume_writing()
+            elif op == "close" and rng.random() < 0.1:
+                peer.close()
+            log.append([(p.pending_size, p.buffered_size(), p.paused, p.over_limit, p.closed,
+                         p.failed) for p in peers])
+        await asyncio.sleep(0)
+        log.append([len(link.read_available()) for link in links])
+    return log
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_operations_give_the_same_answers_in_both_twins(run: Run, seed: int) -> None:
+    logs = {name: run(_random_script(mod, seed)) for name, mod in _fanout.available().items()}
+    python = logs["python"]
+    answers = [entry[1] for entry in python if isinstance(entry, tuple)]
+    assert any(a == 1 or (isinstance(a, tuple) and a[1]) for a in answers)  # some drops
+    for name, log in logs.items():
+        assert log == python, name
+
+
+def test_get_hub_is_per_loop(run: Run, implementation: str) -> None:
+    async def main() -> tuple[Any, Any]:
+        loop = asyncio.get_running_loop()
+        hub = _fanout.get_hub(loop)
+        assert _fanout.get_hub(loop) is hub
+        assert hub.loop is loop
+        assert type(hub) is _fanout.available()[implementation].Hub
+        return hub, loop
+
+    first = run(main())
+    second = run(main())
+    assert first[0] is not second[0]
+
+
+# -- serialize once -----------------------------------------------------------------
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_one_frame_object_is_shared_by_every_peer(run: Run, fanout_module: ModuleType,
+                                                  kind: str) -> None:
+    """Fan-out hands the very same bytes object to every peer: queued, and, when
+    the transport must buffer (aiofastnet, picows' transport), held there."""
+    count = 6
+
+    async def main() -> None:
+        async with open_links(fanout_module, count, kind, sndbuf=8192,
+                              rcvbuf=8192) as (hub, links):
+            # Back every transport up, so what is flushed next must be buffered.
+            for link in links:
+                link.transport.write(b"\0" * 300_000)
+                assert link.transport.get_write_buffer_size() > 0
+            before = [link.transport.get_write_buffer_size() for link in links]
+            frame = fanout_module.build_frame(0x2, payload_of(5000))
+            base = sys.getrefcount(frame)
+            assert hub.fanout([link.peer for link in links], frame) == (count, 0, [])
+            assert sys.getrefcount(frame) == base + count  # one reference per peer, no copies
+            hub.flush()
+            after = [link.transport.get_write_buffer_size() for link in links]
+            assert [a - b for a, b in zip(after, before, strict=True)] == [len(frame)] * count
+            if kind == "aiofastnet":
+                # aiofastnet keeps a reference to the bytes it buffers, not a copy.
+                assert sys.getrefcount(frame) == base + count
+            for link in links:
+                data = await link.read_exactly(300_000 + len(frame))
+                assert data[300_000:] == frame
+            await eventually(lambda: sys.getrefcount(frame) == base)
+
+    run(main())
+
+
+# -- coalescing: one write per connection per loop iteration -----------------------------
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts segments with TCP_INFO")
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_one_write_per_connection_per_iteration(run: Run, fanout_module: ModuleType,
+                                                kind: str) -> None:
+    """Broadcasts and direct sends queued within one iteration leave in one write
+    per connection (one TCP segment with TCP_NODELAY), in call order."""
+
+    async def main() -> None:
+        async with open_links(fanout_module, 3, kind) as (hub, links):
+            peers = [link.peer for link in links]
+            for round_ in range(3):
+                expected: list[list[bytes]] = [[] for _ in links]
+                segments = [link.data_segments_out() for link in links]
+                for i in range(20):
+                    frame = fanout_module.build_frame(0x1, f"b{round_}.{i}".encode())
+                    exclude = {peers[i % 3].conn_id} if i % 4 == 0 else None
+                    hub.fanout(peers, frame, exclude)
+                    for n, peer in enumerate(peers):
+                        if not exclude or peer.conn_id not in exclude:
+                            expected[n].append(frame)
+                    direct = fanout_module.build_frame(0x2, f"d{round_}.{i}".encode())
+                    peers[i % 3].push(direct)
+                    expected[i % 3].append(direct)
+                assert all(link.read_available() == b"" for link in links)
+                await asyncio.sleep(0)  # one iteration: the hub's single flush ran
+                for n, link in enumerate(links):
+                    want = b"".join(expected[n])
+                    # All of it is readable at once: no further write is pending.
+                    assert link.peer.buffered_size() == 0
+                    assert await link.read_exactly(len(want)) == want
+                    assert link.data_segments_out() - segments[n] == 1
+
+    run(main())
+
+
+# -- partial writes and EAGAIN -----------------------------------------------------------
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_partial_write_hands_the_rest_to_the_transport_in_order(
+        run: Run, fanout_module: ModuleType, kind: str) -> None:
+    sizes = [1000, 5000, 30_000, 70_000, 200_000, 17, 3000, 65_536, 400_000, 9]
+
+    async def main() -> None:
+        async with open_links(fanout_module, 1, kind, sndbuf=16384,
+                              rcvbuf=16384) as (hub, links):
+            link = links[0]
+            peer = link.peer
+            frames = [fanout_module.build_frame(0x2, payload_of(size, i))
+                      for i, size in enumerate(sizes)]
+            for frame in frames[:5]:
+                assert peer.send(frame) == fanout_module.DELIVERED
+            for frame in frames[5:8]:
+                assert peer.push(frame) == fanout_module.DELIVERED
+            assert peer.pending_size == sum(len(f) for f in frames[:8])
+            hub.flush()
+            assert peer.pending_size == 0
+            # The kernel took part; the transport holds the rest.
+            held = link.transport.get_write_buffer_size()
+            assert 0 < held < sum(len(f) for f in frames[:8])
+            assert peer.buffered_size() == held
+            # Later frames queue behind what the transport holds.
+            for frame in frames[8:]:
+                hub.fanout([peer], frame)
+            await asyncio.sleep(0)
+            want = b"".join(frames)
+            got = await link.read_exactly(len(want))
+            assert got == want
+            assert [p for _, p in parse_frames(got)] == [
+                payload_of(size, i) for i, size in enumerate(sizes)]
+            await eventually(lambda: peer.buffered_size() == 0)
+
+    run(main())
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_socket_full_everything_goes_to_the_transport(run: Run, fanout_module: ModuleType,
+                                                      kind: str) -> None:
+    """EAGAIN on the direct write: every frame is handed to the transport, in order."""
+
+    async def main() -> None:
+        async with open_links(fanout_module, 1, kind, sndbuf=8192,
+                              rcvbuf=8192) as (hub, links):
+            link = links[0]
+            filler = bytearray()
+            while True:  # fill the kernel buffers behind the transport's back
+                try:
+                    sent = os.write(link.fd, b"f" * 4096)
+                except BlockingIOError:
+                    break
+                filler += b"f" * sent
+            assert link.transport.get_write_buffer_size() == 0
+            frames = frames_of(fanout_module, 10, 1000)
+            for frame in frames:
+                link.peer.send(frame)
+            hub.flush()
+            assert link.transport.get_write_buffer_size() == sum(len(f) for f in frames)
+            want = bytes(filler) + b"".join(frames)
+            assert await link.read_exactly(len(want)) == want
+
+    run(main())
+
+
+# -- failures ---------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_failed_write_marks_the_peer_failed(run: Run, fanout_module: ModuleType,
+                                            kind: str) -> None:
+    async def main() -> None:
+        async with open_links(fanout_module, 2, kind) as (hub, links):
+            gone, alive = links
+            peers = [gone.peer, alive.peer]
+            frame = fanout_module.build_frame(0x1, b"hello")
+            assert hub.fanout(peers, frame) == (2, 0, [])
+            hub.flush()
+            assert await alive.read_exactly(len(frame)) == frame
+            gone.reset_reader()
+            # The loop has not run: the transport has not noticed; the write does.
+            assert hub.fanout(peers, frame) == (2, 0, [])
+            hub.flush()
+            assert gone.peer.failed
+            assert not alive.peer.failed
+            assert gone.failures == []  # reported from the loop, not from inside flush
+            assert hub.fanout(peers, frame) == (1, 0, ["peer0"])
+            assert gone.peer.send(frame) == fanout_module.FAILED
+            assert gone.peer.push(frame) == fanout_module.FAILED
+            await eventually(lambda: len(gone.failures) == 1)
+            exc = gone.failures[0]
+            assert isinstance(exc, OSError)
+            assert exc.errno in (errno.ECONNRESET, errno.EPIPE)
+            assert await alive.read_exactly(2 * len(frame)) == frame * 2
+            hub.fanout(peers, frame)
+            await asyncio.sleep(0)
+            assert len(gone.failures) == 1  # once
+
+    run(main())
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_closing_transport_fails_the_peer(run: Run, fanout_module: ModuleType,
+                                          kind: str) -> None:
+    async def main() -> None:
+        async with open_links(fanout_module, 1, kind) as (hub, links):
+            link = links[0]
+            frame = fanout_module.build_frame(0x1, b"x")
+            link.peer.send(frame)
+            link.transport.close()
+            hub.flush()
+            assert link.peer.failed
+            await eventually(lambda: link.failures == [None])
+
+    run(main())
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_a_raising_transport_does_not_starve_the_other_peers(
+        run: Run, fanout_module: ModuleType, kind: str) -> None:
+    """A transport that raises on write (here: write after write_eof) fails its
+    own peer; the peers after it in the same flush are written all the same."""
+
+    async def main() -> None:
+        async with open_links(fanout_module, 3, kind, sndbuf=8192,
+                              rcvbuf=8192) as (hub, links):
+            broken = links[0]
+            broken.transport.write(b"\0" * 500_000)  # buffered, so write_eof is deferred
+            broken.transport.write_eof()
+            peers = [link.peer for link in links]
+            for i in range(2):
+                frame = fanout_module.build_frame(0x1, f"m{i}".encode())
+                assert hub.fanout(peers, frame) == (3 - i, 0, ["peer0"] if i else [])
+                await asyncio.sleep(0)
+                assert broken.peer.failed
+                for link in links[1:]:
+                    assert await link.read_exactly(len(frame)) == frame
+            await eventually(lambda: len(broken.failures) == 1)
+            assert isinstance(broken.failures[0], RuntimeError)
+
+    run(main())
+
+
+# -- slow consumers and the memory bound ----------------------------------------------------
+@pytest.mark.parametrize("drop_slow", [True, False], ids=["drop", "close"])
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_buffered_bytes_stay_within_max_write_buffer(run: Run, fanout_module: ModuleType,
+                                                     kind: str, drop_slow: bool) -> None:
+    """Whatever the burst pattern, a peer never holds more than max_write_buffer
+    plus one frame (queue plus transport buffer), under both policies."""
+    limit = 256 * 1024
+    size = 8192
+    bursts = [1, 2, 3, 5, 32, 1, 7, 40, 2, 31, 64, 1]
+
+    async def main() -> None:
+        async with open_links(fanout_module, 1, kind, max_write_buffer=limit,
+                              drop_slow=drop_slow, sndbuf=16384, rcvbuf=16384,
+                              high_water=limit // 4) as (hub, links):
+            link = links[0]
+            peer = link.peer
+            frames = iter(frames_of(fanout_module, sum(bursts), size))
+            outcomes: list[int] = []
+            frame = b""
+            for burst in bursts:
+                for _ in range(burst):
+                    frame = next(frames)
+                    outcomes.append(hub.fanout([peer], frame)[1])
+                    assert peer.buffered_size() <= limit + len(frame)
+                await asyncio.sleep(0)
+                assert peer.buffered_size() <= limit + len(frame)
+                assert link.transport.get_write_buffer_size() <= limit + len(frame)
+            assert 1 in outcomes  # it did reach the limit
+            if drop_slow:
+                assert peer.over_limit and not peer.closed
+                assert link.overflows == 0
+            else:
+                assert peer.closed
+                await eventually(lambda: link.overflows == 1)
+                assert hub.fanout([peer], frame) == (0, 0, [peer.conn_id])
+
+    run(main())
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_drop_policy_skips_while_over_and_resumes_once_drained(
+        run: Run, fanout_module: ModuleType, kind: str) -> None:
+    limit = 64 * 1024
+
+    async def main() -> None:
+        async with open_links(fanout_module, 1, kind, max_write_buffer=limit,
+                              drop_slow=True, sndbuf=8192, rcvbuf=8192,
+                              high_water=limit // 4) as (hub, links):
+            link = links[0]
+            peer = link.peer
+            frames = frames_of(fanout_module, 400, 2048)
+            results = []
+            for frame in frames[:300]:
+                results.append(hub.fanout([peer], frame))
+                await asyncio.sleep(0)
+            dropped = [i for i, r in enumerate(results) if r[1]]
+            assert dropped, "the reader never reads: the peer must go over its limit"
+            assert all(results[i] == (0, 1, []) for i in dropped)
+            assert peer.over_limit
+            assert link.overflows == 0 and not peer.closed
+            # The reader catches up; the peer drains and takes frames again.
+            received = bytearray()
+
+            async def drain() -> bool:
+                received.extend(link.read_available())
+                return peer.buffered_size() == 0
+
+            while not await drain():
+                await asyncio.sleep(0.005)
+            for frame in frames[300:]:
+                assert hub.fanout([peer], frame) == (1, 0, [])
+                await asyncio.sleep(0)
+                received.extend(link.read_available())
+            assert not peer.over_limit
+            tail = b"".join(frames[300:])
+
+            def caught_up() -> bool:
+                received.extend(link.read_available())
+                return bytes(received).endswith(tail)
+
+            await eventually(caught_up)
+            # Whole frames only, in order, with gaps exactly where frames were dropped.
+            index = {frame: i for i, frame in enumerate(frames)}
+            order = [index[fanout_module.build_frame(0x2, p)]
+                     for _, p in parse_frames(bytes(received))]
+            assert order == sorted(order)
+            assert set(range(400)) - set(order) == set(dropped)
+
+    run(main())
