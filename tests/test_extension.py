@@ -49,7 +49,7 @@ def test_zero_means_not_disabled(request: pytest.FixtureRequest) -> None:
 
 
 def test_implementation_attribute_follows_the_selector(implementation: str) -> None:
-    assert reinhardt_ws.IMPLEMENTATION == implementation
+    assert implementation == reinhardt_ws.IMPLEMENTATION
 
 
 def test_use_rejects_unknown_implementation() -> None:
