@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl as ssl_module
 from collections.abc import Generator, Iterable, Mapping
 from types import TracebackType
@@ -42,7 +43,9 @@ class _Connect:
         self._conn: WebSocketConnection | None = None
 
     async def _connect(self) -> WebSocketConnection:
-        path = urlsplit(self.url).path or "/"
+        parts = urlsplit(self.url)
+        # The request target, as the server's conn.path shows it: query included.
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         headers = dict(self._extra_headers)
         if self._subprotocols:
             headers["Sec-WebSocket-Protocol"] = ", ".join(self._subprotocols)
@@ -71,7 +74,7 @@ class _Connect:
                     auto_ping_reply_timeout=float(self._ping_timeout or self._ping_interval or 20),
                     max_frame_size=opts.max_message_size or (1 << 62),
                     extra_headers=headers or None,
-                    logger_name="reinhardt_ws.picows.client",
+                    logger_name=logging.getLogger("reinhardt_ws.picows.client"),
                 ),
                 self._open_timeout,
             )
@@ -80,7 +83,9 @@ class _Connect:
             raise HandshakeError(str(exc), status, exc.raw_body or b"") from exc
         except (asyncio.TimeoutError, TimeoutError) as exc:
             raise HandshakeError(f"opening handshake with {self.url} timed out") from exc
-        assert isinstance(listener, ConnectionListener)
+        if not isinstance(listener, ConnectionListener):
+            # picows returns without a listener when the peer hung up mid-handshake.
+            raise HandshakeError(f"{self.url} closed the connection during the opening handshake")
         return listener.conn
 
     def __await__(self) -> Generator[Any, None, WebSocketConnection]:
@@ -114,10 +119,11 @@ def connect(
     Use ``conn = await connect(url)`` or ``async with connect(url) as conn``
     (leaving the block closes it with 1000).  Raises
     :class:`~reinhardt_ws.HandshakeError` (with the HTTP ``status``) when the
-    server refuses the upgrade or the handshake times out, and ``OSError`` when
-    the TCP connection fails.  ``ssl`` overrides the default context for
-    ``wss://``.  Received messages queue up to ``max_queue``; past that the
-    client stops reading the socket until ``recv()`` catches up.
+    server refuses the upgrade, hangs up during it or lets it time out, and
+    ``OSError`` when the TCP connection (or the TLS handshake) fails.  ``ssl``
+    overrides the default context for ``wss://``.  Received messages queue up
+    to ``max_queue``; past that the client stops reading the socket until
+    ``recv()`` catches up.
     """
     return _Connect(url, subprotocols=tuple(subprotocols), max_message_size=max_message_size,
                     ssl=ssl, open_timeout=open_timeout, close_timeout=close_timeout,

@@ -17,7 +17,7 @@ import collections
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import picows
@@ -97,6 +97,7 @@ class WebSocketConnection:
         "_closed_fut",
         "_connect_done",
         "_disconnect_done",
+        "_disconnect_watch",
         "_done",
         "_drain_waiters",
         "_handler",
@@ -163,6 +164,7 @@ class WebSocketConnection:
         self._worker: asyncio.Task[None] | None = None
         self._connect_done = False
         self._disconnect_done = False
+        self._disconnect_watch: asyncio.Task[None] | None = None
         self._handler_failed = False
         self._lost = False
         self._done: asyncio.Future[None] | None = None
@@ -300,6 +302,9 @@ class WebSocketConnection:
             self._wake_drain_waiters()
         if self.close_code is None and not self._close_received:
             self.close_code, self.close_reason = code, reason
+        # Data is discarded from now on; read again so the peer's close frame is
+        # not stuck behind a full inbox (else every close waits close_timeout).
+        self._resume_reading()
         peer = self._peer
         if peer is not None:
             peer.write_now()
@@ -437,18 +442,30 @@ class WebSocketConnection:
                 except Exception:
                     self._handler_error("on_message")
             if self._lost and not self._disconnect_done:
-                self._disconnect_done = True
-                try:
-                    await handler.on_disconnect(self)
-                except Exception:
-                    logger.exception("on_disconnect of %s raised", self)
-                if self._done is not None and not self._done.done():
-                    self._done.set_result(None)
+                await self._run_on_disconnect(handler)
+        except asyncio.CancelledError:
+            # server.close() cancelled a callback stuck past its timeout: the
+            # connection is gone, and on_disconnect is still owed, once.
+            if self._lost and not self._disconnect_done:
+                self._handler_failed = True
+                inbox.clear()
+                await self._run_on_disconnect(handler)
+            raise
         finally:
             self._worker = None
         if (inbox and not self._handler_failed) or (self._lost and not self._disconnect_done):
             # Something arrived while the last await was finishing.
             self._start_worker()
+
+    async def _run_on_disconnect(self, handler: WebSocketHandler) -> None:
+        self._disconnect_done = True
+        try:
+            await handler.on_disconnect(self)
+        except Exception:
+            logger.exception("on_disconnect of %s raised", self)
+        finally:
+            if self._done is not None and not self._done.done():
+                self._done.set_result(None)
 
     def _handler_error(self, where: str) -> None:
         logger.exception("%s of %s raised; closing it with 1011", where, self)
@@ -472,7 +489,15 @@ class WebSocketConnection:
         transport = ws.underlying_transport
         self.remote_address = transport.get_extra_info("peername")
         opts = self._opts
-        if not self.is_client:
+        if self._server is not None:
+            self._server._adopt(self)
+        if self.is_client:
+            # picows parks the error that ends a client connection in a future only
+            # wait_disconnected() reads; close_code reports it, so read it here, or
+            # asyncio logs "Future exception was never retrieved".
+            self._disconnect_watch = asyncio.get_running_loop().create_task(
+                _swallow(ws.wait_disconnected()))
+        else:
             hub = _fanout.get_hub(asyncio.get_running_loop())
             self._peer = _fanout.impl.Peer(
                 hub, transport, ws, self.id, opts.max_write_buffer, opts.drop_slow,
@@ -504,6 +529,17 @@ class WebSocketConnection:
         self._close_handle = asyncio.get_running_loop().call_later(
             self._opts.close_timeout, self._abort)
 
+    def _on_picows_close(self) -> None:
+        """picows failed the connection by itself (a malformed frame): it sent a close
+        frame and will drop TCP.  From now on we are closing, with its code."""
+        self._close_sent = True
+        if self._state == _OPEN:
+            self._state = _CLOSING
+            self._wake_drain_waiters()
+        if self.close_code is None:
+            self.close_code, self.close_reason = _picows_sent_close(self._ws)
+        self._resume_reading()
+
     def _on_write_failure(self, exc: BaseException | None) -> None:
         if not self._lost:
             logger.info("write to %s failed (%r); dropping it", self, exc)
@@ -524,6 +560,8 @@ class WebSocketConnection:
         self._close_received = True
         if code is not None and not is_valid_close_code(code):
             self._fail(CloseCode.PROTOCOL_ERROR, f"invalid close code {code}")
+            # The peer's close frame is in: no other is coming, drop TCP now.
+            self._finish_close()
             return
         if self._state == _OPEN:
             self._state = _CLOSING
@@ -542,7 +580,9 @@ class WebSocketConnection:
         self._lost = True
         self._state = _CLOSED
         if self.close_code is None:
-            self.close_code = CloseCode.ABNORMAL_CLOSURE
+            # picows may have failed the connection itself (a frame over
+            # max_frame_size: 1009, a malformed frame: 1002, no pong: 1001).
+            self.close_code, self.close_reason = _picows_sent_close(self._ws)
         if self._close_handle is not None:
             self._close_handle.cancel()
             self._close_handle = None
@@ -573,6 +613,24 @@ class WebSocketConnection:
 _PICOWS_CODES = frozenset(c.value for c in WSCloseCode)
 
 
+async def _swallow(waiter: Awaitable[object]) -> None:
+    try:
+        await waiter
+    except Exception:
+        pass
+
+
+def _picows_sent_close(ws: Any) -> tuple[int, str]:
+    """The close frame picows sent on its own, else 1006 (no close frame at all)."""
+    try:
+        sent = ws.close_handshake.sent
+        if sent is not None:
+            return int(sent.code), str(sent.reason or "")
+    except Exception:  # no handshake record, or a code picows' enum cannot hold
+        pass
+    return CloseCode.ABNORMAL_CLOSURE, ""
+
+
 class ConnectionListener(WSListener):
     """picows listener of one connection: frames in, RFC 6455 duties, events out."""
 
@@ -587,6 +645,8 @@ class ConnectionListener(WSListener):
         conn = self.conn
         if conn._close_received:
             return  # nothing may follow a close frame; picows rejects a second one
+        if transport.is_close_frame_sent and not conn._close_sent:
+            conn._on_picows_close()
         op = frame.msg_type
         rsv = frame.rsv1 | frame.rsv2 | frame.rsv3
         if op is _TEXT or op is _BINARY or op is _CONT:

@@ -111,7 +111,8 @@ class Server:
             enable_auto_pong=False,
             max_frame_size=self._options.max_message_size or (1 << 62),
             read_buffer_init_size=self._read_buffer_size,
-            logger_name="reinhardt_ws.picows",
+            # A Logger, not a name: picows would prefix a name with "picows.".
+            logger_name=logging.getLogger("reinhardt_ws.picows"),
             **kwargs,
         )
         return self
@@ -153,8 +154,8 @@ class Server:
 
         Waits up to *timeout* seconds for the closing handshakes, aborts the
         connections still open after that, and returns once every
-        ``on_disconnect`` has run (handlers still busy after a further *timeout*
-        are cancelled).  Idempotent.
+        ``on_disconnect`` has run (a callback still busy after a further *timeout*
+        is cancelled, and ``on_disconnect`` then runs all the same).  Idempotent.
         """
         encode_close_payload(int(code), "")
         if self._closing:
@@ -211,13 +212,17 @@ class Server:
         conn = WebSocketConnection(path=raw_path, headers=headers, subprotocol=subprotocol,
                                    opts=self._options, is_client=False,
                                    handler=self.handler, server=self)
-        self._connections[conn.id] = conn
+        # Registered by _adopt() once the upgrade succeeds: picows may still refuse
+        # the request (400), and then the connection never opens nor closes.
         listener = ConnectionListener(conn)
         if subprotocol is None:
             return listener
         response = WSUpgradeResponse.create_101_response(
             extra_headers={"Sec-WebSocket-Protocol": subprotocol})
         return WSUpgradeResponseWithListener(response, listener)
+
+    def _adopt(self, conn: WebSocketConnection) -> None:
+        self._connections[conn.id] = conn
 
     def _forget(self, conn: WebSocketConnection) -> None:
         self._connections.pop(conn.id, None)

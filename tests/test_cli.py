@@ -1,0 +1,111 @@
+"""The command line: ``python -m reinhardt_ws echo`` in a subprocess, answering clients."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import websockets
+from websockets.asyncio.client import connect as ws_connect
+
+import reinhardt_ws as rw
+
+from .fixtures import free_port
+
+
+def child_env(implementation: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "REINHARDT_WS_NO_EXTENSIONS"}
+    if implementation == "python":
+        env["REINHARDT_WS_NO_EXTENSIONS"] = "1"
+    return env
+
+
+async def start_cli(args: list[str], env: dict[str, str], stderr: Path
+                    ) -> tuple[asyncio.subprocess.Process, int]:
+    with stderr.open("wb") as err:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-W", "error", "-m", "reinhardt_ws", *args,
+            stdout=subprocess.PIPE, stderr=err, env=env)
+    assert proc.stdout is not None
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), 20)
+    except BaseException:
+        proc.kill()
+        await proc.wait()
+        raise
+    match = re.search(rb"listening on ws://[^:]+:(\d+)/", line)
+    if match is None:
+        proc.kill()
+        await proc.wait()
+        raise AssertionError(f"unexpected first line {line!r}; stderr: {stderr.read_text()}")
+    return proc, int(match.group(1))
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_echo_command_answers_clients(implementation: str, tmp_path: Path,
+                                      stop: signal.Signals) -> None:
+    async def main() -> None:
+        port = free_port()
+        proc, bound = await start_cli(["echo", "--port", str(port), "--log-level", "WARNING"],
+                                      child_env(implementation), tmp_path / "stderr.txt")
+        try:
+            assert bound == port
+            url = f"ws://127.0.0.1:{port}/"
+            async with rw.connect(url) as conn:
+                await conn.send_text("hello cli ✓")
+                assert (await conn.recv()).data == "hello cli ✓"
+                await conn.send_binary(b"\x00\x01")
+                assert (await conn.recv()).data == b"\x00\x01"
+            ws = await ws_connect(url)
+            await ws.send("from websockets")
+            assert await ws.recv() == "from websockets"
+            proc.send_signal(stop)
+            # A clean shutdown: the connected client is told 1001 (Going Away).
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 10)
+            assert ws.close_code == 1001
+            await ws.close()
+            assert await asyncio.wait_for(proc.wait(), 10) == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        assert "Traceback" not in (tmp_path / "stderr.txt").read_text()
+
+    asyncio.run(main())
+
+
+def test_port_zero_prints_the_bound_port(implementation: str, tmp_path: Path) -> None:
+    async def main() -> None:
+        proc, port = await start_cli(["echo", "--port", "0"], child_env(implementation),
+                                     tmp_path / "stderr.txt")
+        try:
+            assert port > 0
+            async with ws_connect(f"ws://127.0.0.1:{port}/") as ws:
+                await ws.send(b"ping")
+                assert await ws.recv() == b"ping"
+        finally:
+            proc.terminate()
+            assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+    asyncio.run(main())
+
+
+def test_command_line_errors() -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "reinhardt_ws", *args],
+                              capture_output=True, text=True, timeout=30)
+
+    helped = cli("--help")
+    assert helped.returncode == 0
+    assert "echo" in helped.stdout and "serve" in helped.stdout
+    assert cli("shout").returncode == 2
+    refused = cli("serve", "--workers", "2")
+    assert refused.returncode == 2
+    assert "--redis" in refused.stderr
