@@ -1,0 +1,162 @@
+"""The chat page in a real browser: headless Chromium, driven over the DevTools
+protocol, loads ``GET /`` from the chat server, joins a room and chats with a
+Python client through the browser's own WebSocket.
+
+Needs Debian's ``chromium`` (``.ci/run`` installs it).  Without it the test skips
+on a developer machine and FAILS under CI (``CI=true``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+
+import reinhardt_ws as rw
+from reinhardt_ws.chat import ChatHandler, chat_http_handler
+
+from .fixtures import free_port, run_on
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+pytestmark = pytest.mark.slow
+
+
+def _need_chromium() -> str:
+    if CHROMIUM is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is not installed (apt-get install chromium)")
+        pytest.skip("chromium is not installed")
+    return CHROMIUM
+
+
+class DevTools:
+    """A minimal DevTools-protocol client for one page."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.ids = itertools.count(1)
+
+    async def call(self, method: str, **params: Any) -> dict[str, Any]:
+        call_id = next(self.ids)
+        await self.ws.send(json.dumps({"id": call_id, "method": method, "params": params}))
+        while True:
+            reply = json.loads(await self.ws.recv())
+            if reply.get("id") == call_id:
+                if "error" in reply:
+                    raise AssertionError(f"{method}: {reply['error']}")
+                return dict(reply.get("result", {}))
+
+    async def js(self, expression: str) -> Any:
+        result = await self.call("Runtime.evaluate", expression=expression,
+                                 awaitPromise=True, returnByValue=True)
+        return result.get("result", {}).get("value")
+
+    async def wait_for(self, expression: str, timeout: float = 10.0) -> Any:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            value = await self.js(expression)
+            if value:
+                return value
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"browser never satisfied: {expression}")
+
+
+def _page_ws_url(port: int, timeout: float = 20.0) -> str:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=2) as r:
+                pages = [p for p in json.load(r) if p.get("type") == "page"]
+            if pages:
+                return str(pages[0]["webSocketDebuggerUrl"])
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("chromium's DevTools endpoint did not come up")
+
+
+async def _chat_in_browser(chromium: str, screenshot: Path) -> None:
+    rooms = rw.RoomManager()
+    async with rw.serve(ChatHandler(rooms), "127.0.0.1", 0, http_handler=chat_http_handler,
+                        ping_interval=None) as server:
+        page = f"http://127.0.0.1:{server.port}/"
+        debug_port = free_port()
+        with tempfile.TemporaryDirectory() as profile:
+            browser = subprocess.Popen(
+                [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={profile}", f"--remote-debugging-port={debug_port}",
+                 "--remote-debugging-address=127.0.0.1", "--window-size=900,700", page],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                url = await asyncio.to_thread(_page_ws_url, debug_port)
+                async with websockets.connect(url, max_size=None) as cdp_ws:
+                    await _drive(DevTools(cdp_ws), server.port, screenshot)
+            finally:
+                browser.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    browser.wait(10)
+                if browser.poll() is None:
+                    browser.kill()
+                    browser.wait()
+
+
+async def _drive(page: DevTools, port: int, screenshot: Path) -> None:
+    await page.wait_for("document.getElementById('status').textContent === 'connected'")
+    # The browser joins "lobby" through the page's own form.
+    await page.js("document.getElementById('room').value = 'lobby';"
+                  "document.getElementById('joinform').requestSubmit(); true")
+    await page.wait_for("document.getElementById('log').textContent.includes('joined lobby')")
+    async with rw.connect(f"ws://127.0.0.1:{port}/ws") as py:
+        await py.send_json({"type": "join", "room": "lobby"})
+        joined = (await py.recv()).parse_json()["data"]
+        assert joined == {"event": "joined", "room": "lobby", "size": 2}
+        # Browser -> server -> Python client (and back to the browser itself).
+        await page.js("document.getElementById('text').value = 'hello from chromium';"
+                      "document.getElementById('sendform').requestSubmit(); true")
+        event = (await py.recv()).parse_json()["data"]
+        assert event["event"] == "message"
+        assert event["room"] == "lobby"
+        assert event["data"] == "hello from chromium"
+        await page.wait_for(
+            "document.getElementById('log').textContent.includes('hello from chromium')")
+        # Python client -> server -> browser.
+        await py.send_json({"type": "message", "room": "lobby", "data": "hello from python"})
+        mine = (await py.recv()).parse_json()["data"]
+        assert mine["data"] == "hello from python"
+        await page.wait_for(
+            "document.getElementById('log').textContent.includes('hello from python')")
+        # A bad request from the browser gets an error reply; its socket stays open.
+        await page.js("document.getElementById('room').value = '';"
+                      "document.getElementById('joinform').requestSubmit(); true")
+        await page.wait_for("document.getElementById('log').textContent.includes('error:')")
+        assert await page.js("document.getElementById('status').textContent") == "connected"
+    shot = await page.call("Page.captureScreenshot", format="png")
+    screenshot.write_bytes(base64.b64decode(shot["data"]))
+
+
+def test_chat_page_in_chromium(tmp_path: Path) -> None:
+    chromium = _need_chromium()
+    shot = tmp_path / "chat.png"
+    run_on("asyncio", _chat_in_browser(chromium, shot), timeout=90)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    keep = os.environ.get("REINHARDT_WS_SCREENSHOT")
+    if keep:
+        shutil.copy(shot, keep)
