@@ -174,6 +174,11 @@ cdef class Peer:
             self._hub._loop.call_soon(self._on_overflow)
             return 1
         self.over_limit = False
+        self._enqueue(frame, size)
+        return 0
+
+    cdef inline int _enqueue(self, bytes frame, Py_ssize_t size) except -1:
+        """Append to the queue; the first frame of an iteration schedules the flush."""
         self._pending.append(frame)
         self.pending_size += size
         if not self._scheduled:
@@ -193,15 +198,9 @@ cdef class Peer:
         """
         if self.closed or self.failed:
             return 2
-        self._pending.append(frame)
-        self.pending_size += PyBytes_GET_SIZE(frame)
+        self._enqueue(frame, PyBytes_GET_SIZE(frame))
         if self.pending_size > self.max_write_buffer:
             self._flush()
-            return 0
-        if not self._scheduled:
-            self._scheduled = True
-            self._hub._dirty.append(self)
-            self._hub._schedule()
         return 0
 
     cdef bint _over(self, Py_ssize_t size) except -1:
@@ -371,43 +370,34 @@ cdef class Hub:
         *peers* is a mapping whose values are peers, or an iterable of peers.
         Returns ``(delivered, dropped, failed_ids)``.
         """
-        cdef Py_ssize_t delivered = 0
-        cdef Py_ssize_t dropped = 0
+        cdef Py_ssize_t counts[2]
         cdef list failed = []
         cdef Py_ssize_t pos = 0
         cdef PyObject *key
         cdef PyObject *value
-        cdef Peer peer
-        cdef int status
-        cdef bint use_set = type(exclude) is set or type(exclude) is frozenset
-        cdef bint has_exclude = exclude is not None and len(exclude) > 0
+        if exclude is not None and len(exclude) == 0:
+            exclude = None
+        elif exclude is not None and type(exclude) is not set and type(exclude) is not frozenset:
+            exclude = frozenset(exclude)
+        counts[0] = counts[1] = 0
         if type(peers) is dict:
             while PyDict_Next(peers, &pos, &key, &value):
-                peer = <Peer?><object>value
-                if has_exclude:
-                    if use_set:
-                        if PySet_Contains(exclude, peer.conn_id):
-                            continue
-                    elif peer.conn_id in exclude:
-                        continue
-                status = peer._send(frame)
-                if status == 0:
-                    delivered += 1
-                elif status == 1:
-                    dropped += 1
-                else:
-                    failed.append(peer.conn_id)
+                _offer(<Peer?><object>value, frame, exclude, counts, failed)
         else:
             values = peers.values() if isinstance(peers, _Mapping) else peers
             for obj in values:
-                peer = <Peer?>obj
-                if has_exclude and peer.conn_id in exclude:
-                    continue
-                status = peer._send(frame)
-                if status == 0:
-                    delivered += 1
-                elif status == 1:
-                    dropped += 1
-                else:
-                    failed.append(peer.conn_id)
-        return delivered, dropped, failed
+                _offer(<Peer?>obj, frame, exclude, counts, failed)
+        return counts[0], counts[1], failed
+
+
+cdef inline int _offer(Peer peer, bytes frame, object exclude, Py_ssize_t *counts,
+                       list failed) except -1:
+    """One member of a fan-out: skip if excluded, else queue and count."""
+    if exclude is not None and PySet_Contains(exclude, peer.conn_id):
+        return 0
+    cdef int status = peer._send(frame)
+    if status == 2:
+        failed.append(peer.conn_id)
+    else:
+        counts[status] += 1
+    return 0

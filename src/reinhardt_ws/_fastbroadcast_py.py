@@ -178,13 +178,17 @@ class Peer:
             self._hub._loop.call_soon(self._on_overflow)
             return DROPPED
         self.over_limit = False
+        self._enqueue(frame, size)
+        return DELIVERED
+
+    def _enqueue(self, frame: bytes, size: int) -> None:
+        """Append to the queue; the first frame of an iteration schedules the flush."""
         self._pending.append(frame)
         self.pending_size += size
         if not self._scheduled:
             self._scheduled = True
             self._hub._dirty.append(self)
             self._hub._schedule()
-        return DELIVERED
 
     def push(self, frame: bytes) -> int:
         """Queue *frame* without the slow-consumer check; DELIVERED or FAILED.
@@ -199,15 +203,9 @@ class Peer:
             raise TypeError(f"frame must be bytes, not {type(frame).__name__}")
         if self.closed or self.failed:
             return FAILED
-        self._pending.append(frame)
-        self.pending_size += len(frame)
+        self._enqueue(frame, len(frame))
         if self.pending_size > self.max_write_buffer:
             self.flush()
-            return DELIVERED
-        if not self._scheduled:
-            self._scheduled = True
-            self._hub._dirty.append(self)
-            self._hub._schedule()
         return DELIVERED
 
     def _over(self, size: int) -> bool:
@@ -367,21 +365,28 @@ class Hub:
         """
         if type(frame) is not bytes:
             raise TypeError(f"frame must be bytes, not {type(frame).__name__}")
-        delivered = 0
-        dropped = 0
+        if exclude is not None and not exclude:
+            exclude = None
+        elif exclude is not None and not isinstance(exclude, (set, frozenset)):
+            exclude = frozenset(exclude)
+        counts = [0, 0]  # DELIVERED, DROPPED
         failed: list[str] = []
         values = peers.values() if isinstance(peers, Mapping) else peers
         for peer in values:
-            if exclude and peer.conn_id in exclude:
-                continue
-            status = peer._send(frame)
-            if status == DELIVERED:
-                delivered += 1
-            elif status == DROPPED:
-                dropped += 1
-            else:
-                failed.append(peer.conn_id)
-        return delivered, dropped, failed
+            _offer(peer, frame, exclude, counts, failed)
+        return counts[DELIVERED], counts[DROPPED], failed
+
+
+def _offer(peer: Peer, frame: bytes, exclude: frozenset[str] | set[str] | None,
+           counts: list[int], failed: list[str]) -> None:
+    """One member of a fan-out: skip if excluded, else queue and count."""
+    if exclude is not None and peer.conn_id in exclude:
+        return
+    status = peer._send(frame)
+    if status == FAILED:
+        failed.append(peer.conn_id)
+    else:
+        counts[status] += 1
 
 
 def _direct_fd(transport: Any) -> int:
