@@ -33,3 +33,16 @@ def test_private_extension_not_in_top_level_namespace() -> None:
 
     assert "_fastbroadcast" not in sys.modules
     assert "_fastbroadcast" not in reinhardt_ws.__all__
+
+
+def test_redis_backend_is_lazy() -> None:
+    """``import reinhardt_ws`` never needs the redis extra; the name resolves on use."""
+    import subprocess
+    import sys
+
+    code = ("import sys, reinhardt_ws\n"
+            "assert 'redis' not in sys.modules, 'redis-py imported eagerly'\n"
+            "assert 'RedisBackend' not in reinhardt_ws.__all__\n"
+            "from reinhardt_ws.redis import RedisBackend\n"
+            "assert reinhardt_ws.RedisBackend is RedisBackend\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

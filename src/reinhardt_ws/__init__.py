@@ -52,6 +52,8 @@ __all__ = [
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from .redis import RedisBackend as RedisBackend
+
     IMPLEMENTATION: str
 
 
@@ -59,4 +61,12 @@ def __getattr__(name: str) -> object:
     # Read at access time, so it always names the fan-out that new hubs use.
     if name == "IMPLEMENTATION":
         return _fanout.impl.IMPLEMENTATION
+    # Imported on first use: the package must not need the `redis` extra.
+    if name == "RedisBackend":
+        try:
+            from .redis import RedisBackend
+        except ImportError as exc:
+            raise ImportError("reinhardt_ws.RedisBackend needs the redis extra: "
+                              "pip install 'reinhardt-ws[redis]'") from exc
+        return RedisBackend
     raise AttributeError(f"module 'reinhardt_ws' has no attribute {name!r}")
