@@ -1,0 +1,1 @@
+"""Benchmark harness of reinhardt-ws: contestant servers, bench clients, the C floor."""

@@ -1,0 +1,608 @@
+"""Parent side of the benchmark: start a contestant server and its client processes,
+run broadcast phases, measure the server process, and fail loudly on any loss.
+
+An :class:`Arena` is one server process (a contestant) with N connected clients
+spread over client processes (``client_worker.py``).  :meth:`Arena.phase` arms
+every client with the exact number of bytes it must receive, tells the server to
+broadcast, waits until every client has them (or fails), and reads the server's
+CPU time (``getrusage`` inside the server, so the figure covers the server process
+and nothing else) before and after.  A phase that loses, corrupts or over-delivers
+a byte raises :class:`PhaseFailed`: a lossy run is a failed run, not a fast one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from . import wire
+
+__all__ = [
+    "CONTESTANT_SPECS",
+    "Arena",
+    "ArenaPool",
+    "BenchError",
+    "ContestantSpec",
+    "PhaseFailed",
+    "PhaseResult",
+    "build_floor",
+]
+
+HERE = Path(__file__).resolve().parent
+BENCH_DIR = HERE.parent
+SERVER_MAIN = HERE / "server_main.py"
+CLIENT_WORKER = HERE / "client_worker.py"
+FLOOR_SOURCE = BENCH_DIR / "floor.c"
+
+
+class BenchError(RuntimeError):
+    """The harness could not run a scenario (a process died, timed out, refused)."""
+
+
+class PhaseFailed(AssertionError):
+    """A broadcast phase did not deliver every byte to every client."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ContestantSpec:
+    """How to start one contestant's server process."""
+
+    id: str  # as it appears in test ids and the report
+    server: str  # "floor" or a key of harness.contestants.CONTESTANTS
+    env: tuple[tuple[str, str | None], ...] = ()  # None removes the variable
+    options: tuple[tuple[str, str], ...] = ()
+    expect_implementation: str | None = None  # checked against the server's info
+    needs: str | None = None  # module that must import for this contestant to run
+
+    def with_options(self, **options: Any) -> ContestantSpec:
+        merged = dict(self.options)
+        merged.update({k: str(v) for k, v in options.items() if v is not None})
+        return dataclasses.replace(self, options=tuple(sorted(merged.items())))
+
+
+#: Every contestant, in report order; the floor first so that ratios can be
+#: computed as soon as a contestant finishes.
+CONTESTANT_SPECS: tuple[ContestantSpec, ...] = (
+    ContestantSpec("floor", "floor"),
+    ContestantSpec(
+        "reinhardt-cy", "reinhardt",
+        env=(("REINHARDT_WS_NO_EXTENSIONS", None),),
+        expect_implementation="cython", needs="reinhardt_ws",
+    ),
+    ContestantSpec(
+        "reinhardt-py", "reinhardt",
+        env=(("REINHARDT_WS_NO_EXTENSIONS", "1"),),
+        expect_implementation="python", needs="reinhardt_ws",
+    ),
+    ContestantSpec("picows", "picows", needs="picows"),
+    ContestantSpec("websockets", "websockets", needs="websockets"),
+    ContestantSpec("aiohttp", "aiohttp", needs="aiohttp"),
+)
+
+
+def build_floor(out_dir: Path) -> Path:
+    """Compile floor.c with the system compiler (``cc -O2``); return the binary."""
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise BenchError("no C compiler (cc/gcc) on PATH: cannot build the floor")
+    out = out_dir / "floor"
+    proc = subprocess.run(
+        [cc, "-O2", "-Wall", "-o", str(out), str(FLOOR_SOURCE)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    if proc.returncode != 0:
+        raise BenchError(f"compiling floor.c failed:\n{proc.stderr}")
+    return out
+
+
+class LineProcess:
+    """A child speaking one-line commands and replies over stdin/stdout."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.stderr"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in close())
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=env,
+        )
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        self.fd = self.proc.stdout.fileno()
+        os.set_blocking(self.fd, False)
+        self._buf = b""
+        self.lines: deque[str] = deque()
+        self.eof = False
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write((line + "\n").encode())
+            self.proc.stdin.flush()
+        except (BrokenPipeError, ValueError) as exc:
+            raise BenchError(f"{self.name} is gone ({exc}); {self.stderr_tail()}") from exc
+
+    def pump(self) -> None:
+        """Move whatever the child wrote into ``lines``."""
+        while True:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return
+            if not chunk:
+                self.eof = True
+                return
+            self._buf += chunk
+            while b"\n" in self._buf:
+                raw, self._buf = self._buf.split(b"\n", 1)
+                self.lines.append(raw.decode(errors="replace"))
+
+    def read_line(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while not self.lines:
+            if self.eof:
+                raise BenchError(
+                    f"{self.name} exited (rc={self.proc.poll()}); {self.stderr_tail()}")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BenchError(
+                    f"{self.name}: no reply within {timeout:.0f}s; {self.stderr_tail()}")
+            select.select([self.fd], [], [], min(left, 1.0))
+            self.pump()
+        return self.lines.popleft()
+
+    def expect(self, word: str, timeout: float) -> list[str]:
+        line = self.read_line(timeout)
+        parts = line.split(" ", 1 if word == "PORT" else -1)
+        if parts[0] != word:
+            raise BenchError(f"{self.name}: expected {word}, got {line!r}; {self.stderr_tail()}")
+        return parts[1:] if word != "PORT" else parts[1].split(" ", 1)
+
+    def stderr_tail(self, n: int = 2000) -> str:
+        try:
+            self._log.flush()
+            data = self.log_path.read_bytes()[-n:].decode(errors="replace")
+        except OSError:
+            data = ""
+        return f"stderr of {self.name}: {data.strip() or '(empty)'}"
+
+    def close(self, timeout: float = 5.0) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.send("QUIT")
+            except BenchError:
+                pass
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+        self._log.close()
+        try:
+            if self.log_path.stat().st_size == 0:
+                self.log_path.unlink()
+        except OSError:
+            pass
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.close()
+
+
+def read_proc_status(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM of *pid*, in bytes (Linux /proc)."""
+    out: dict[str, int] = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                key, value = line.split(":", 1)
+                out[key] = int(value.split()[0]) * 1024
+    return out
+
+
+@dataclasses.dataclass
+class PhaseResult:
+    contestant: str
+    n: int  # clients that must receive everything
+    size: int
+    batch: int
+    messages: int
+    deliveries: int
+    cpu_s: float  # server process user + system CPU from BCAST to the last client's receipt
+    wall_s: float  # from BCAST to the last client's receipt
+    send_wall_s: float  # server's own time in its broadcast loop
+    complete: bool
+    delivered: int = 0  # as the server reports it
+    dropped: int = 0
+    failed: int = 0
+    short_sockets: int = 0
+    missing_bytes: int = 0
+    client_cpu_s: float = 0.0
+    rss_before: int = 0
+    rss_peak: int = 0  # VmHWM after the phase
+    reason: str = ""
+
+    @property
+    def cpu_us_per_delivery(self) -> float:
+        return 1e6 * self.cpu_s / self.deliveries if self.deliveries else math.nan
+
+    @property
+    def deliveries_per_s(self) -> float:
+        return self.deliveries / self.wall_s if self.wall_s > 0 else math.nan
+
+    @property
+    def deliveries_per_cpu_s(self) -> float:
+        return self.deliveries / self.cpu_s if self.cpu_s > 0 else math.nan
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.update(
+            cpu_us_per_delivery=self.cpu_us_per_delivery,
+            deliveries_per_s=self.deliveries_per_s,
+            deliveries_per_cpu_s=self.deliveries_per_cpu_s,
+        )
+        return d
+
+
+class Arena:
+    """One contestant server process with *n* connected bench clients."""
+
+    def __init__(
+        self,
+        spec: ContestantSpec,
+        n: int,
+        *,
+        floor_binary: Path | None,
+        loop: str = "uvloop",
+        clients_per_process: int = 2500,
+        verify: bool = True,
+        poll_interval: float = 0.0,
+        log_dir: Path | None = None,
+    ) -> None:
+        self.spec = spec
+        self.n = n
+        self.floor_binary = floor_binary
+        self.loop = loop
+        self.clients_per_process = clients_per_process
+        self.verify = verify
+        self.poll_interval = poll_interval
+        self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="bench-logs-"))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.server: LineProcess | None = None
+        self.clients: list[LineProcess] = []
+        self.info: dict[str, Any] = {}
+        self.broken = False
+        self.stalled = 0
+        self.rss_empty = 0  # server RSS, listening, no client
+        self.rss_connected = 0  # server RSS with n idle clients
+        self.connect_s = 0.0
+
+    # -- life cycle -----------------------------------------------------------------
+
+    def _server_argv(self) -> tuple[list[str], dict[str, str]]:
+        env = dict(os.environ)
+        for key, value in self.spec.env:
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
+        if self.spec.server == "floor":
+            if self.floor_binary is None:
+                raise BenchError("the floor binary was not built")
+            return [str(self.floor_binary)], env
+        argv = [sys.executable, str(SERVER_MAIN), "--contestant", self.spec.server,
+                "--loop", self.loop]
+        for key, value in self.spec.options:
+            argv += ["--option", f"{key}={value}"]
+        return argv, env
+
+    def start(self, timeout: float = 180.0) -> Arena:
+        try:
+            self._start(timeout)
+        except BaseException:
+            self.broken = True
+            self.close()
+            raise
+        return self
+
+    def _start(self, timeout: float) -> None:
+        argv, env = self._server_argv()
+        tag = f"{self.spec.id}-n{self.n}-{os.getpid()}-{time.monotonic_ns() % 10**9}"
+        self.server = LineProcess(f"server-{tag}", argv, env, self.log_dir)
+        port_s, info = self.server.expect("PORT", 60)
+        port = int(port_s)
+        self.info = json.loads(info) if info else {}
+        want = self.spec.expect_implementation
+        if want and self.info.get("implementation") != want:
+            raise BenchError(
+                f"{self.spec.id}: asked for the {want} implementation, the server runs "
+                f"{self.info.get('implementation')!r}: {self.info}"
+            )
+        self.server.send("GC")
+        self.server.expect("OK", 30)
+        self.rss_empty = read_proc_status(self.server.pid)["VmRSS"]
+
+        t0 = time.monotonic()
+        procs = max(1, math.ceil(self.n / self.clients_per_process))
+        base, extra = divmod(self.n, procs)
+        client_env = dict(os.environ)
+        for i in range(procs):
+            count = base + (1 if i < extra else 0)
+            # asyncio's default listen backlog is 100: keep the handshakes in flight
+            # below it, or dropped SYNs cost a 1 s retransmit each.
+            argv = [sys.executable, str(CLIENT_WORKER), "--port", str(port), "--count", str(count),
+                    "--connect-timeout", str(timeout), "--connect-batch", str(max(8, 64 // procs))]
+            if not self.verify:
+                argv.append("--no-verify")
+            if self.poll_interval > 0:
+                argv += ["--poll-interval", str(self.poll_interval)]
+            self.clients.append(LineProcess(f"clients{i}-{tag}", argv, client_env, self.log_dir))
+        # WAIT first: the floor accepts only while it handles WAIT.
+        self.server.send(f"WAIT {self.n} {timeout:.0f}")
+        for c in self.clients:
+            ready = c.read_line(timeout)
+            if not ready.startswith("READY "):
+                raise BenchError(f"{c.name}: {ready}; {self.server.stderr_tail()}")
+        (count_s,) = self.server.expect("CONNECTED", timeout)
+        if int(count_s) != self.n:
+            raise BenchError(f"{self.spec.id}: server sees {count_s} of {self.n} clients")
+        self.connect_s = time.monotonic() - t0
+        self.server.send("GC")
+        self.server.expect("OK", 30)
+        time.sleep(0.2)
+        self.rss_connected = read_proc_status(self.server.pid)["VmRSS"]
+
+    def close(self) -> None:
+        # Server first: then every client sees EOF at once instead of the server
+        # working through thousands of closes.
+        if self.server is not None:
+            self.server.kill()
+        for c in self.clients:
+            c.close()
+        self.clients = []
+        self.server = None
+
+    def __enter__(self) -> Arena:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- measurements ---------------------------------------------------------------
+
+    def server_cpu(self) -> float:
+        assert self.server is not None
+        self.server.send("STATS")
+        ut, st, _maxrss = self.server.expect("STATS", 60)
+        return float(ut) + float(st)
+
+    def stall(self, k: int = 1) -> None:
+        """Make the first *k* sockets of the first client process stop reading."""
+        self.clients[0].send(f"STALL {k}")
+        self.clients[0].expect("OK", 30)
+        self.stalled += k
+
+    def reset_peak_rss(self) -> bool:
+        """Reset the server's VmHWM to its current RSS (Linux >= 4.0); False if refused."""
+        assert self.server is not None
+        try:
+            with open(f"/proc/{self.server.pid}/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            return False
+        return True
+
+    def rss(self) -> dict[str, int]:
+        assert self.server is not None
+        return read_proc_status(self.server.pid)
+
+    def phase(
+        self,
+        messages: int,
+        size: int,
+        batch: int,
+        *,
+        timeout: float,
+        stall_timeout: float = 15.0,
+        sample_rss: bool = False,
+    ) -> PhaseResult:
+        """Broadcast *messages* messages of *size* bytes, *batch* per loop iteration.
+
+        Returns the measurements; raises :class:`PhaseFailed` when a client is short.
+        """
+        if self.broken or self.server is None:
+            raise BenchError("this arena is broken; start a new one")
+        if messages % batch:
+            raise ValueError("messages must be a multiple of batch")
+        try:
+            return self._phase(messages, size, batch, timeout, stall_timeout, sample_rss)
+        except BaseException:
+            self.broken = True
+            raise
+
+    def _phase(
+        self, messages: int, size: int, batch: int, timeout: float, stall_timeout: float,
+        sample_rss: bool,
+    ) -> PhaseResult:
+        server = self.server
+        assert server is not None
+        healthy = self.n - self.stalled
+        nbytes = messages * wire.frame_len(size)
+        rss_before = self.rss()["VmRSS"]
+        cpu0 = self.server_cpu()
+        for c in self.clients:
+            c.send(f"EXPECT {nbytes} {size} {timeout:.1f} {stall_timeout:.1f}")
+        for c in self.clients:
+            c.expect("ARMED", 30)
+        t0 = time.perf_counter()
+        server.send(f"BCAST {messages} {size} {batch}")
+
+        sent: list[str] | None = None
+        outcomes: dict[str, list[str]] = {}
+        t_last = t0
+        hard_deadline = time.monotonic() + timeout + stall_timeout + 30
+        procs = [server, *self.clients]
+        peak_sampled = rss_before
+        t_last_give_up = time.monotonic()
+        while ((sent is None or len(outcomes) < len(self.clients))
+               and time.monotonic() < hard_deadline):
+            gave_up = (len(outcomes) == len(self.clients)
+                       and any(o[0] != "DONE" for o in outcomes.values()))
+            if gave_up and time.monotonic() > t_last_give_up + 5:
+                # Clients gave up: the server had 5 s more to finish; stop waiting.
+                break
+            fds = [p.fd for p in procs if not p.eof]
+            ready, _, _ = select.select(fds, [], [], 0.05 if sample_rss else 0.5)
+            for p in procs:
+                if p.fd in ready:
+                    p.pump()
+            if sample_rss:
+                peak_sampled = max(peak_sampled, self.rss()["VmRSS"])
+            while server.lines:
+                line = server.lines.popleft()
+                if line.startswith("SENT "):
+                    sent = line.split()[1:]
+                elif line.startswith("ERROR"):
+                    raise PhaseFailed(f"{self.spec.id}: server: {line}")
+            for c in self.clients:
+                while c.lines:
+                    parts = c.lines.popleft().split()
+                    if parts[0] in ("DONE", "SHORT"):
+                        outcomes[c.name] = parts
+                        t_last = time.perf_counter()
+                        t_last_give_up = time.monotonic()
+                    else:
+                        raise BenchError(f"{c.name}: unexpected {' '.join(parts)!r}")
+                if c.eof and c.name not in outcomes:
+                    raise BenchError(f"{c.name} died; {c.stderr_tail()}")
+            if server.eof:
+                raise BenchError(f"server died; {server.stderr_tail()}")
+        cpu1 = self.server_cpu()
+        status = self.rss()
+
+        short = missing = 0
+        reasons: list[str] = []
+        client_cpu = 0.0
+        for c in self.clients:
+            o = outcomes.get(c.name)
+            if o is None:
+                reasons.append(f"{c.name}: no answer")
+                short += 1
+            elif o[0] == "DONE":
+                client_cpu += float(o[1])
+            else:
+                short += int(o[1])
+                missing += int(o[2])
+                reasons.append(f"{c.name}: short={o[1]} missing={o[2]} closed={o[3]} "
+                               f"corrupt={o[4]} over={o[5]} ({o[6]})")
+        if sent is None:
+            reasons.append("the server's broadcast loop did not finish")
+        delivered, dropped, failed = (int(x) for x in sent[1:4]) if sent else (0, 0, 0)
+        result = PhaseResult(
+            contestant=self.spec.id, n=healthy, size=size, batch=batch, messages=messages,
+            deliveries=healthy * messages, cpu_s=cpu1 - cpu0, wall_s=t_last - t0,
+            send_wall_s=float(sent[0]) if sent else math.nan,
+            complete=not reasons, delivered=delivered, dropped=dropped, failed=failed,
+            short_sockets=short, missing_bytes=missing, client_cpu_s=client_cpu,
+            rss_before=rss_before, rss_peak=max(status["VmHWM"], peak_sampled),
+            reason="; ".join(reasons),
+        )
+        if not result.complete:
+            self.broken = True
+        return result
+
+
+class ArenaPool:
+    """Keeps arenas alive while tests ask for the same ones: at most one contestant
+    arena and one floor arena (the floor is measured next to every contestant, in
+    the same minutes, so that a noisy machine moves both alike).
+
+    Bench tests are sorted (conftest) so that all tests of one (contestant, N) run
+    back to back; connecting 5000 clients then happens once per contestant.
+    """
+
+    def __init__(self, **arena_kwargs: Any) -> None:
+        self.arena_kwargs = arena_kwargs
+        self.current: Arena | None = None
+        self.floor_arena: Arena | None = None
+        self.failures: dict[tuple[str, int], str] = {}
+
+    def _reuse(self, arena: Arena | None, spec: ContestantSpec, n: int) -> bool:
+        return arena is not None and (arena.spec, arena.n) == (spec, n) and not arena.broken
+
+    def _start(self, spec: ContestantSpec, n: int) -> Arena:
+        key = (spec.id, n)
+        if key in self.failures:
+            raise BenchError(f"{spec.id} at N={n} already failed to start: {self.failures[key]}")
+        try:
+            return Arena(spec, n, **self.arena_kwargs).start()
+        except BenchError as exc:
+            self.failures[key] = str(exc)[:500]
+            raise
+
+    def get(self, spec: ContestantSpec, n: int) -> Arena:
+        if spec.server == "floor":
+            return self.floor(n, spec)
+        if self._reuse(self.current, spec, n):
+            assert self.current is not None
+            return self.current
+        self.release(floor=self.floor_arena is not None and self.floor_arena.n != n)
+        self.current = self._start(spec, n)
+        return self.current
+
+    def floor(self, n: int, spec: ContestantSpec | None = None) -> Arena:
+        """The floor's arena for *n* clients (kept beside the contestant's)."""
+        spec = spec or next(s for s in CONTESTANT_SPECS if s.server == "floor")
+        if self._reuse(self.floor_arena, spec, n):
+            assert self.floor_arena is not None
+            return self.floor_arena
+        if self.current is not None and self.current.n != n:
+            self.release(floor=False)
+        if self.floor_arena is not None:
+            self.floor_arena.close()
+            self.floor_arena = None
+        self.floor_arena = self._start(spec, n)
+        return self.floor_arena
+
+    def fresh(self, spec: ContestantSpec, n: int) -> Arena:
+        """A new arena that the pool does not keep (the caller closes it)."""
+        self.release(floor=True)
+        return Arena(spec, n, **self.arena_kwargs)
+
+    def release(self, floor: bool = True) -> None:
+        if self.current is not None:
+            self.current.close()
+            self.current = None
+        if floor and self.floor_arena is not None:
+            self.floor_arena.close()
+            self.floor_arena = None
+
+
+def median(values: Iterable[float]) -> float:
+    vals = sorted(v for v in values if not math.isnan(v))
+    if not vals:
+        return math.nan
+    mid = len(vals) // 2
+    return vals[mid] if len(vals) % 2 else (vals[mid - 1] + vals[mid]) / 2

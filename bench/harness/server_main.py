@@ -1,0 +1,119 @@
+"""A contestant server process, driven by the harness over stdin/stdout.
+
+``python server_main.py --contestant picows [--loop uvloop] [--option key=value]``
+
+Speaks the same line protocol as floor.c:
+  (start)                 -> PORT <port> <json info>
+  WAIT <n> <timeout>      -> CONNECTED <count>      (when n are connected, or at timeout)
+  BCAST <m> <size> <b>    -> SENT <wall_s> <delivered> <dropped> <failed>   (when the loop ends)
+  STATS                   -> STATS <utime_s> <stime_s> <maxrss_kb>
+  GC                      -> OK                     (gc.collect(), before memory readings)
+  QUIT                    -> (exit)
+BCAST runs as a task, so STATS is answered even while a broadcast is stuck.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import resource
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import wire
+from contestants import CONTESTANTS
+
+
+def say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+async def serve(name: str, options: dict[str, str], loop_name: str) -> None:
+    contestant = CONTESTANTS[name](options)
+    port = await contestant.start("127.0.0.1")
+    info = {"loop": loop_name, **contestant.info()}
+    say(f"PORT {port} {json.dumps(info)}")
+
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def wait_for(n: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while contestant.count() < n and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        say(f"CONNECTED {contestant.count()}")
+
+    async def broadcast(m: int, size: int, batch: int) -> None:
+        payload = wire.make_payload(size)
+        t0 = time.perf_counter()
+        try:
+            delivered, dropped, failed = await contestant.run(payload, m, batch)
+        except Exception as exc:  # report, do not die: the harness fails the run
+            say(f"ERROR broadcast raised {type(exc).__name__}: {exc}".replace("\n", " "))
+            return
+        say(f"SENT {time.perf_counter() - t0:.6f} {delivered} {dropped} {failed}")
+
+    def spawn(coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    while True:
+        raw = await reader.readline()
+        if not raw:
+            break
+        cmd = raw.decode().split()
+        if not cmd:
+            continue
+        if cmd[0] == "WAIT":
+            spawn(wait_for(int(cmd[1]), float(cmd[2]) if len(cmd) > 2 else 60.0))
+        elif cmd[0] == "BCAST":
+            m, size, batch = int(cmd[1]), int(cmd[2]), int(cmd[3])
+            spawn(broadcast(m, size, batch))
+        elif cmd[0] == "STATS":
+            ru = resource.getrusage(resource.RUSAGE_SELF)
+            say(f"STATS {ru.ru_utime:.6f} {ru.ru_stime:.6f} {ru.ru_maxrss}")
+        elif cmd[0] == "GC":
+            gc.collect()
+            say("OK")
+        elif cmd[0] == "QUIT":
+            break
+        else:
+            say(f"ERROR unknown command {cmd[0]}")
+    for task in tasks:
+        task.cancel()
+    await contestant.stop()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--contestant", required=True, choices=sorted(CONTESTANTS))
+    ap.add_argument("--loop", default="uvloop", choices=["uvloop", "asyncio"])
+    ap.add_argument("--option", action="append", default=[], help="key=value for the contestant")
+    args = ap.parse_args()
+    options = dict(item.split("=", 1) for item in args.option)
+    wire.raise_nofile_limit()
+    if args.loop == "uvloop":
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    else:
+        loop_factory = asyncio.new_event_loop
+    loop = loop_factory()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(serve(args.contestant, options, args.loop))
+    finally:
+        loop.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Micro-benchmarks, on both fan-out implementations where the implementation matters.
+
+- Encoding: ``Message.json(obj)`` against ``json.dumps(obj)`` (and ``orjson.dumps``,
+  which Message.json uses underneath), for a small chat event and a larger payload.
+- Framing: ``build_frame(opcode, payload)`` of each implementation, 64 B and 4 KiB.
+- Rooms: ``RoomManager.join`` then ``leave`` of 200 real server-side connections
+  (a reinhardt server on loopback, raw clients), per implementation.
+Per-operation times are in the report (``extra_info["ops_per_call"]``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from harness import wire
+
+try:
+    import orjson
+
+    import reinhardt_ws
+    from reinhardt_ws import Message, RoomManager, WebSocketHandler, _fanout, serve
+except Exception as exc:  # the library is not installed (or not built) yet
+    pytestmark = pytest.mark.skip(reason=f"reinhardt_ws is not importable: {exc!r}")
+
+IMPLEMENTATIONS = ("cython", "python")
+ROOM_CONNECTIONS = 200
+
+SMALL_EVENT = {"type": "chat", "room": "lobby", "user": "ada", "text": "hello, world",
+               "ts": 1700000000}
+LARGE_EVENT = {
+    "type": "snapshot",
+    "items": [{"id": i, "name": f"item-{i}", "price": i * 1.25, "tags": ["a", "b"], "ok": True}
+              for i in range(100)],
+}
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def implementation(request: pytest.FixtureRequest) -> Iterator[str]:
+    name = request.param
+    if name not in _fanout.available():
+        if os.environ.get("REINHARDT_WS_NO_EXTENSIONS", "") not in ("", "0"):
+            pytest.skip("C extension disabled by REINHARDT_WS_NO_EXTENSIONS")
+        pytest.fail("reinhardt_ws._fastbroadcast is not built: a normal build must load it")
+    previous = _fanout.impl.IMPLEMENTATION
+    _fanout.use(name)
+    try:
+        yield name
+    finally:
+        _fanout.use(previous)
+
+
+@pytest.mark.parametrize("payload", ["small", "large"])
+@pytest.mark.parametrize("encoder", ["Message.json", "json.dumps", "orjson.dumps"])
+def test_encode_json(benchmark, encoder: str, payload: str) -> None:
+    obj = SMALL_EVENT if payload == "small" else LARGE_EVENT
+    fn: Any = {"Message.json": Message.json, "json.dumps": json.dumps,
+               "orjson.dumps": orjson.dumps}[encoder]
+    benchmark.group = f"encode json ({payload})"
+    benchmark.extra_info.update(scenario="micro", encoder=encoder, payload=payload)
+    result = benchmark(fn, obj)
+    text = result.payload if isinstance(result, Message) else result
+    assert json.loads(text) == obj
+
+
+@pytest.mark.parametrize("size", [64, 4096], ids=["64B", "4KiB"])
+def test_build_frame(benchmark, implementation: str, size: int) -> None:
+    build_frame = _fanout.available()[implementation].build_frame
+    payload = wire.make_payload(size)
+    benchmark.group = f"build_frame {size} B"
+    benchmark.extra_info.update(scenario="micro", implementation=implementation, size=size)
+    frame = benchmark(build_frame, 0x2, payload)
+    assert frame == wire.make_frame(size)
+
+
+def test_room_join_leave(benchmark, implementation: str, bench_config) -> None:
+    if bench_config.loop == "uvloop":
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    conns: list[Any] = []
+
+    class Collect(WebSocketHandler):
+        async def on_connect(self, conn: Any) -> None:
+            conns.append(conn)
+
+    async def start() -> tuple[Any, list[asyncio.StreamWriter]]:
+        server = await serve(Collect(), "127.0.0.1", 0, ping_interval=None)
+        writers = []
+        for _ in range(ROOM_CONNECTIONS):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(wire.upgrade_request("127.0.0.1", server.port))
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert head.startswith(b"HTTP/1.1 101"), head
+            writers.append(writer)
+        for _ in range(500):
+            if len(conns) == ROOM_CONNECTIONS:
+                break
+            await asyncio.sleep(0.01)
+        assert len(conns) == ROOM_CONNECTIONS
+        return server, writers
+
+    async def stop(server: Any, writers: list[asyncio.StreamWriter]) -> None:
+        for writer in writers:
+            writer.close()
+        await server.close(timeout=2.0)
+        for writer in writers:
+            try:
+                await writer.wait_closed()
+            except (ConnectionError, OSError):
+                pass
+
+    rooms = RoomManager()
+
+    async def join_leave() -> None:
+        for conn in conns:
+            await rooms.join("bench", conn)
+        for conn in conns:
+            await rooms.leave("bench", conn)
+
+    try:
+        server, writers = loop.run_until_complete(start())
+        try:
+            assert implementation == reinhardt_ws.IMPLEMENTATION
+            benchmark.group = f"room join+leave ({ROOM_CONNECTIONS} connections)"
+            benchmark.extra_info.update(scenario="micro", implementation=implementation,
+                                        ops_per_call=2 * ROOM_CONNECTIONS)
+            benchmark.pedantic(lambda: loop.run_until_complete(join_leave()),
+                               rounds=50, iterations=1, warmup_rounds=2)
+        finally:
+            loop.run_until_complete(stop(server, writers))
+    finally:
+        loop.close()
