@@ -115,6 +115,7 @@ cdef class Peer:
         object _on_failure
         int _fd
         list _pending
+        list _spare
         bint _scheduled
         Py_ssize_t _transport_size
         readonly str conn_id
@@ -137,6 +138,7 @@ cdef class Peer:
         self._get_write_buffer_size = transport.get_write_buffer_size
         self._fd = _direct_fd(transport)
         self._pending = []
+        self._spare = None
         self._scheduled = False
         self._transport_size = 0
         self._on_overflow = on_overflow
@@ -228,17 +230,23 @@ cdef class Peer:
         cdef list pending = self._pending
         if not pending:
             return 0
-        self._pending = []
+        # Swap in the spare list: no allocation per peer per flush.
+        self._pending = self._spare if self._spare is not None else []
+        self._spare = None
         self.pending_size = 0
-        if self.failed:
-            return 0
-        if self._ws is not None and self._ws.is_close_frame_sent:
-            self.closed = True
-            return 0
         try:
-            self._write_out(pending)
-        except Exception as exc:  # OSError, or whatever the transport raised
-            self._fail(exc)
+            if self.failed:
+                return 0
+            if self._ws is not None and self._ws.is_close_frame_sent:
+                self.closed = True
+                return 0
+            try:
+                self._write_out(pending)
+            except Exception as exc:  # OSError, or whatever the transport raised
+                self._fail(exc)
+        finally:
+            del pending[:]
+            self._spare = pending
         return 0
 
     cdef int _write_out(self, list frames) except -1:
@@ -248,7 +256,7 @@ cdef class Peer:
         cdef Py_ssize_t cnt, i, j, sent, flen
         cdef int err
         cdef bytes frame
-        if self._transport.is_closing():
+        if self._transport.is_closing():  # closed by someone else: no more bytes
             self._fail(None)
             return 0
         if self._fd >= 0 and self._get_write_buffer_size() == 0:

@@ -105,6 +105,7 @@ class Peer:
         "_on_overflow",
         "_pending",
         "_scheduled",
+        "_spare",
         "_transport",
         "_transport_size",
         "_write",
@@ -139,6 +140,7 @@ class Peer:
         self._get_write_buffer_size = transport.get_write_buffer_size
         self._fd = _direct_fd(transport)
         self._pending: list[bytes] = []
+        self._spare: list[bytes] | None = None
         self._scheduled = False
         self._transport_size = 0
         self._on_overflow = on_overflow
@@ -229,22 +231,28 @@ class Peer:
         pending = self._pending
         if not pending:
             return
-        self._pending = []
+        # Swap in the spare list: no allocation per peer per flush.
+        self._pending = self._spare if self._spare is not None else []
+        self._spare = None
         self.pending_size = 0
-        if self.failed:
-            return
-        if self._ws is not None and self._ws.is_close_frame_sent:
-            # picows closed the connection itself (a protocol error it detected):
-            # nothing may follow its close frame.
-            self.closed = True
-            return
         try:
-            self._write_out(pending)
-        except Exception as exc:  # OSError, or whatever the transport raised
-            self._fail(exc)
+            if self.failed:
+                return
+            if self._ws is not None and self._ws.is_close_frame_sent:
+                # picows closed the connection itself (a protocol error it
+                # detected): nothing may follow its close frame.
+                self.closed = True
+                return
+            try:
+                self._write_out(pending)
+            except Exception as exc:  # OSError, or whatever the transport raised
+                self._fail(exc)
+        finally:
+            del pending[:]
+            self._spare = pending
 
     def _write_out(self, frames: list[bytes]) -> None:
-        if self._transport.is_closing():
+        if self._transport.is_closing():  # closed by someone else: no more bytes
             self._fail(None)
             return
         if self._fd >= 0 and self._get_write_buffer_size() == 0:

@@ -74,7 +74,7 @@ class _Connect:
                     auto_ping_reply_timeout=float(self._ping_timeout or self._ping_interval or 20),
                     max_frame_size=opts.max_message_size or (1 << 62),
                     extra_headers=headers or None,
-                    logger_name=logging.getLogger("reinhardt_ws.picows.client"),
+                    logger_name=logging.LoggerAdapter(logging.getLogger("reinhardt_ws.picows.client")),
                 ),
                 self._open_timeout,
             )
