@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Coroutine
+import dataclasses
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import reinhardt_ws as rw
@@ -111,47 +112,79 @@ class Flood:
             assert collector.received == want
 
 
+@dataclasses.dataclass
+class Scene:
+    """A room of healthy clients and one client that does not read."""
+
+    rooms: rw.RoomManager
+    handler: Recorder
+    slow_client: WebsocketsClient
+    slow: rw.WebSocketConnection
+    pairs: list[tuple[PeerClient, rw.WebSocketConnection]]
+    healthy: list[Collector]
+    flood: Flood
+
+
+@contextlib.asynccontextmanager
+async def slow_room(policy: str, close_timeout: float = 5.0,
+                    abort: bool = False) -> AsyncIterator[Scene]:
+    """Serve with *policy*; join the slow client and the healthy ones to "room".
+    On exit the slow client is closed (or aborted: one that never reads would
+    wait in vain for a close frame)."""
+    rooms = rw.RoomManager()
+    handler = Recorder()
+    async with running_server(handler, max_write_buffer=LIMIT, slow_consumer=policy,
+                              close_timeout=close_timeout) as server, \
+            connected(server, handler, HEALTHY) as pairs:
+        slow_client: WebsocketsClient = await connect_small_window(server)
+        try:
+            slow = await handler.connected.get()
+            for conn in [slow] + [conn for _, conn in pairs]:
+                await rooms.join("room", conn)
+            healthy = [Collector(client) for client, _ in pairs]
+            yield Scene(rooms, handler, slow_client, slow, list(pairs), healthy,
+                        Flood(rooms, healthy, slow))
+        finally:
+            if abort:
+                await slow_client.abort()
+            else:
+                await slow_client.close()
+
+
 def test_drop_policy_skips_the_slow_member_then_resumes(run: Run) -> None:
     async def main() -> None:
-        rooms = rw.RoomManager()
-        handler = Recorder()
-        async with running_server(handler, max_write_buffer=LIMIT, slow_consumer="drop") \
-                as server, connected(server, handler, HEALTHY) as pairs:
-            slow_client = await connect_small_window(server)
-            try:
-                slow = await handler.connected.get()
-                for conn in [slow] + [conn for _, conn in pairs]:
-                    await rooms.join("room", conn)
-                healthy = [Collector(client) for client, _ in pairs]
-                flood = Flood(rooms, healthy, slow)
-                await flood.until_dropped()
-                await flood.send(200)  # well past the limit: dropped, not queued
-                assert flood.results[-1] == rw.BroadcastResult(2, 1, ())
-                assert all(r.delivered + r.dropped == 3 and not r.failed for r in flood.results)
-                assert flood.worst <= LIMIT + SIZE + 16
-                assert not slow.is_closed
-                assert await rooms.room_size("room") == 3
-                await flood.healthy_got_everything()
+        async with slow_room("drop") as scene:
+            rooms = scene.rooms
+            slow_client = scene.slow_client
+            slow = scene.slow
+            healthy = scene.healthy
+            flood = scene.flood
+            await flood.until_dropped()
+            await flood.send(200)  # well past the limit: dropped, not queued
+            assert flood.results[-1] == rw.BroadcastResult(2, 1, ())
+            assert all(r.delivered + r.dropped == 3 and not r.failed for r in flood.results)
+            assert flood.worst <= LIMIT + SIZE + 16
+            assert not slow.is_closed
+            assert await rooms.room_size("room") == 3
+            await flood.healthy_got_everything()
 
-                # The slow client reads again: it drains, then receives again.
-                reader = Collector(slow_client)
-                await eventually(lambda: flood.slow_buffered() == 0, 10)
-                resumed_from = flood.seq
-                await flood.send(50)
-                assert all(r == rw.BroadcastResult(3, 0, ())
-                           for r in flood.results[resumed_from:])
-                await eventually(lambda: reader.received[-1:] == [flood.seq - 1], 10)
-                got = reader.received
-                assert got == sorted(set(got))  # in order, each once, whole messages
-                assert got[-50:] == list(range(resumed_from, flood.seq))
-                missing = set(range(flood.seq)) - set(got)
-                dropped = {i for i, r in enumerate(flood.results) if r.dropped}
-                assert missing == dropped
-                await flood.healthy_got_everything()
-                for collector in [*healthy, reader]:
-                    await collector.stop()
-            finally:
-                await slow_client.close()
+            # The slow client reads again: it drains, then receives again.
+            reader = Collector(slow_client)
+            await eventually(lambda: flood.slow_buffered() == 0, 10)
+            resumed_from = flood.seq
+            await flood.send(50)
+            assert all(r == rw.BroadcastResult(3, 0, ())
+                       for r in flood.results[resumed_from:])
+            await eventually(lambda: reader.received[-1:] == [flood.seq - 1], 10)
+            got = reader.received
+            assert got == sorted(set(got))  # in order, each once, whole messages
+            assert got[-50:] == list(range(resumed_from, flood.seq))
+            missing = set(range(flood.seq)) - set(got)
+            dropped = {i for i, r in enumerate(flood.results) if r.dropped}
+            assert missing == dropped
+            await flood.healthy_got_everything()
+            for collector in [*healthy, reader]:
+                await collector.stop()
 
     run(main())
 
@@ -161,77 +194,63 @@ def test_close_policy_closes_the_slow_member_with_1013(run: Run) -> None:
     overflow and then close 1013; the healthy ones get everything."""
 
     async def main() -> None:
-        rooms = rw.RoomManager()
-        handler = Recorder()
-        async with running_server(handler, max_write_buffer=LIMIT, slow_consumer="close",
-                                  close_timeout=10) as server, \
-                connected(server, handler, HEALTHY) as pairs:
-            slow_client = await connect_small_window(server)
-            try:
-                slow = await handler.connected.get()
-                for conn in [slow] + [conn for _, conn in pairs]:
-                    await rooms.join("room", conn)
-                healthy = [Collector(client) for client, _ in pairs]
-                flood = Flood(rooms, healthy, slow)
-                first_drop = await flood.until_dropped()
-                assert flood.worst <= LIMIT + SIZE + 16
-                await eventually(lambda: slow.is_closed)
-                await flood.send(30)
-                # The next broadcast reports it failed, once, and it leaves the room.
-                assert flood.results[first_drop] == rw.BroadcastResult(2, 1, ())
-                assert flood.results[first_drop + 1] == rw.BroadcastResult(2, 0, (slow.id,))
-                assert all(r == rw.BroadcastResult(2, 0, ())
-                           for r in flood.results[first_drop + 2:])
-                assert await rooms.room_size("room") == 2
+        async with slow_room("close", close_timeout=10) as scene:
+            rooms = scene.rooms
+            handler = scene.handler
+            slow_client = scene.slow_client
+            slow = scene.slow
+            healthy = scene.healthy
+            flood = scene.flood
+            first_drop = await flood.until_dropped()
+            assert flood.worst <= LIMIT + SIZE + 16
+            await eventually(lambda: slow.is_closed)
+            await flood.send(30)
+            # The next broadcast reports it failed, once, and it leaves the room.
+            assert flood.results[first_drop] == rw.BroadcastResult(2, 1, ())
+            assert flood.results[first_drop + 1] == rw.BroadcastResult(2, 0, (slow.id,))
+            assert all(r == rw.BroadcastResult(2, 0, ())
+                       for r in flood.results[first_drop + 2:])
+            assert await rooms.room_size("room") == 2
 
-                reader = Collector(slow_client)  # well-behaved: it reads again
-                await asyncio.wait_for(reader.task, 15)
-                assert reader.closed_code == 1013
-                got = reader.received
-                assert got == list(range(len(got)))  # a prefix, in order
-                assert len(got) <= first_drop
-                disconnected = await asyncio.wait_for(handler.disconnected.get(), 10)
-                assert disconnected is slow
-                assert slow.close_code == 1013
-                await flood.healthy_got_everything()
-                for collector in healthy:
-                    await collector.stop()
-                assert rooms.stats()["connections"] == 2
-            finally:
-                await slow_client.close()
+            reader = Collector(slow_client)  # well-behaved: it reads again
+            await asyncio.wait_for(reader.task, 15)
+            assert reader.closed_code == 1013
+            got = reader.received
+            assert got == list(range(len(got)))  # a prefix, in order
+            assert len(got) <= first_drop
+            disconnected = await asyncio.wait_for(handler.disconnected.get(), 10)
+            assert disconnected is slow
+            assert slow.close_code == 1013
+            await flood.healthy_got_everything()
+            for collector in healthy:
+                await collector.stop()
+            assert rooms.stats()["connections"] == 2
 
     run(main())
 
 
 def test_close_policy_aborts_a_client_that_never_reads(run: Run) -> None:
     async def main() -> None:
-        rooms = rw.RoomManager()
-        handler = Recorder()
-        async with running_server(handler, max_write_buffer=LIMIT, slow_consumer="close",
-                                  close_timeout=0.5) as server, \
-                connected(server, handler, HEALTHY) as pairs:
-            slow_client: WebsocketsClient = await connect_small_window(server)
-            try:
-                slow = await handler.connected.get()
-                for conn in [slow] + [conn for _, conn in pairs]:
-                    await rooms.join("room", conn)
-                healthy = [Collector(client) for client, _ in pairs]
-                flood = Flood(rooms, healthy, slow)
-                await flood.until_dropped()
-                assert flood.worst <= LIMIT + SIZE + 16
-                # It never reads, so never answers the close: the server aborts it.
-                disconnected = await asyncio.wait_for(handler.disconnected.get(), 10)
-                assert disconnected is slow
-                assert slow.close_code == 1013
-                await eventually(lambda: rooms.stats()["connections"] == 2)
-                assert [m.id for m in await rooms.members("room")] == [c.id for _, c in pairs]
-                await flood.send(20)
-                assert flood.results[-1] == rw.BroadcastResult(2, 0, ())
-                await flood.healthy_got_everything()
-                for collector in healthy:
-                    await collector.stop()
-            finally:
-                await slow_client.abort()  # it would wait in vain for a close frame
+        async with slow_room("close", close_timeout=0.5, abort=True) as scene:
+            rooms = scene.rooms
+            handler = scene.handler
+            slow = scene.slow
+            pairs = scene.pairs
+            healthy = scene.healthy
+            flood = scene.flood
+            await flood.until_dropped()
+            assert flood.worst <= LIMIT + SIZE + 16
+            # It never reads, so never answers the close: the server aborts it.
+            disconnected = await asyncio.wait_for(handler.disconnected.get(), 10)
+            assert disconnected is slow
+            assert slow.close_code == 1013
+            await eventually(lambda: rooms.stats()["connections"] == 2)
+            assert [m.id for m in await rooms.members("room")] == [c.id for _, c in pairs]
+            await flood.send(20)
+            assert flood.results[-1] == rw.BroadcastResult(2, 0, ())
+            await flood.healthy_got_everything()
+            for collector in healthy:
+                await collector.stop()
 
     run(main())
 
@@ -242,31 +261,22 @@ def test_a_burst_cannot_push_the_slow_member_past_its_limit(run: Run) -> None:
     still takes no more than ``max_write_buffer``."""
 
     async def main() -> None:
-        rooms = rw.RoomManager()
-        handler = Recorder()
-        async with running_server(handler, max_write_buffer=LIMIT, slow_consumer="drop") \
-                as server, connected(server, handler, HEALTHY) as pairs:
-            slow_client = await connect_small_window(server)
-            try:
-                slow = await handler.connected.get()
-                for conn in [slow] + [conn for _, conn in pairs]:
-                    await rooms.join("room", conn)
-                healthy = [Collector(client) for client, _ in pairs]
-                flood = Flood(rooms, healthy, slow)
-                while flood.slow_buffered() == 0:  # until the kernel stops taking more
-                    await flood.send(1)
-                await flood.send(4, burst=4)
-                peer = slow._peer
-                assert peer is not None
-                assert SIZE < peer.buffered_size() < LIMIT // 4 and not peer.paused
-                await flood.send(31, burst=31)
-                assert flood.worst <= LIMIT + SIZE + 16
-                assert flood.results[-1] == rw.BroadcastResult(2, 1, ())
-                await flood.healthy_got_everything()
-                for collector in healthy:
-                    await collector.stop()
-            finally:
-                await slow_client.close()
+        async with slow_room("drop") as scene:
+            slow = scene.slow
+            healthy = scene.healthy
+            flood = scene.flood
+            while flood.slow_buffered() == 0:  # until the kernel stops taking more
+                await flood.send(1)
+            await flood.send(4, burst=4)
+            peer = slow._peer
+            assert peer is not None
+            assert SIZE < peer.buffered_size() < LIMIT // 4 and not peer.paused
+            await flood.send(31, burst=31)
+            assert flood.worst <= LIMIT + SIZE + 16
+            assert flood.results[-1] == rw.BroadcastResult(2, 1, ())
+            await flood.healthy_got_everything()
+            for collector in healthy:
+                await collector.stop()
 
     run(main())
 
