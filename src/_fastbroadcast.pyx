@@ -111,6 +111,7 @@ cdef class Peer:
         object _ws
         object _write
         object _get_write_buffer_size
+        object _is_closing
         object _on_overflow
         object _on_failure
         int _fd
@@ -136,6 +137,7 @@ cdef class Peer:
         self._ws = ws
         self._write = transport.write
         self._get_write_buffer_size = transport.get_write_buffer_size
+        self._is_closing = transport.is_closing
         self._fd = _direct_fd(transport)
         self._pending = []
         self._spare = None
@@ -245,7 +247,7 @@ cdef class Peer:
             except Exception as exc:  # OSError, or whatever the transport raised
                 self._fail(exc)
         finally:
-            del pending[:]
+            pending.clear()  # no slice object
             self._spare = pending
         return 0
 
@@ -256,7 +258,7 @@ cdef class Peer:
         cdef Py_ssize_t cnt, i, j, sent, flen
         cdef int err
         cdef bytes frame
-        if self._transport.is_closing():  # closed by someone else: no more bytes
+        if self._is_closing():  # closed by someone else: no more bytes
             self._fail(None)
             return 0
         if self._fd >= 0 and self._get_write_buffer_size() == 0:

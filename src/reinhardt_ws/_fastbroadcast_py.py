@@ -101,6 +101,7 @@ class Peer:
         "_fd",
         "_get_write_buffer_size",
         "_hub",
+        "_is_closing",
         "_on_failure",
         "_on_overflow",
         "_pending",
@@ -138,6 +139,7 @@ class Peer:
         self._ws = ws
         self._write = transport.write
         self._get_write_buffer_size = transport.get_write_buffer_size
+        self._is_closing = transport.is_closing
         self._fd = _direct_fd(transport)
         self._pending: list[bytes] = []
         self._spare: list[bytes] | None = None
@@ -248,11 +250,11 @@ class Peer:
             except Exception as exc:  # OSError, or whatever the transport raised
                 self._fail(exc)
         finally:
-            del pending[:]
+            pending.clear()
             self._spare = pending
 
     def _write_out(self, frames: list[bytes]) -> None:
-        if self._transport.is_closing():  # closed by someone else: no more bytes
+        if self._is_closing():  # closed by someone else: no more bytes
             self._fail(None)
             return
         if self._fd >= 0 and self._get_write_buffer_size() == 0:
