@@ -15,6 +15,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import urllib.request
@@ -75,6 +76,21 @@ class DevTools:
         raise AssertionError(f"browser never satisfied: {expression}")
 
 
+def _end_group(browser: subprocess.Popen[bytes]) -> None:
+    """Stop Chromium and every helper process it started (renderer, zygote...)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(browser.pid, signal.SIGTERM)
+    try:
+        browser.wait(10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(browser.pid, signal.SIGKILL)
+        browser.wait()
+    # Helpers may outlive the main process by a moment: end what is left.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(browser.pid, signal.SIGKILL)
+
+
 def _page_ws_url(port: int, timeout: float = 20.0) -> str:
     import time
 
@@ -97,25 +113,22 @@ async def _chat_in_browser(chromium: str, screenshot: Path) -> None:
                         ping_interval=None) as server:
         page = f"http://127.0.0.1:{server.port}/"
         debug_port = free_port()
-        with tempfile.TemporaryDirectory() as profile:
+        # Chromium's helper processes may still touch the profile as it exits.
+        with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
             browser = subprocess.Popen(
                 [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync",
                  f"--user-data-dir={profile}", f"--remote-debugging-port={debug_port}",
                  "--remote-debugging-address=127.0.0.1", "--window-size=900,700", page],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True)  # its own process group: helpers end with it
             try:
                 url = await asyncio.to_thread(_page_ws_url, debug_port)
                 async with websockets.connect(url, max_size=None) as cdp_ws:
                     await _drive(DevTools(cdp_ws), server.port, screenshot)
             finally:
-                browser.terminate()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    browser.wait(10)
-                if browser.poll() is None:
-                    browser.kill()
-                    browser.wait()
+                _end_group(browser)
 
 
 async def _drive(page: DevTools, port: int, screenshot: Path) -> None:
