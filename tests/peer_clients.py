@@ -9,7 +9,7 @@ import contextlib
 import socket
 import struct
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import websockets
@@ -17,7 +17,7 @@ from websockets.asyncio.client import ClientConnection
 
 import reinhardt_ws as rw
 
-from .fixtures import RawClient, Recorder, url_of
+from .fixtures import RawClient, url_of
 
 KINDS = ("websockets", "aiohttp")
 
@@ -124,8 +124,14 @@ async def open_client(url: str, kind: str, **options: Any) -> PeerClient:
     return await AiohttpClient.open(url, **options)
 
 
+class HasConnectedQueue(Protocol):
+    """A handler that queues each connection it accepts (Recorder, the chat one)."""
+
+    connected: asyncio.Queue[rw.WebSocketConnection]
+
+
 @contextlib.asynccontextmanager
-async def connected(server: rw.Server, handler: Recorder, kinds: Sequence[str]
+async def connected(server: rw.Server, handler: HasConnectedQueue, kinds: Sequence[str]
                     ) -> AsyncIterator[list[tuple[PeerClient, rw.WebSocketConnection]]]:
     """One client per entry of *kinds*, each paired with its server connection."""
     pairs: list[tuple[PeerClient, rw.WebSocketConnection]] = []

@@ -20,8 +20,8 @@ import pytest
 import reinhardt_ws as rw
 from reinhardt_ws.chat import MAX_ROOM_NAME, ChatHandler, chat_http_handler
 
-from .fixtures import RawClient, client_frame, free_port, run_on, running_server, url_of
-from .peer_clients import KINDS, PeerClient, open_client
+from .fixtures import RawClient, client_frame, free_port, run_on, running_server
+from .peer_clients import KINDS, PeerClient, connected, open_client
 
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
 
@@ -64,25 +64,10 @@ async def chat_server(**options: Any) -> Any:
         yield server, handler
 
 
-@contextlib.asynccontextmanager
-async def chat_clients(server: rw.Server, handler: ObservedChat, kinds: tuple[str, ...]
-                       ) -> Any:
-    pairs: list[tuple[PeerClient, rw.WebSocketConnection]] = []
-    try:
-        for kind in kinds:
-            client = await open_client(url_of(server), kind)
-            pairs.append((client, await asyncio.wait_for(handler.connected.get(), 5)))
-        yield pairs
-    finally:
-        for client, _ in pairs:
-            with contextlib.suppress(Exception):
-                await client.close()
-
-
 def test_join_message_leave(run: Run) -> None:
     async def main() -> None:
         async with chat_server() as (server, handler), \
-                chat_clients(server, handler, (*KINDS, "websockets")) as pairs:
+                connected(server, handler, (*KINDS, "websockets")) as pairs:
             (ca, a), (cb, b), (cc, c) = pairs
             assert await request(ca, {"type": "join", "room": "lobby"}) == \
                 {"event": "joined", "room": "lobby", "size": 1}
@@ -150,7 +135,7 @@ def test_errors_are_replies_and_the_connection_stays_open(run: Run) -> None:
 
     async def main() -> None:
         async with chat_server() as (server, handler), \
-                chat_clients(server, handler, KINDS) as pairs:
+                connected(server, handler, KINDS) as pairs:
             for client, conn in pairs:
                 assert (await request(client, {"type": "join", "room": "mine"}))["size"] >= 1
                 for raw, error in cases:
@@ -172,7 +157,7 @@ def test_errors_are_replies_and_the_connection_stays_open(run: Run) -> None:
 def test_departed_members_leave_their_rooms(run: Run) -> None:
     async def main() -> None:
         async with chat_server() as (server, handler), \
-                chat_clients(server, handler, KINDS) as pairs:
+                connected(server, handler, KINDS) as pairs:
             (ca, _a), (cb, b) = pairs
             for room in ("one", "two"):
                 await request(ca, {"type": "join", "room": room})
@@ -198,7 +183,7 @@ def test_a_client_leaving_mid_conversation_is_not_an_error(
 
     async def main() -> None:
         async with chat_server() as (server, handler), \
-                chat_clients(server, handler, ("websockets",)) as pairs:
+                connected(server, handler, ("websockets",)) as pairs:
             (stay, _stay_conn), = pairs
             await request(stay, {"type": "join", "room": "x"})
             for _ in range(5):
@@ -258,7 +243,7 @@ def test_http_endpoints_share_the_websocket_port(run: Run) -> None:
     async def main() -> None:
         async with chat_server() as (server, handler):
             await check_http_endpoints(server.port)
-            async with chat_clients(server, handler, KINDS) as pairs:
+            async with connected(server, handler, KINDS) as pairs:
                 for client, _conn in pairs:
                     assert (await request(client, {"type": "join", "room": "r"}))["event"] \
                         == "joined"
