@@ -107,7 +107,6 @@ cdef class Peer:
 
     cdef:
         Hub _hub
-        object _transport
         object _ws
         object _write
         object _get_write_buffer_size
@@ -133,7 +132,6 @@ cdef class Peer:
         if max_write_buffer <= 0:
             raise ValueError("max_write_buffer must be positive")
         self._hub = hub
-        self._transport = transport
         self._ws = ws
         self._write = transport.write
         self._get_write_buffer_size = transport.get_write_buffer_size

@@ -107,7 +107,6 @@ class Peer:
         "_pending",
         "_scheduled",
         "_spare",
-        "_transport",
         "_transport_size",
         "_write",
         "_ws",
@@ -135,7 +134,6 @@ class Peer:
         if max_write_buffer <= 0:
             raise ValueError("max_write_buffer must be positive")
         self._hub = hub
-        self._transport = transport
         self._ws = ws
         self._write = transport.write
         self._get_write_buffer_size = transport.get_write_buffer_size
