@@ -20,8 +20,8 @@ import time
 from typing import Any
 
 import reinhardt_ws as rw
-from reinhardt_ws.redis import RedisBackend
 from reinhardt_ws.rooms import RoomManager
+from reinhardt_ws.rooms.redis import RedisBackend
 
 __all__ = ["BLAST_HEADER", "RoomsApp", "main"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from reinhardt_ws import CloseCode, Message, ProtocolError
-from reinhardt_ws.assembler import MessageAssembler
+from reinhardt_ws.protocol.assembler import MessageAssembler
 
 TEXT, BINARY, CONT = 0x1, 0x2, 0x0
 

@@ -26,7 +26,7 @@ import pytest
 import websockets
 
 import reinhardt_ws as rw
-from reinhardt_ws.chat import ChatHandler, chat_http_handler
+from reinhardt_ws.apps.chat import ChatHandler, chat_http_handler
 
 from .fixtures import free_port, run_on
 

@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 import reinhardt_ws as rw
-from reinhardt_ws.chat import MAX_ROOM_NAME, ChatHandler, chat_http_handler
+from reinhardt_ws.apps.chat import MAX_ROOM_NAME, ChatHandler, chat_http_handler
 
 from .fixtures import RawClient, client_frame, free_port, run_on, running_server
 from .peer_clients import KINDS, PeerClient, connected, open_client

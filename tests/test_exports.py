@@ -6,7 +6,8 @@ import importlib
 
 import reinhardt_ws
 
-PUBLIC_MODULES = ("client", "connection", "errors", "handler", "messages", "rooms", "server")
+PUBLIC_MODULES = ("client", "connection", "errors", "handler", "options", "protocol.messages",
+                  "rooms", "server")
 
 
 def test_every_module_states_its_exports() -> None:
@@ -43,6 +44,6 @@ def test_redis_backend_is_lazy() -> None:
     code = ("import sys, reinhardt_ws\n"
             "assert 'redis' not in sys.modules, 'redis-py imported eagerly'\n"
             "assert 'RedisBackend' not in reinhardt_ws.__all__\n"
-            "from reinhardt_ws.redis import RedisBackend\n"
+            "from reinhardt_ws.rooms.redis import RedisBackend\n"
             "assert reinhardt_ws.RedisBackend is RedisBackend\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

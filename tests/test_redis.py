@@ -32,7 +32,8 @@ except ImportError:  # pragma: no cover - the redis extra is part of the test se
     pytest.skip("redis-py is not installed (the redis extra)", allow_module_level=True)
 
 import reinhardt_ws as rw
-from reinhardt_ws.redis import (
+from reinhardt_ws.rooms import RoomManager
+from reinhardt_ws.rooms.redis.backend import (
     KIND_DIRECT,
     KIND_ROOM,
     Envelope,
@@ -41,7 +42,6 @@ from reinhardt_ws.redis import (
     pack_envelope,
     unpack_envelope,
 )
-from reinhardt_ws.rooms import RoomManager
 
 from .fixtures import free_port, running_server, url_of
 from .redis_app import RoomsApp

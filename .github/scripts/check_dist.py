@@ -31,6 +31,9 @@ WHEEL_REQUIRED = (
     f"{PACKAGE}/_fastbroadcast_py.py",
     f"{PACKAGE}/_fastbroadcast.pyi",
     f"{PACKAGE}/py.typed",
+    f"{PACKAGE}/protocol/__init__.py",
+    f"{PACKAGE}/rooms/__init__.py",
+    f"{PACKAGE}/apps/static/chat.html",
 )
 COMPILED = re.compile(rf"^{PACKAGE}/_fastbroadcast\.[^/]*\.(so|pyd)$")
 NEVER_IN_WHEEL = re.compile(r"(\.c|\.pyx|\.pxd|\.h)$|^(src|tests|bench)/")
@@ -102,7 +105,7 @@ def check_sdist(path: Path) -> list[str]:
     names = {name[len(top) + 1 :] for name in members}
     problems = [f"missing {name}" for name in SDIST_REQUIRED if name not in names]
     problems += [f"must not ship {name}" for name in sorted(names) if NEVER_IN_SDIST.search(name)]
-    if not any(re.fullmatch(r"tests/test_[^/]+\.py", name) for name in names):
+    if not any(re.fullmatch(r"tests/(?:[^/]+/)*test_[^/]+\.py", name) for name in names):
         problems.append("no tests/test_*.py")
     if not problems:
         print(f"ok  {path.name}  ({len(names)} files)")

@@ -21,15 +21,19 @@ from .errors import (
     WebSocketError,
 )
 from .handler import WebSocketHandler
-from .messages import CloseCode, Message, MessageType, WebSocketMessage
+from .options import ClientOptions, ConnectionOptions, HTTPHandler, ServerOptions
+from .protocol.messages import CloseCode, Message, MessageType, WebSocketMessage
 from .rooms import BroadcastResult, InMemoryBackend, RoomManager
 from .server import HTTPResponse, Server, serve
 
 __all__ = [
     "IMPLEMENTATION",
     "BroadcastResult",
+    "ClientOptions",
     "CloseCode",
     "ConnectionClosed",
+    "ConnectionOptions",
+    "HTTPHandler",
     "HTTPResponse",
     "HandshakeError",
     "InMemoryBackend",
@@ -40,6 +44,7 @@ __all__ = [
     "RoomManager",
     "SendError",
     "Server",
+    "ServerOptions",
     "WebSocketConnection",
     "WebSocketError",
     "WebSocketHandler",
@@ -52,7 +57,7 @@ __all__ = [
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from .redis import RedisBackend as RedisBackend
+    from .rooms.redis import RedisBackend as RedisBackend
 
     IMPLEMENTATION: str
 
@@ -64,7 +69,7 @@ def __getattr__(name: str) -> object:
     # Imported on first use: the package must not need the `redis` extra.
     if name == "RedisBackend":
         try:
-            from .redis import RedisBackend
+            from .rooms.redis import RedisBackend
         except ImportError as exc:
             raise ImportError("reinhardt_ws.RedisBackend needs the redis extra: "
                               "pip install 'reinhardt-ws[redis]'") from exc

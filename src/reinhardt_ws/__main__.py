@@ -13,7 +13,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .server import MiB, serve
+from .options import MiB
+from .server import serve
 
 __all__ = ["main"]
 
@@ -54,11 +55,11 @@ async def _run(args: argparse.Namespace) -> None:
     http_handler = None
     rooms = None
     if args.command == "echo":
-        from .echo import EchoHandler
+        from .apps.echo import EchoHandler
 
         handler: object = EchoHandler()
     else:
-        from .chat import ChatHandler, chat_http_handler
+        from .apps.chat import ChatHandler, chat_http_handler
         from .rooms import RoomManager
 
         rooms = (RoomManager.from_url(args.redis, **_redis_options(args)) if args.redis

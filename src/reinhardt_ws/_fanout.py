@@ -16,15 +16,16 @@ import os
 import platform
 import warnings
 import weakref
+from collections.abc import Callable
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import _fastbroadcast_py
 
 if TYPE_CHECKING:
-    from ._fastbroadcast_py import Hub
+    from ._fastbroadcast_py import Hub, Peer
 
-__all__ = ["available", "get_hub", "impl", "use"]
+__all__ = ["available", "get_hub", "impl", "new_peer", "use"]
 
 
 def _extensions_disabled() -> bool:
@@ -80,6 +81,14 @@ def use(name: str) -> None:
         raise LookupError(f"fan-out implementation {name!r} is not available here")
     impl = choices[name]
     _hubs.clear()
+
+
+def new_peer(hub: Hub, transport: Any, ws: Any, conn_id: str, max_write_buffer: int,
+             drop_slow: bool, on_overflow: Callable[[], object],
+             on_failure: Callable[[BaseException | None], object]) -> Peer:
+    """A fan-out peer of the current implementation for one connection."""
+    return impl.Peer(hub, transport, ws, conn_id, max_write_buffer, drop_slow,  # type: ignore[no-any-return]
+                     on_overflow, on_failure)
 
 
 def get_hub(loop: asyncio.AbstractEventLoop) -> Hub:

@@ -20,16 +20,15 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-import picows
-from picows import WSCloseCode, WSListener, WSMsgType
+from picows import WSCloseCode, WSMsgType
 
 from . import _fanout
-from .assembler import MessageAssembler
-from .errors import ConnectionClosed, ProtocolError, SendError
-from .messages import (
+from .errors import ConnectionClosed, SendError
+from .options import ConnectionOptions
+from .protocol.assembler import MessageAssembler
+from .protocol.messages import (
     OPCODE_BINARY,
     OPCODE_PING,
-    OPCODE_PONG,
     OPCODE_TEXT,
     CloseCode,
     Message,
@@ -48,29 +47,6 @@ __all__ = ["WebSocketConnection"]
 logger = logging.getLogger("reinhardt_ws")
 
 _OPEN, _CLOSING, _CLOSED = 0, 1, 2
-_KEEPALIVE = b"rws-keepalive"
-
-_TEXT, _BINARY, _CLOSE = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CLOSE
-_PING, _PONG, _CONT = WSMsgType.PING, WSMsgType.PONG, WSMsgType.CONTINUATION
-
-
-class ConnectionOptions:
-    """Settings shared by the connections of one server or one ``connect()``."""
-
-    __slots__ = ("close_timeout", "drop_slow", "max_message_size", "max_queue",
-                 "max_write_buffer")
-
-    def __init__(self, *, max_message_size: int | None, max_queue: int, max_write_buffer: int,
-                 drop_slow: bool, close_timeout: float) -> None:
-        if max_queue < 1:
-            raise ValueError("max_queue must be at least 1")
-        if max_write_buffer < 1:
-            raise ValueError("max_write_buffer must be positive")
-        self.max_message_size = max_message_size
-        self.max_queue = max_queue
-        self.max_write_buffer = max_write_buffer
-        self.drop_slow = drop_slow
-        self.close_timeout = close_timeout
 
 
 class WebSocketConnection:
@@ -499,7 +475,7 @@ class WebSocketConnection:
                 _swallow(ws.wait_disconnected()))
         else:
             hub = _fanout.get_hub(asyncio.get_running_loop())
-            self._peer = _fanout.impl.Peer(
+            self._peer = _fanout.new_peer(
                 hub, transport, ws, self.id, opts.max_write_buffer, opts.drop_slow,
                 self._on_overflow, self._on_write_failure)
         high = max(1024, min(65536, opts.max_write_buffer // 4))
@@ -629,70 +605,3 @@ def _picows_sent_close(ws: Any) -> tuple[int, str]:
     except Exception:  # no handshake record, or a code picows' enum cannot hold
         pass
     return CloseCode.ABNORMAL_CLOSURE, ""
-
-
-class ConnectionListener(WSListener):
-    """picows listener of one connection: frames in, RFC 6455 duties, events out."""
-
-    def __init__(self, conn: WebSocketConnection) -> None:
-        super().__init__()
-        self.conn = conn
-
-    def on_ws_connected(self, transport: picows.WSTransport) -> None:
-        self.conn._on_connected(transport)
-
-    def on_ws_frame(self, transport: picows.WSTransport, frame: picows.WSFrame) -> None:
-        conn = self.conn
-        if conn._close_received:
-            return  # nothing may follow a close frame; picows rejects a second one
-        if transport.is_close_frame_sent and not conn._close_sent:
-            conn._on_picows_close()
-        op = frame.msg_type
-        rsv = frame.rsv1 | frame.rsv2 | frame.rsv3
-        if op is _TEXT or op is _BINARY or op is _CONT:
-            if conn._close_sent:
-                return  # closing: data is discarded (RFC 6455 section 1.4)
-            try:
-                message = conn._assembler.feed(op.value, frame.fin, rsv,
-                                               frame.get_payload_as_bytes())
-            except ProtocolError as exc:
-                conn._fail(exc.code, str(exc))
-                return
-            if message is not None:
-                conn._deliver(message)
-            return
-        if rsv:
-            conn._fail(CloseCode.PROTOCOL_ERROR, "reserved bits set on a control frame")
-            return
-        if op is _PING:
-            if conn._state == _OPEN:
-                conn._send_frame(OPCODE_PONG, frame.get_payload_as_bytes())
-        elif op is _PONG:
-            conn._on_pong(frame.get_payload_as_bytes())
-        elif op is _CLOSE:
-            if frame.payload_size >= 2:
-                conn._on_close_frame(frame.get_close_code().value, frame.get_close_reason() or "")
-            else:
-                conn._on_close_frame(None, "")
-
-    def on_ws_disconnected(self, transport: picows.WSTransport) -> None:
-        self.conn._on_lost()
-
-    def send_user_specific_ping(self, transport: picows.WSTransport) -> None:
-        transport.send_ping(_KEEPALIVE)
-
-    def is_user_specific_pong(self, frame: picows.WSFrame) -> bool:
-        return bool(frame.msg_type is _PONG and frame.get_payload_as_bytes() == _KEEPALIVE)
-
-    def pause_writing(self) -> None:
-        conn = self.conn
-        conn._write_paused = True
-        if conn._peer is not None:
-            conn._peer.pause_writing()
-
-    def resume_writing(self) -> None:
-        conn = self.conn
-        conn._write_paused = False
-        if conn._peer is not None:
-            conn._peer.resume_writing()
-        conn._wake_drain_waiters()

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .connection import WebSocketConnection
-    from .messages import Message
+    from .protocol.messages import Message
 
 __all__ = ["WebSocketHandler"]
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-import ssl as ssl_module
-from collections.abc import Callable, Generator, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Generator
 from http import HTTPStatus
 from types import TracebackType
 from typing import Any
@@ -15,44 +14,16 @@ from urllib.parse import unquote, urlsplit
 import picows
 from picows import WSUpgradeResponse, WSUpgradeResponseWithListener
 
-from .connection import ConnectionListener, ConnectionOptions, WebSocketConnection
+from ._listener import ConnectionListener
+from .connection import WebSocketConnection
 from .handler import WebSocketHandler
-from .messages import CloseCode, encode_close_payload
+from .options import ServerOptions, picows_options
+from .protocol.handshake import HTTPResponse, is_upgrade, negotiate_subprotocol
+from .protocol.messages import CloseCode, encode_close_payload
 
 __all__ = ["HTTPResponse", "Server", "serve"]
 
 logger = logging.getLogger("reinhardt_ws")
-
-MiB = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class HTTPResponse:
-    """A plain HTTP answer to a request that is not a WebSocket upgrade."""
-
-    status: int = 200
-    body: bytes = b""
-    content_type: str = "text/plain; charset=utf-8"
-    headers: Mapping[str, str] = field(default_factory=dict)
-
-
-#: ``http_handler(path, headers)`` answers plain HTTP requests, or returns None
-#: (then the request must be a WebSocket upgrade, else it gets 400).
-HTTPHandler = Callable[[str, Mapping[str, str]], "HTTPResponse | None"]
-
-
-def _is_upgrade(headers: Mapping[str, str]) -> bool:
-    return "websocket" in headers.get("upgrade", "").lower()
-
-
-def _negotiate_subprotocol(offered: str | None, supported: tuple[str, ...]) -> str | None:
-    if not offered or not supported:
-        return None
-    wanted = {p.strip() for p in offered.split(",") if p.strip()}
-    for proto in supported:  # the server's order of preference
-        if proto in wanted:
-            return proto
-    return None
 
 
 class Server:
@@ -62,28 +33,14 @@ class Server:
     manager; leaving the context closes it with 1001 (Going Away).
     """
 
-    def __init__(self, handler: WebSocketHandler, host: str | None, port: int, *,
-                 options: ConnectionOptions, ssl: ssl_module.SSLContext | None,
-                 subprotocols: tuple[str, ...], reuse_port: bool,
-                 ping_interval: float | None, ping_timeout: float | None,
-                 handshake_timeout: float | None, http_handler: HTTPHandler | None,
-                 backlog: int, read_buffer_size: int, use_aiofastnet: bool) -> None:
+    def __init__(self, handler: WebSocketHandler, host: str | None, port: int,
+                 options: ServerOptions) -> None:
         if not isinstance(handler, WebSocketHandler):
             raise TypeError("handler must be a WebSocketHandler instance")
         self.handler = handler
         self.host = host
+        self.options = options
         self._requested_port = port
-        self._options = options
-        self._ssl = ssl
-        self._subprotocols = subprotocols
-        self._reuse_port = reuse_port
-        self._ping_interval = ping_interval
-        self._ping_timeout = ping_timeout
-        self._handshake_timeout = handshake_timeout
-        self._http_handler = http_handler
-        self._backlog = backlog
-        self._read_buffer_size = read_buffer_size
-        self._use_aiofastnet = use_aiofastnet
         self._server: asyncio.Server | None = None
         self._connections: dict[str, WebSocketConnection] = {}
         self._closing = False
@@ -95,28 +52,20 @@ class Server:
         if self._server is not None:
             return self
         self._closed = asyncio.Event()
-        kwargs: dict[str, Any] = {"backlog": self._backlog}
-        if self._ssl is not None:
-            kwargs["ssl"] = self._ssl
-        if self._reuse_port:
+        opts = self.options
+        kwargs: dict[str, Any] = picows_options(opts, "reinhardt_ws.picows")
+        if opts.ssl is not None:
+            kwargs["ssl"] = opts.ssl
+        if opts.reuse_port:
             kwargs["reuse_port"] = True
-        ping = self._ping_interval is not None and self._ping_interval > 0
         self._server = await picows.ws_create_server(
             self._listener_for,
             self.host,
             self._requested_port,
-            websocket_handshake_timeout=self._handshake_timeout,
-            enable_auto_ping=ping,
-            auto_ping_idle_timeout=float(self._ping_interval or 20),
-            auto_ping_reply_timeout=float(self._ping_timeout or self._ping_interval or 20),
-            enable_auto_pong=False,
-            max_frame_size=self._options.max_message_size or (1 << 62),
-            read_buffer_init_size=self._read_buffer_size,
-            use_aiofastnet=self._use_aiofastnet,
-            # A Logger, not a name: picows would prefix a name with "picows.".
-            # An adapter, not a Logger: picows then creates no child Logger per
-            # connection (about 1 KiB each, kept for the connection's life).
-            logger_name=logging.LoggerAdapter(logging.getLogger("reinhardt_ws.picows")),
+            backlog=opts.backlog,
+            websocket_handshake_timeout=opts.handshake_timeout,
+            read_buffer_init_size=opts.read_buffer_size,
+            use_aiofastnet=opts.use_aiofastnet,
             **kwargs,
         )
         return self
@@ -204,17 +153,18 @@ class Server:
         headers = request.headers
         raw_path = request.path.decode("latin-1")
         path = unquote(urlsplit(raw_path).path) or "/"
-        if not _is_upgrade(headers) and self._http_handler is not None:
-            answer = self._http_handler(path, headers)
+        http_handler = self.options.http_handler
+        if not is_upgrade(headers) and http_handler is not None:
+            answer = http_handler(path, headers)
             if answer is not None:
                 return _http_answer(answer)
         # Anything else must be a valid upgrade: picows answers 400 otherwise.
         if self._closing:
             return _http_answer(HTTPResponse(503, b"server shutting down\n"))
-        subprotocol = _negotiate_subprotocol(headers.get("sec-websocket-protocol"),
-                                             self._subprotocols)
+        subprotocol = negotiate_subprotocol(headers.get("sec-websocket-protocol"),
+                                            self.options.subprotocols)
         conn = WebSocketConnection(path=raw_path, headers=headers, subprotocol=subprotocol,
-                                   opts=self._options, is_client=False,
+                                   opts=self.options, is_client=False,
                                    handler=self.handler, server=self)
         # Registered by _adopt() once the upgrade succeeds: picows may still refuse
         # the request (400), and then the connection never opens nor closes.
@@ -244,64 +194,20 @@ def _http_answer(answer: HTTPResponse) -> WSUpgradeResponseWithListener:
     return WSUpgradeResponseWithListener(response, None)
 
 
-def serve(
-    handler: WebSocketHandler,
-    host: str | None = "127.0.0.1",
-    port: int = 8765,
-    *,
-    max_message_size: int | None = 1 * MiB,
-    ping_interval: float | None = 20.0,
-    ping_timeout: float | None = 20.0,
-    handshake_timeout: float | None = 5.0,
-    close_timeout: float = 5.0,
-    max_write_buffer: int = 1 * MiB,
-    slow_consumer: str = "close",
-    max_queue: int = 16,
-    ssl: ssl_module.SSLContext | None = None,
-    subprotocols: Iterable[str] = (),
-    reuse_port: bool = False,
-    http_handler: HTTPHandler | None = None,
-    backlog: int = 1024,
-    read_buffer_size: int = 2048,
-    use_aiofastnet: bool = False,
-) -> Server:
-    """Create a WebSocket server running *handler*; ``await`` it to start listening.
+def serve(handler: WebSocketHandler, host: str | None = "127.0.0.1", port: int = 8765, *,
+          options: ServerOptions | None = None, **settings: Any) -> Server:
+    """Create a WebSocket server running *handler*; ``await`` it to start listening
+    (or use ``async with``).
 
-    - ``max_message_size``: limit of a whole message, over all its fragments;
-      bigger gets close 1009.  ``None``: no limit.
-    - ``ping_interval`` / ``ping_timeout``: ping a connection idle that long and
-      drop it (1001) when the pong does not come within ``ping_timeout``
-      (picows needs ``ping_timeout <= ping_interval``).  ``None`` disables.
-    - ``handshake_timeout``: seconds a client has to complete the opening
-      handshake.  ``close_timeout``: seconds to wait for the peer's close frame.
-    - ``max_write_buffer``: bytes a connection may have buffered (queued plus in
-      the transport) before it counts as a slow consumer; ``slow_consumer``
-      chooses what then happens to room broadcasts: ``"close"`` closes it with
-      1013 (Try Again Later), ``"drop"`` skips messages for it while it is over
-      the limit.  A connection's own ``send()`` waits instead (backpressure).
-    - ``max_queue``: messages received and not yet handled, per connection,
-      before the server stops reading that socket.
-    - ``http_handler(path, headers)``: answers plain HTTP GETs on the same port.
-    - ``read_buffer_size``: initial read buffer per connection (it grows as needed);
-      small keeps idle connections cheap.
-    - ``use_aiofastnet``: run the connections on picows' aiofastnet transports
-      instead of the event loop's own.  They read faster and keep a reference
-      instead of a copy when a backlogged client must buffer a frame, but cost
-      about 5 KiB more per connection; room broadcasts write to the sockets
-      directly either way.  Off by default: idle connections stay cheap.
+    The settings are the fields of :class:`~reinhardt_ws.ServerOptions`, as keyword
+    arguments (``max_message_size=...``, ``ping_interval=...``), or a ready
+    *options* object (keyword arguments then override its fields).  They are
+    validated once, here: a bad value raises ``ValueError``, an unknown name
+    ``TypeError``.  Defaults: messages up to 1 MiB, pings every 20 s, a 1 MiB
+    write budget per connection whose slow consumers are closed with 1013.
     """
-    if slow_consumer not in ("close", "drop"):
-        raise ValueError("slow_consumer must be 'close' or 'drop'")
-    if ping_interval is not None and ping_timeout is not None and ping_timeout > ping_interval:
-        raise ValueError("ping_timeout must not exceed ping_interval")
-    if max_message_size is not None and max_message_size <= 0:
-        raise ValueError("max_message_size must be positive or None")
-    options = ConnectionOptions(max_message_size=max_message_size, max_queue=max_queue,
-                                max_write_buffer=max_write_buffer,
-                                drop_slow=slow_consumer == "drop", close_timeout=close_timeout)
-    return Server(handler, host, port, options=options, ssl=ssl,
-                  subprotocols=tuple(subprotocols), reuse_port=reuse_port,
-                  ping_interval=ping_interval, ping_timeout=ping_timeout,
-                  handshake_timeout=handshake_timeout, http_handler=http_handler,
-                  backlog=backlog, read_buffer_size=read_buffer_size,
-                  use_aiofastnet=use_aiofastnet)
+    if options is None:
+        opts = ServerOptions(**settings)
+    else:
+        opts = dataclasses.replace(options, **settings) if settings else options
+    return Server(handler, host, port, opts)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import codecs
 
-from .errors import ProtocolError
+from ..errors import ProtocolError
 from .messages import CloseCode, Message, MessageType
 
 __all__ = ["MessageAssembler"]

@@ -21,9 +21,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from . import _fanout
-from .connection import WebSocketConnection
-from .messages import (
+from .. import _fanout
+from ..connection import WebSocketConnection
+from ..protocol.messages import (
     OPCODE_BINARY,
     OPCODE_TEXT,
     Message,
@@ -32,7 +32,7 @@ from .messages import (
 )
 
 if TYPE_CHECKING:
-    from ._fastbroadcast_py import Hub, Peer
+    from .._fastbroadcast_py import Hub, Peer
 
 __all__ = ["Backend", "BroadcastResult", "InMemoryBackend", "RoomManager"]
 
@@ -173,7 +173,7 @@ class RoomManager:
         if url.startswith("memory://"):
             return cls()
         if url.startswith(("redis://", "rediss://", "unix://")):
-            from .redis import RedisBackend  # type: ignore[import-not-found,unused-ignore]
+            from .redis import RedisBackend
 
             return cls(backend=RedisBackend(url, **options))
         raise ValueError(f"no backend for {url!r}")

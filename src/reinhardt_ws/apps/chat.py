@@ -22,12 +22,12 @@ from typing import Any
 
 import orjson
 
-from .connection import WebSocketConnection
-from .errors import ConnectionClosed
-from .handler import WebSocketHandler
-from .messages import Message, MessageType, WebSocketMessage
-from .rooms import RoomManager
-from .server import HTTPResponse
+from ..connection import WebSocketConnection
+from ..errors import ConnectionClosed
+from ..handler import WebSocketHandler
+from ..protocol.messages import Message, MessageType, WebSocketMessage
+from ..rooms import RoomManager
+from ..server import HTTPResponse
 
 __all__ = ["ChatHandler", "chat_http_handler"]
 
@@ -101,7 +101,7 @@ class ChatHandler(WebSocketHandler):
 
 
 def _page() -> bytes:
-    return resources.files("reinhardt_ws").joinpath("static/chat.html").read_bytes()
+    return resources.files("reinhardt_ws.apps").joinpath("static/chat.html").read_bytes()
 
 
 def chat_http_handler(path: str, headers: Mapping[str, str]) -> HTTPResponse | None:

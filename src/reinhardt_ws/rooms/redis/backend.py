@@ -70,7 +70,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
 if TYPE_CHECKING:
-    from .rooms import RoomManager
+    from ..manager import RoomManager
 
 __all__ = ["RedisBackend"]
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from .errors import ProtocolError
+from ..errors import ProtocolError
 
 __all__ = ["CloseCode", "Message", "MessageType", "WebSocketMessage"]
 

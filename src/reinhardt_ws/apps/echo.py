@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .connection import WebSocketConnection
-from .handler import WebSocketHandler
-from .messages import Message
+from ..connection import WebSocketConnection
+from ..handler import WebSocketHandler
+from ..protocol.messages import Message
 
 __all__ = ["EchoHandler"]
 

@@ -1,0 +1,149 @@
+"""One validated, frozen options object per server (:class:`ServerOptions`) and per
+client connection (:class:`ClientOptions`).
+
+``serve(**options)`` and ``connect(**options)`` build one of these once; nothing
+below re-validates.  Both share :class:`ConnectionOptions`, the settings every
+connection reads, and :func:`picows_options` turns either into the keyword
+arguments picows takes, written once for both sides.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl as ssl_module
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .protocol.handshake import HTTPResponse
+
+__all__ = ["ClientOptions", "ConnectionOptions", "HTTPHandler", "ServerOptions"]
+
+MiB = 1024 * 1024
+
+#: ``http_handler(path, headers)`` answers plain HTTP requests, or returns None
+#: (then the request must be a WebSocket upgrade, else it gets 400).
+HTTPHandler = Callable[[str, Mapping[str, str]], "HTTPResponse | None"]
+
+
+@dataclass(frozen=True)
+class ConnectionOptions:
+    """What every connection reads: limits, timeouts and the slow-consumer policy.
+
+    - ``max_message_size``: limit of a whole message, over all its fragments;
+      bigger gets close 1009.  ``None``: no limit.
+    - ``max_queue``: messages received and not yet handled, per connection,
+      before the connection stops reading its socket.
+    - ``max_write_buffer``: bytes a connection may have buffered (queued plus in
+      the transport) before it counts as a slow consumer.
+    - ``slow_consumer``: what then happens to room broadcasts: ``"close"`` closes it
+      with 1013 (Try Again Later), ``"drop"`` skips messages for it while it is over
+      the limit.  A connection's own ``send()`` waits instead (backpressure).
+    - ``close_timeout``: seconds to wait for the peer's close frame.
+    - ``ping_interval`` / ``ping_timeout``: ping a connection idle that long and
+      drop it (1001) when the pong does not come within ``ping_timeout``
+      (``ping_timeout <= ping_interval``).  ``None`` disables.
+    """
+
+    max_message_size: int | None = 1 * MiB
+    max_queue: int = 16
+    max_write_buffer: int = 1 * MiB
+    slow_consumer: str = "close"
+    close_timeout: float = 5.0
+    ping_interval: float | None = 20.0
+    ping_timeout: float | None = 20.0
+
+    def __post_init__(self) -> None:
+        if self.max_message_size is not None and self.max_message_size <= 0:
+            raise ValueError("max_message_size must be positive or None")
+        if self.max_queue < 1:
+            raise ValueError("max_queue must be at least 1")
+        if self.max_write_buffer < 1:
+            raise ValueError("max_write_buffer must be positive")
+        if self.slow_consumer not in ("close", "drop"):
+            raise ValueError("slow_consumer must be 'close' or 'drop'")
+        if self.close_timeout < 0:
+            raise ValueError("close_timeout must not be negative")
+        if (self.ping_interval is not None and self.ping_timeout is not None
+                and self.ping_timeout > self.ping_interval):
+            raise ValueError("ping_timeout must not exceed ping_interval")
+
+    @property
+    def drop_slow(self) -> bool:
+        return self.slow_consumer == "drop"
+
+
+@dataclass(frozen=True)
+class ServerOptions(ConnectionOptions):
+    """Everything :func:`~reinhardt_ws.serve` takes besides the handler, host and port.
+
+    - ``handshake_timeout``: seconds a client has to complete the opening handshake.
+    - ``ssl``: a server-side ``SSLContext`` for ``wss://``.
+    - ``subprotocols``: the server's subprotocols, in its order of preference.
+    - ``reuse_port``: bind with ``SO_REUSEPORT``.
+    - ``http_handler(path, headers)``: answers plain HTTP requests on the same port.
+    - ``backlog``: the listening socket's accept queue.
+    - ``read_buffer_size``: initial read buffer per connection (it grows as needed);
+      small keeps idle connections cheap.
+    - ``use_aiofastnet``: run the connections on picows' aiofastnet transports
+      instead of the event loop's own.  They read faster and keep a reference
+      instead of a copy when a backlogged client must buffer a frame, but cost
+      about 5 KiB more per connection; room broadcasts write to the sockets
+      directly either way.  Off by default: idle connections stay cheap.
+    """
+
+    handshake_timeout: float | None = 5.0
+    ssl: ssl_module.SSLContext | None = None
+    subprotocols: tuple[str, ...] = ()
+    reuse_port: bool = False
+    http_handler: HTTPHandler | None = None
+    backlog: int = 1024
+    read_buffer_size: int = 2048
+    use_aiofastnet: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "subprotocols", tuple(self.subprotocols))
+        if self.backlog < 1:
+            raise ValueError("backlog must be at least 1")
+        if self.read_buffer_size < 1:
+            raise ValueError("read_buffer_size must be positive")
+
+
+@dataclass(frozen=True)
+class ClientOptions(ConnectionOptions):
+    """Everything :func:`~reinhardt_ws.connect` takes besides the URL.
+
+    Clients do not ping unless asked (``ping_interval=None``) and never drop their
+    own sends (``slow_consumer`` does not apply: a client has no rooms).
+    """
+
+    ping_interval: float | None = None
+    ping_timeout: float | None = None
+    subprotocols: tuple[str, ...] = ()
+    ssl: ssl_module.SSLContext | None = None
+    open_timeout: float | None = 10.0
+    extra_headers: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "subprotocols", tuple(self.subprotocols))
+        object.__setattr__(self, "extra_headers", dict(self.extra_headers or {}))
+
+
+def picows_options(opts: ConnectionOptions, logger_name: str) -> dict[str, Any]:
+    """The picows keyword arguments both ``ws_create_server`` and ``ws_connect`` take."""
+    ping = opts.ping_interval is not None and opts.ping_interval > 0
+    return {
+        # We answer pings ourselves, through the write budget (docs/security.md).
+        "enable_auto_pong": False,
+        "enable_auto_ping": ping,
+        "auto_ping_idle_timeout": float(opts.ping_interval or 20),
+        "auto_ping_reply_timeout": float(opts.ping_timeout or opts.ping_interval or 20),
+        "max_frame_size": opts.max_message_size or (1 << 62),
+        # A Logger, not a name: picows would prefix a name with "picows.".
+        # An adapter, not a Logger: picows then creates no child Logger per
+        # connection (about 1 KiB each, kept for the connection's life).
+        "logger_name": logging.LoggerAdapter(logging.getLogger(logger_name)),
+    }
