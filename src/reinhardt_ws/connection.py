@@ -160,6 +160,16 @@ class WebSocketConnection:
         state = ("open", "closing", "closed")[self._state]
         return f"<WebSocketConnection {self.id[:8]} {self.path!r} {state}>"
 
+    # -- the package-internal interface of rooms ---------------------------------
+    def _room_peer(self) -> Peer | None:
+        """The fan-out peer rooms queue frames on; None once the connection is
+        closing or closed.  ``ValueError`` for a client connection (no rooms)."""
+        if self.is_client:
+            raise ValueError("only server-side connections can join rooms")
+        if self._state != _OPEN or self._lost:
+            return None
+        return self._peer
+
     # -- sending ----------------------------------------------------------------
     async def send(self, message: Message | WebSocketMessage | str | bytes | bytearray
                    | memoryview) -> None:

@@ -222,10 +222,8 @@ class RoomManager:
         connection is not added (False)."""
         if not self._here():
             return await self._elsewhere(self.join, room, conn)
-        peer = conn._peer
+        peer = conn._room_peer()
         if peer is None:
-            raise ValueError("only server-side connections can join rooms")
-        if conn._lost or conn.is_closed:
             return False
         members = self._rooms.get(room)
         if members is None:
@@ -351,9 +349,10 @@ class RoomManager:
         """Queue a ready frame on one local connection; False if it is not here
         or cannot take it."""
         conn = self._conns.get(conn_id)
-        if conn is None or conn._peer is None:
+        peer = conn._room_peer() if conn is not None else None
+        if peer is None:
             return False
-        return bool(conn._peer.send(frame) == 0)
+        return bool(peer.send(frame) == 0)
 
     async def send_to(self, conn_id: str, message: Broadcastable) -> bool:
         """Send *message* to the connection with id *conn_id*, in this process or,
