@@ -13,21 +13,31 @@ from . import _fanout
 from .client import connect
 from .connection import WebSocketConnection
 from .errors import (
+    AuthenticationFailed,
     ConnectionClosed,
     HandshakeError,
+    PermissionDenied,
     ProtocolError,
     ReceiveError,
     SendError,
     WebSocketError,
 )
 from .handler import WebSocketHandler
-from .options import ClientOptions, ConnectionOptions, HTTPHandler, ServerOptions
+from .options import (
+    Authenticate,
+    ClientOptions,
+    ConnectionOptions,
+    HTTPHandler,
+    ServerOptions,
+)
 from .protocol.messages import CloseCode, Message, MessageType, WebSocketMessage
 from .rooms import BroadcastResult, InMemoryBackend, RoomManager
 from .server import HTTPResponse, Server, serve
 
 __all__ = [
     "IMPLEMENTATION",
+    "Authenticate",
+    "AuthenticationFailed",
     "BroadcastResult",
     "ClientOptions",
     "CloseCode",
@@ -39,6 +49,7 @@ __all__ = [
     "InMemoryBackend",
     "Message",
     "MessageType",
+    "PermissionDenied",
     "ProtocolError",
     "ReceiveError",
     "RoomManager",

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from picows import WSCloseCode, WSMsgType
 
 from . import _fanout
-from .errors import ConnectionClosed, SendError
+from .errors import AuthenticationFailed, ConnectionClosed, SendError
 from .options import ConnectionOptions
 from .protocol.assembler import MessageAssembler
 from .protocol.messages import (
@@ -65,6 +65,7 @@ class WebSocketConnection:
 
     __slots__ = (
         "__weakref__",
+        "_accepted",
         "_assembler",
         "_close_handle",
         "_close_listeners",
@@ -96,8 +97,10 @@ class WebSocketConnection:
         "id",
         "is_client",
         "path",
+        "path_params",
         "remote_address",
         "subprotocol",
+        "user",
         "user_data",
     )
 
@@ -109,6 +112,8 @@ class WebSocketConnection:
     close_code: int | None
     close_reason: str
     is_client: bool
+    user: Any
+    path_params: dict[str, str]
     user_data: dict[str, Any]
 
     def __init__(self, *, path: str, headers: Mapping[str, str], subprotocol: str | None,
@@ -122,6 +127,10 @@ class WebSocketConnection:
         self.close_code = None
         self.close_reason = ""
         self.is_client = is_client
+        #: The identity the handshake hook or ``authenticate`` established (None: anonymous).
+        self.user = None
+        #: Parameters the router extracted from the path (``/rooms/{room}``).
+        self.path_params = {}
         #: Free for the application: per-connection data (user id, session...).
         self.user_data = {}
         self._opts = opts
@@ -142,6 +151,7 @@ class WebSocketConnection:
         self._disconnect_done = False
         self._disconnect_watch: asyncio.Task[None] | None = None
         self._handler_failed = False
+        self._accepted = False
         self._lost = False
         self._done: asyncio.Future[None] | None = None
         self._reading_paused = False
@@ -413,10 +423,12 @@ class WebSocketConnection:
         try:
             if not self._connect_done:
                 self._connect_done = True
-                try:
-                    await handler.on_connect(self)
-                except Exception:
-                    self._handler_error("on_connect")
+                if await self._authenticate():
+                    self._accepted = True
+                    try:
+                        await handler.on_connect(self)
+                    except Exception:
+                        self._handler_error("on_connect")
             while inbox:
                 message = inbox.popleft()
                 if self._reading_paused and len(inbox) <= low_water:
@@ -443,10 +455,39 @@ class WebSocketConnection:
             # Something arrived while the last await was finishing.
             self._start_worker()
 
+    async def _authenticate(self) -> bool:
+        """Run the server's ``authenticate`` hook; False (and closing, with the
+        inbox dropped) when it refuses or fails."""
+        authenticate = getattr(self._opts, "authenticate", None)
+        if authenticate is None:
+            return True
+        try:
+            identity = await authenticate(self)
+        except AuthenticationFailed as exc:
+            logger.info("%s refused by authenticate: %d %s", self, exc.code, exc.reason)
+            self._refuse(exc.code, exc.reason)
+            return False
+        except Exception:
+            logger.exception("authenticate of %s raised; closing it with 1011", self)
+            self._refuse(CloseCode.INTERNAL_ERROR, "authentication failed")
+            return False
+        if identity is not None:
+            self.user = identity
+        return self._state == _OPEN
+
+    def _refuse(self, code: int, reason: str) -> None:
+        """Close without dispatching anything the client sent."""
+        self._handler_failed = True
+        self._inbox.clear()
+        self._resume_reading()
+        if self._state == _OPEN:
+            self._start_close(code, reason[:120])
+
     async def _run_on_disconnect(self, handler: WebSocketHandler) -> None:
         self._disconnect_done = True
         try:
-            await handler.on_disconnect(self)
+            if self._accepted:  # a refused connection was never "connected"
+                await handler.on_disconnect(self)
         except Exception:
             logger.exception("on_disconnect of %s raised", self)
         finally:

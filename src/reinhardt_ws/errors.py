@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationFailed",
     "ConnectionClosed",
     "HandshakeError",
+    "PermissionDenied",
     "ProtocolError",
     "ReceiveError",
     "SendError",
@@ -57,3 +59,27 @@ class HandshakeError(WebSocketError):
         self.status = status
         self.body = body
         super().__init__(message)
+
+
+class AuthenticationFailed(WebSocketError):
+    """Raised by an ``authenticate`` hook: the client did not prove who it is.
+
+    The connection is closed with ``code`` (3000, "Unauthorized" in the IANA
+    WebSocket close-code registry) and ``reason``; nothing it sent is dispatched.
+    """
+
+    default_code = 3000
+
+    def __init__(self, reason: str = "unauthorized", code: int | None = None) -> None:
+        self.code = int(code if code is not None else self.default_code)
+        self.reason = reason
+        super().__init__(reason)
+
+
+class PermissionDenied(AuthenticationFailed):
+    """The client is known but may not do this (IANA close code 3003, "Forbidden")."""
+
+    default_code = 3003
+
+    def __init__(self, reason: str = "forbidden", code: int | None = None) -> None:
+        super().__init__(reason, code)

@@ -11,20 +11,26 @@ from __future__ import annotations
 
 import logging
 import ssl as ssl_module
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .connection import WebSocketConnection
     from .protocol.handshake import HTTPResponse
 
-__all__ = ["ClientOptions", "ConnectionOptions", "HTTPHandler", "ServerOptions"]
+__all__ = ["Authenticate", "ClientOptions", "ConnectionOptions", "HTTPHandler", "ServerOptions"]
 
 MiB = 1024 * 1024
 
 #: ``http_handler(path, headers)`` answers plain HTTP requests, or returns None
 #: (then the request must be a WebSocket upgrade, else it gets 400).
 HTTPHandler = Callable[[str, Mapping[str, str]], "HTTPResponse | None"]
+
+#: ``await authenticate(conn)`` runs after the 101 and before ``on_connect``: it
+#: returns the connection's identity (stored as ``conn.user``) or raises
+#: :class:`~reinhardt_ws.AuthenticationFailed` / :class:`~reinhardt_ws.PermissionDenied`.
+Authenticate = Callable[["WebSocketConnection"], Awaitable[object]]
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,9 @@ class ServerOptions(ConnectionOptions):
     - ``backlog``: the listening socket's accept queue.
     - ``read_buffer_size``: initial read buffer per connection (it grows as needed);
       small keeps idle connections cheap.
+    - ``authenticate``: an async hook run for each connection after the opening
+      handshake and before ``on_connect``; messages the client sends meanwhile are
+      held, and dropped if it refuses (see :data:`Authenticate`).
     - ``use_aiofastnet``: run the connections on picows' aiofastnet transports
       instead of the event loop's own.  They read faster and keep a reference
       instead of a copy when a backlogged client must buffer a frame, but cost
@@ -101,6 +110,7 @@ class ServerOptions(ConnectionOptions):
     backlog: int = 1024
     read_buffer_size: int = 2048
     use_aiofastnet: bool = False
+    authenticate: Authenticate | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
