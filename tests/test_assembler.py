@@ -15,13 +15,19 @@ def feed_all(assembler: MessageAssembler,
     return [assembler.feed(opcode, fin, 0, payload) for opcode, fin, payload in frames]
 
 
+def assert_idle(assembler: MessageAssembler) -> None:
+    """No message is in progress: a continuation frame has nothing to continue."""
+    with pytest.raises(ProtocolError, match="continuation frame without a message"):
+        assembler.feed(CONT, True, 0, b"")
+
+
 def test_single_frame_messages() -> None:
     assembler = MessageAssembler(None)
     assert assembler.feed(TEXT, True, 0, "héllo".encode()) == Message.text("héllo")
     assert assembler.feed(BINARY, True, 0, b"\x00\xff") == Message.binary(b"\x00\xff")
     assert assembler.feed(TEXT, True, 0, b"") == Message.text("")
     assert assembler.feed(BINARY, True, 0, b"") == Message.binary(b"")
-    assert not assembler.in_progress
+    assert_idle(assembler)
 
 
 def test_fragmented_text() -> None:
@@ -30,15 +36,19 @@ def test_fragmented_text() -> None:
                                    (CONT, False, b"ll"), (CONT, True, b"o")])
     assert results[:3] == [None, None, None]
     assert results[3] == Message.text("hello")
-    assert not assembler.in_progress
+    assert_idle(assembler)
 
 
 def test_fragmented_binary() -> None:
     assembler = MessageAssembler(None)
     assert assembler.feed(BINARY, False, 0, b"\x01") is None
-    assert assembler.in_progress
     assert assembler.feed(CONT, True, 0, b"\x02\x03") == Message.binary(b"\x01\x02\x03")
-    assert not assembler.in_progress
+    assert_idle(assembler)
+    # While a message is in progress, a new data frame is an error.
+    busy = MessageAssembler(None)
+    assert busy.feed(BINARY, False, 0, b"\x01") is None
+    with pytest.raises(ProtocolError, match="before the previous message ended"):
+        busy.feed(TEXT, True, 0, b"x")
 
 
 def test_multibyte_character_split_across_fragments() -> None:

@@ -68,14 +68,15 @@ class Flood:
         self.rooms = rooms
         self.healthy = healthy
         self.slow = slow
+        # Held here: a closed connection lets go of its peer (no reference cycles).
+        self.slow_peer = slow._peer
+        assert self.slow_peer is not None
         self.seq = 0
         self.results: list[rw.BroadcastResult] = []
         self.worst = 0
 
     def slow_buffered(self) -> int:
-        peer = self.slow._peer
-        assert peer is not None
-        return int(peer.buffered_size())
+        return int(self.slow_peer.buffered_size())
 
     async def send(self, count: int, burst: int = 1) -> None:
         """*count* broadcasts, *burst* of them per event-loop iteration."""

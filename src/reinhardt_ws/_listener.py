@@ -7,8 +7,7 @@ import picows
 from picows import WSListener, WSMsgType
 
 from .connection import WebSocketConnection
-from .errors import ProtocolError
-from .protocol.messages import OPCODE_PONG, CloseCode
+from .protocol.messages import CloseCode
 
 __all__ = ["ConnectionListener"]
 
@@ -19,7 +18,13 @@ _PING, _PONG, _CONT = WSMsgType.PING, WSMsgType.PONG, WSMsgType.CONTINUATION
 
 
 class ConnectionListener(WSListener):
-    """picows listener of one connection: frames in, RFC 6455 duties, events out."""
+    """picows listener of one connection: frames in, events out.
+
+    It calls only the connection's ``_on_*`` event methods (its package-internal
+    interface); every decision is the connection's.
+    """
+
+    __slots__ = ("conn",)
 
     def __init__(self, conn: WebSocketConnection) -> None:
         super().__init__()
@@ -30,30 +35,19 @@ class ConnectionListener(WSListener):
 
     def on_ws_frame(self, transport: picows.WSTransport, frame: picows.WSFrame) -> None:
         conn = self.conn
-        if conn._close_received:
-            return  # nothing may follow a close frame; picows rejects a second one
-        if transport.is_close_frame_sent and not conn._close_sent:
-            conn._on_picows_close()
+        closing = conn._closing
+        if closing.received:
+            return  # nothing may follow a close frame (picows still delivers it)
+        if transport.is_close_frame_sent and not closing.sent:
+            conn._on_transport_close()
         op = frame.msg_type
         rsv = frame.rsv1 | frame.rsv2 | frame.rsv3
         if op is _TEXT or op is _BINARY or op is _CONT:
-            if conn._close_sent:
-                return  # closing: data is discarded (RFC 6455 section 1.4)
-            try:
-                message = conn._assembler.feed(op.value, frame.fin, rsv,
-                                               frame.get_payload_as_bytes())
-            except ProtocolError as exc:
-                conn._fail(exc.code, str(exc))
-                return
-            if message is not None:
-                conn._deliver(message)
-            return
-        if rsv:
+            conn._on_data_frame(op.value, frame.fin, rsv, frame.get_payload_as_bytes())
+        elif rsv:
             conn._fail(CloseCode.PROTOCOL_ERROR, "reserved bits set on a control frame")
-            return
-        if op is _PING:
-            if not conn.is_closed:
-                conn._send_frame(OPCODE_PONG, frame.get_payload_as_bytes())
+        elif op is _PING:
+            conn._on_ping(frame.get_payload_as_bytes())
         elif op is _PONG:
             conn._on_pong(frame.get_payload_as_bytes())
         elif op is _CLOSE:
@@ -72,14 +66,7 @@ class ConnectionListener(WSListener):
         return bool(frame.msg_type is _PONG and frame.get_payload_as_bytes() == _KEEPALIVE)
 
     def pause_writing(self) -> None:
-        conn = self.conn
-        conn._write_paused = True
-        if conn._peer is not None:
-            conn._peer.pause_writing()
+        self.conn._on_pause_writing()
 
     def resume_writing(self) -> None:
-        conn = self.conn
-        conn._write_paused = False
-        if conn._peer is not None:
-            conn._peer.resume_writing()
-        conn._wake_drain_waiters()
+        self.conn._on_resume_writing()

@@ -1,13 +1,15 @@
-"""One WebSocket connection: :class:`WebSocketConnection` and the picows listener
-that keeps the RFC 6455 promises picows leaves to its user.
+"""One WebSocket connection: :class:`WebSocketConnection`.
 
-picows parses frames; the listener here checks what picows does not (reserved
-bits, fragmentation order, UTF-8, the whole-message size, close codes), answers
-pings, runs the closing handshake, and hands whole messages either to a
-:class:`~reinhardt_ws.WebSocketHandler` (server side) or to ``recv()`` (client side).
-Sending on the server side goes through the fan-out :class:`Peer`, so a
-connection's direct sends and the room broadcasts that reach it share one ordered,
-coalesced write path.
+picows parses frames; :mod:`reinhardt_ws._listener` forwards them here, and the
+connection keeps the RFC 6455 promises picows leaves to its user with the
+sans-I/O pieces of :mod:`reinhardt_ws.protocol`: the assembler checks reserved
+bits, fragmentation order, UTF-8 and the whole-message size; the closing
+handshake state machine decides close codes and states; the connection answers
+pings within its write budget and hands whole messages either to a
+:class:`~reinhardt_ws.WebSocketHandler` (server side) or to ``recv()`` (client
+side).  Sending on the server side goes through the fan-out :class:`Peer`, so a
+connection's direct sends and the room broadcasts that reach it share one
+ordered, coalesced write path.
 """
 
 from __future__ import annotations
@@ -18,24 +20,25 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from picows import WSCloseCode, WSMsgType
 
 from . import _fanout
-from .errors import AuthenticationFailed, ConnectionClosed, SendError
+from .errors import AuthenticationFailed, ConnectionClosed, ProtocolError, SendError
 from .options import ConnectionOptions
 from .protocol.assembler import MessageAssembler
+from .protocol.closing import ClosingHandshake, PeerClose
+from .protocol.limits import TokenBucket
 from .protocol.messages import (
-    OPCODE_BINARY,
+    OPCODE_CLOSE,
     OPCODE_PING,
-    OPCODE_TEXT,
+    OPCODE_PONG,
     CloseCode,
     Message,
-    MessageType,
     WebSocketMessage,
     encode_close_payload,
-    is_valid_close_code,
+    frame_parts,
 )
 
 if TYPE_CHECKING:
@@ -46,7 +49,13 @@ __all__ = ["WebSocketConnection"]
 
 logger = logging.getLogger("reinhardt_ws")
 
-_OPEN, _CLOSING, _CLOSED = 0, 1, 2
+
+class ConnectionOwner(Protocol):
+    """What a server offers its connections: to be registered once open, and
+    forgotten once gone."""
+
+    def _adopt(self, conn: WebSocketConnection) -> None: ...
+    def _forget(self, conn: WebSocketConnection) -> None: ...
 
 
 class WebSocketConnection:
@@ -69,30 +78,28 @@ class WebSocketConnection:
         "_assembler",
         "_close_handle",
         "_close_listeners",
-        "_close_received",
-        "_close_sent",
         "_closed_fut",
+        "_closing",
         "_connect_done",
         "_disconnect_done",
         "_disconnect_watch",
+        "_dispatch_stopped",
         "_done",
         "_drain_waiters",
         "_handler",
-        "_handler_failed",
         "_inbox",
+        "_inbox_bytes",
         "_lost",
         "_opts",
+        "_owner",
         "_peer",
         "_pings",
+        "_rate",
         "_reading_paused",
         "_recv_waiter",
-        "_server",
-        "_state",
         "_worker",
         "_write_paused",
         "_ws",
-        "close_code",
-        "close_reason",
         "headers",
         "id",
         "is_client",
@@ -109,8 +116,6 @@ class WebSocketConnection:
     headers: Mapping[str, str]
     subprotocol: str | None
     remote_address: Any
-    close_code: int | None
-    close_reason: str
     is_client: bool
     user: Any
     path_params: dict[str, str]
@@ -118,14 +123,13 @@ class WebSocketConnection:
 
     def __init__(self, *, path: str, headers: Mapping[str, str], subprotocol: str | None,
                  opts: ConnectionOptions, is_client: bool,
-                 handler: WebSocketHandler | None = None, server: Any = None) -> None:
+                 handler: WebSocketHandler | None = None,
+                 server: ConnectionOwner | None = None) -> None:
         self.id = uuid.uuid4().hex
         self.path = path
         self.headers = headers
         self.subprotocol = subprotocol
         self.remote_address = None
-        self.close_code = None
-        self.close_reason = ""
         self.is_client = is_client
         #: The identity the handshake hook or ``authenticate`` established (None: anonymous).
         self.user = None
@@ -135,23 +139,22 @@ class WebSocketConnection:
         self.user_data = {}
         self._opts = opts
         self._handler = handler
-        self._server = server
+        self._owner = server
         self._ws: Any = None
         self._peer: Peer | None = None
-        self._state = _OPEN
+        self._closing = ClosingHandshake()
         self._assembler = MessageAssembler(opts.max_message_size)
-        self._close_sent = False
-        self._close_received = False
         self._close_handle: asyncio.TimerHandle | None = None
         self._closed_fut: asyncio.Future[None] | None = None
         self._close_listeners: list[Callable[[WebSocketConnection], object]] = []
         self._inbox: collections.deque[Message] = collections.deque()
+        self._inbox_bytes = 0
         self._worker: asyncio.Task[None] | None = None
         self._connect_done = False
+        self._accepted = False
         self._disconnect_done = False
         self._disconnect_watch: asyncio.Task[None] | None = None
-        self._handler_failed = False
-        self._accepted = False
+        self._dispatch_stopped = False
         self._lost = False
         self._done: asyncio.Future[None] | None = None
         self._reading_paused = False
@@ -159,16 +162,34 @@ class WebSocketConnection:
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._recv_waiter: asyncio.Future[None] | None = None
         self._pings: list[tuple[bytes, float, asyncio.Future[float]]] = []
+        rate = getattr(opts, "message_rate", None)
+        self._rate = (TokenBucket(rate, getattr(opts, "message_burst", None) or 1.0,
+                                  time.monotonic()) if rate else None)
 
     # -- state ----------------------------------------------------------------
     @property
     def is_closed(self) -> bool:
         """True once a close frame was sent or received, or the socket is gone."""
-        return self._state != _OPEN
+        return not self._closing.is_open
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code that ended (or is ending) the connection; None while open."""
+        return self._closing.code
+
+    @property
+    def close_reason(self) -> str:
+        """The close reason that goes with :attr:`close_code`."""
+        return self._closing.reason
 
     def __repr__(self) -> str:
-        state = ("open", "closing", "closed")[self._state]
+        state = ("open", "closing", "closed")[self._closing.state]
         return f"<WebSocketConnection {self.id[:8]} {self.path!r} {state}>"
+
+    def _closed_error(self) -> ConnectionClosed:
+        code = self._closing.code
+        return ConnectionClosed(code if code is not None else CloseCode.ABNORMAL_CLOSURE,
+                                self._closing.reason)
 
     # -- the package-internal interface of rooms ---------------------------------
     def _room_peer(self) -> Peer | None:
@@ -176,7 +197,7 @@ class WebSocketConnection:
         closing or closed.  ``ValueError`` for a client connection (no rooms)."""
         if self.is_client:
             raise ValueError("only server-side connections can join rooms")
-        if self._state != _OPEN or self._lost:
+        if not self._closing.is_open or self._lost:
             return None
         return self._peer
 
@@ -190,20 +211,12 @@ class WebSocketConnection:
         :class:`ConnectionClosed` when the connection is closed or closing and
         :class:`SendError` for what cannot be sent.
         """
-        if isinstance(message, str):
-            opcode, payload = OPCODE_TEXT, message.encode("utf-8")
-        elif isinstance(message, (bytes, bytearray, memoryview)):
-            opcode, payload = OPCODE_BINARY, bytes(message)
-        elif isinstance(message, Message):
-            if message.type is MessageType.CLOSE:
-                await self.close(message.code if message.code is not None else 1000,
-                                 message.reason)
-                return
-            opcode, payload = message.opcode, message.payload
-        elif isinstance(message, WebSocketMessage):
-            opcode, payload = OPCODE_TEXT, message.to_json()
-        else:
-            raise SendError(f"cannot send {type(message).__name__}")
+        opcode, payload = frame_parts(message)
+        if opcode == OPCODE_CLOSE:
+            assert isinstance(message, Message)
+            await self.close(message.code if message.code is not None else CloseCode.NORMAL,
+                             message.reason)
+            return
         if self._write_paused:
             await self._wait_writable()
         self._send_frame(opcode, payload)
@@ -232,31 +245,53 @@ class WebSocketConnection:
         """Send a ping and wait for its pong; return the round trip in seconds.
 
         A pong acknowledges its own ping and every earlier one.  Raises
-        :class:`ConnectionClosed` if the connection closes first.
+        :class:`ConnectionClosed` if the connection closes first (including when
+        the peer does not read and the ping would pass the write budget).
         """
         payload = bytes(data)
         if len(payload) > 125:
             raise SendError("ping payload is limited to 125 bytes")
-        if self._state != _OPEN:
-            raise ConnectionClosed(self._code_or_abnormal(), self.close_reason)
+        if not self._closing.is_open:
+            raise self._closed_error()
         fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self._pings.append((payload, time.monotonic(), fut))
-        self._send_frame(OPCODE_PING, payload)
+        self._send_control(OPCODE_PING, payload)
         return await fut
 
     def _send_frame(self, opcode: int, payload: bytes) -> None:
-        if self._state != _OPEN:
-            raise ConnectionClosed(self._code_or_abnormal(), self.close_reason)
+        if not self._closing.is_open:
+            raise self._closed_error()
         peer = self._peer
         if peer is not None:
             if peer.push(_fanout.impl.build_frame(opcode, payload)) != 0:
-                raise ConnectionClosed(self._code_or_abnormal(), self.close_reason)
+                raise self._closed_error()
         else:
             self._ws.send(WSMsgType(opcode), payload)
 
+    def _buffered(self) -> int:
+        """Bytes this connection holds for its peer: queued plus in the transport."""
+        peer = self._peer
+        if peer is not None:
+            return int(peer.buffered_size())
+        try:
+            return int(self._ws.underlying_transport.get_write_buffer_size())
+        except Exception:  # the transport is gone
+            return 0
+
+    def _send_control(self, opcode: int, payload: bytes) -> None:
+        """A ping or pong, within the write budget: a peer that sends pings and
+        never reads our pongs is not allowed to grow our memory.  Past the budget
+        the connection stops reading and closes with 1008."""
+        if self._buffered() + len(payload) + 2 > self._opts.max_write_buffer:
+            self._pause_reading()
+            self._fail(CloseCode.POLICY_VIOLATION, "not reading: control frames over budget",
+                       read_on=False)
+            return
+        self._send_frame(opcode, payload)
+
     async def _wait_writable(self) -> None:
         loop = asyncio.get_running_loop()
-        while self._write_paused and self._state == _OPEN:
+        while self._write_paused and self._closing.is_open:
             fut: asyncio.Future[None] = loop.create_future()
             self._drain_waiters.append(fut)
             await fut
@@ -276,8 +311,7 @@ class WebSocketConnection:
         code that may not be sent or a reason over 123 UTF-8 bytes.
         """
         encode_close_payload(int(code), reason)  # validate before anything happens
-        if self._state == _OPEN:
-            self._start_close(int(code), reason)
+        self._start_close(int(code), reason)
         await self.wait_closed()
 
     async def wait_closed(self) -> None:
@@ -288,19 +322,25 @@ class WebSocketConnection:
             self._closed_fut = asyncio.get_running_loop().create_future()
         await asyncio.shield(self._closed_fut)
 
-    def _start_close(self, code: int, reason: str) -> None:
-        """Send our close frame (after everything queued) and arm the timeout."""
-        if self._close_sent or self._lost:
+    def _start_close(self, code: int, reason: str, *, read_on: bool = True,
+                     shutdown: bool = False) -> None:
+        """Send our close frame (after everything queued) and arm the timeout.
+
+        Once we decide to close, nothing queued or later is dispatched to the
+        handler, except on server *shutdown*: messages received before it are
+        still handled (within the shutdown timeout).  *read_on*: read again, so
+        the peer's close frame is not stuck behind a full inbox (data is
+        discarded from now on); False for a peer that must not be read (one that
+        floods us while never reading).
+        """
+        if self._lost or not self._closing.send(code, reason):
             return
-        self._close_sent = True
-        if self._state == _OPEN:
-            self._state = _CLOSING
-            self._wake_drain_waiters()
-        if self.close_code is None and not self._close_received:
-            self.close_code, self.close_reason = code, reason
-        # Data is discarded from now on; read again so the peer's close frame is
-        # not stuck behind a full inbox (else every close waits close_timeout).
-        self._resume_reading()
+        self._wake_drain_waiters()
+        if self._closing.initiated and not shutdown and self._handler is not None:
+            self._dispatch_stopped = True
+            self._drop_inbox()
+        if read_on:
+            self._resume_reading()
         peer = self._peer
         if peer is not None:
             peer.write_now()
@@ -313,17 +353,16 @@ class WebSocketConnection:
         self._close_handle = asyncio.get_running_loop().call_later(
             self._opts.close_timeout, self._abort)
 
-    def _fail(self, code: int, reason: str) -> None:
+    def _fail(self, code: int, reason: str, *, read_on: bool = True) -> None:
         """Fail the connection (RFC 6455 section 7.1.7) with *code*."""
-        if self._state == _OPEN:
+        if self._closing.is_open:
             logger.info("closing %s with %d: %s", self, code, reason)
-            self._start_close(code, reason[:120])
-        elif not self._close_sent:
-            self._start_close(code, reason[:120])
+        self._start_close(code, reason[:120], read_on=read_on)
 
     def _abort(self) -> None:
+        """Drop TCP now (the close timeout ran out, or the server is shutting down)."""
         self._close_handle = None
-        if not self._lost:
+        if not self._lost and self._ws is not None:
             self._ws.disconnect(False)
 
     def _finish_close(self) -> None:
@@ -332,9 +371,6 @@ class WebSocketConnection:
             self._close_handle.cancel()
             self._close_handle = None
         self._ws.disconnect(True)
-
-    def _code_or_abnormal(self) -> int:
-        return self.close_code if self.close_code is not None else CloseCode.ABNORMAL_CLOSURE
 
     def add_close_listener(self, callback: Callable[[WebSocketConnection], object]) -> None:
         """Call *callback(conn)* once, synchronously, when the socket is gone
@@ -350,6 +386,24 @@ class WebSocketConnection:
         except ValueError:
             pass
 
+    # -- the server's shutdown (package-internal) -----------------------------------
+    async def _shutdown_handlers(self, timeout: float) -> None:
+        """Wait until ``on_disconnect`` has run; cancel a callback still busy after
+        *timeout* (``on_disconnect`` then runs all the same)."""
+        if self._disconnect_done and self._worker is None:
+            return
+        if self._done is None:
+            self._done = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._done), timeout)
+        except (asyncio.TimeoutError, TimeoutError):
+            worker = self._worker
+            if worker is not None and not worker.done():
+                logger.warning("handler of %s still busy after %.1fs; cancelling it",
+                               self, timeout)
+                worker.cancel()
+                await asyncio.wait([self._done], timeout=1.0)
+
     # -- receiving (client side) ------------------------------------------------
     async def recv(self) -> Message:
         """The next message (client connections).
@@ -360,8 +414,8 @@ class WebSocketConnection:
         if self._handler is not None:
             raise RuntimeError("server connections deliver messages to handler.on_message")
         while not self._inbox:
-            if self._lost or self._close_received:
-                raise ConnectionClosed(self._code_or_abnormal(), self.close_reason)
+            if self._lost or self._closing.received:
+                raise self._closed_error()
             if self._recv_waiter is not None:
                 raise RuntimeError("recv() is already being awaited by another task")
             self._recv_waiter = asyncio.get_running_loop().create_future()
@@ -369,10 +423,7 @@ class WebSocketConnection:
                 await self._recv_waiter
             finally:
                 self._recv_waiter = None
-        message = self._inbox.popleft()
-        if self._reading_paused and len(self._inbox) <= self._opts.max_queue // 4:
-            self._resume_reading()
-        return message
+        return self._take()
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return self._iterate()
@@ -389,7 +440,41 @@ class WebSocketConnection:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    # -- inbound flow control -------------------------------------------------------
+    # -- the inbox and inbound flow control -------------------------------------------
+    def _deliver(self, message: Message) -> None:
+        """A whole message arrived: queue it; stop reading past the inbox bounds
+        (count and bytes; one message is always taken)."""
+        rate = self._rate
+        if rate is not None and not rate.take(time.monotonic()):
+            self._fail(CloseCode.POLICY_VIOLATION, "message rate exceeded")
+            return
+        inbox = self._inbox
+        inbox.append(message)
+        self._inbox_bytes += len(message.payload)
+        opts = self._opts
+        if len(inbox) >= opts.max_queue or self._inbox_bytes >= (opts.max_queue_bytes or 0):
+            self._pause_reading()
+        if self._handler is None:
+            self._wake_receiver()
+        elif self._worker is None:
+            self._start_worker()
+
+    def _take(self) -> Message:
+        message = self._inbox.popleft()
+        self._inbox_bytes -= len(message.payload)
+        if self._reading_paused and self._closing.is_open and self._below_low_water():
+            self._resume_reading()
+        return message
+
+    def _below_low_water(self) -> bool:
+        opts = self._opts
+        return (len(self._inbox) <= opts.max_queue // 4
+                and self._inbox_bytes <= (opts.max_queue_bytes or 0) // 4)
+
+    def _drop_inbox(self) -> None:
+        self._inbox.clear()
+        self._inbox_bytes = 0
+
     def _pause_reading(self) -> None:
         if not self._reading_paused and not self._lost:
             self._reading_paused = True
@@ -402,24 +487,18 @@ class WebSocketConnection:
                 self._ws.underlying_transport.resume_reading()
 
     # -- delivery to the handler (server side) ------------------------------------
-    def _deliver(self, message: Message) -> None:
-        inbox = self._inbox
-        inbox.append(message)
-        if len(inbox) >= self._opts.max_queue:
-            self._pause_reading()
-        if self._handler is None:
-            self._wake_receiver()
-        elif self._worker is None:
-            self._start_worker()
-
     def _start_worker(self) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._run_handler())
+
+    def _dispatching(self) -> bool:
+        """Whether queued messages still go to ``on_message``: not after a callback
+        failed, nor once the server decided to close (but for a shutdown)."""
+        return not self._dispatch_stopped
 
     async def _run_handler(self) -> None:
         handler = self._handler
         assert handler is not None
         inbox = self._inbox
-        low_water = self._opts.max_queue // 4
         try:
             if not self._connect_done:
                 self._connect_done = True
@@ -427,31 +506,30 @@ class WebSocketConnection:
                     self._accepted = True
                     try:
                         await handler.on_connect(self)
-                    except Exception:
-                        self._handler_error("on_connect")
+                    except Exception as exc:
+                        self._handler_error("on_connect", exc)
             while inbox:
-                message = inbox.popleft()
-                if self._reading_paused and len(inbox) <= low_water:
-                    self._resume_reading()
-                if self._handler_failed:
-                    continue
+                message = self._take()
+                if not self._dispatching():
+                    self._drop_inbox()
+                    break
                 try:
                     await handler.on_message(self, message)
-                except Exception:
-                    self._handler_error("on_message")
+                except Exception as exc:
+                    self._handler_error("on_message", exc)
             if self._lost and not self._disconnect_done:
                 await self._run_on_disconnect(handler)
         except asyncio.CancelledError:
             # server.close() cancelled a callback stuck past its timeout: the
             # connection is gone, and on_disconnect is still owed, once.
             if self._lost and not self._disconnect_done:
-                self._handler_failed = True
-                inbox.clear()
+                self._dispatch_stopped = True
+                self._drop_inbox()
                 await self._run_on_disconnect(handler)
             raise
         finally:
             self._worker = None
-        if (inbox and not self._handler_failed) or (self._lost and not self._disconnect_done):
+        if (inbox and self._dispatching()) or (self._lost and not self._disconnect_done):
             # Something arrived while the last await was finishing.
             self._start_worker()
 
@@ -460,7 +538,7 @@ class WebSocketConnection:
         inbox dropped) when it refuses or fails."""
         authenticate = getattr(self._opts, "authenticate", None)
         if authenticate is None:
-            return True
+            return self._closing.is_open
         try:
             identity = await authenticate(self)
         except AuthenticationFailed as exc:
@@ -473,15 +551,13 @@ class WebSocketConnection:
             return False
         if identity is not None:
             self.user = identity
-        return self._state == _OPEN
+        return self._closing.is_open
 
     def _refuse(self, code: int, reason: str) -> None:
         """Close without dispatching anything the client sent."""
-        self._handler_failed = True
-        self._inbox.clear()
-        self._resume_reading()
-        if self._state == _OPEN:
-            self._start_close(code, reason[:120])
+        self._dispatch_stopped = True
+        self._drop_inbox()
+        self._start_close(code, reason[:120])
 
     async def _run_on_disconnect(self, handler: WebSocketHandler) -> None:
         self._disconnect_done = True
@@ -493,22 +569,19 @@ class WebSocketConnection:
         finally:
             if self._done is not None and not self._done.done():
                 self._done.set_result(None)
+            self._release()
 
-    def _handler_error(self, where: str) -> None:
-        logger.exception("%s of %s raised; closing it with 1011", where, self)
-        self._handler_failed = True
-        self._inbox.clear()
+    def _handler_error(self, where: str, exc: Exception) -> None:
+        self._dispatch_stopped = True
+        self._drop_inbox()
         self._resume_reading()
-        if self._state == _OPEN:
-            self._fail(CloseCode.INTERNAL_ERROR, f"{where} failed")
-
-    async def _wait_done(self) -> None:
-        """Wait until ``on_disconnect`` has run (server side)."""
-        if self._disconnect_done and self._worker is None:
+        if isinstance(exc, ConnectionClosed):
+            # The connection closed under the callback (the client hung up): not
+            # a bug of the application, not worth a traceback.
+            logger.debug("%s of %s stopped: %s", where, self, exc)
             return
-        if self._done is None:
-            self._done = asyncio.get_running_loop().create_future()
-        await asyncio.shield(self._done)
+        logger.exception("%s of %s raised; closing it with 1011", where, self)
+        self._fail(CloseCode.INTERNAL_ERROR, f"{where} failed")
 
     # -- events from the listener --------------------------------------------------
     def _on_connected(self, ws: Any) -> None:
@@ -516,8 +589,8 @@ class WebSocketConnection:
         transport = ws.underlying_transport
         self.remote_address = transport.get_extra_info("peername")
         opts = self._opts
-        if self._server is not None:
-            self._server._adopt(self)
+        if self._owner is not None:
+            self._owner._adopt(self)
         if self.is_client:
             # picows parks the error that ends a client connection in a future only
             # wait_disconnected() reads; close_code reports it, so read it here, or
@@ -537,40 +610,20 @@ class WebSocketConnection:
         if self._handler is not None:
             self._start_worker()
 
-    def _on_overflow(self) -> None:
-        """Slow consumer over max_write_buffer under the "close" policy: 1013."""
-        if self._lost:
-            return
-        logger.info("%s is too slow (over %d buffered bytes); closing with 1013",
-                    self, self._opts.max_write_buffer)
-        if self._state == _OPEN:
-            self._state = _CLOSING
-        self._close_sent = True
-        if self.close_code is None:
-            self.close_code, self.close_reason = CloseCode.TRY_AGAIN_LATER, "slow consumer"
+    def _on_data_frame(self, opcode: int, fin: bool, rsv: int, payload: bytes) -> None:
+        if self._closing.sent:
+            return  # closing: data is discarded (RFC 6455 section 1.4)
         try:
-            self._ws.send_close(WSCloseCode.TRY_AGAIN_LATER, b"slow consumer")
-        except Exception:
-            pass
-        self._wake_drain_waiters()
-        self._close_handle = asyncio.get_running_loop().call_later(
-            self._opts.close_timeout, self._abort)
+            message = self._assembler.feed(opcode, fin, rsv, payload)
+        except ProtocolError as exc:
+            self._fail(exc.code, str(exc))
+            return
+        if message is not None:
+            self._deliver(message)
 
-    def _on_picows_close(self) -> None:
-        """picows failed the connection by itself (a malformed frame): it sent a close
-        frame and will drop TCP.  From now on we are closing, with its code."""
-        self._close_sent = True
-        if self._state == _OPEN:
-            self._state = _CLOSING
-            self._wake_drain_waiters()
-        if self.close_code is None:
-            self.close_code, self.close_reason = _picows_sent_close(self._ws)
-        self._resume_reading()
-
-    def _on_write_failure(self, exc: BaseException | None) -> None:
-        if not self._lost:
-            logger.info("write to %s failed (%r); dropping it", self, exc)
-            self._ws.disconnect(False)
+    def _on_ping(self, payload: bytes) -> None:
+        if self._closing.is_open:
+            self._send_control(OPCODE_PONG, payload)
 
     def _on_pong(self, payload: bytes) -> None:
         pings = self._pings
@@ -583,33 +636,55 @@ class WebSocketConnection:
                         fut.set_result(now - sent)
                 return
 
-    def _on_close_frame(self, code: int | None, reason: str) -> None:
-        self._close_received = True
-        if code is not None and not is_valid_close_code(code):
-            self._fail(CloseCode.PROTOCOL_ERROR, f"invalid close code {code}")
-            # The peer's close frame is in: no other is coming, drop TCP now.
-            self._finish_close()
+    def _on_pause_writing(self) -> None:
+        self._write_paused = True
+        if self._peer is not None:
+            self._peer.pause_writing()
+
+    def _on_resume_writing(self) -> None:
+        self._write_paused = False
+        if self._peer is not None:
+            self._peer.resume_writing()
+        self._wake_drain_waiters()
+
+    def _on_overflow(self) -> None:
+        """Slow consumer over max_write_buffer under the "close" policy: 1013."""
+        if self._lost:
             return
-        if self._state == _OPEN:
-            self._state = _CLOSING
+        logger.info("%s is too slow (over %d buffered bytes); closing with 1013",
+                    self, self._opts.max_write_buffer)
+        self._start_close(CloseCode.TRY_AGAIN_LATER, "slow consumer")
+
+    def _on_transport_close(self) -> None:
+        """picows failed the connection by itself (a malformed frame): it sent a close
+        frame and will drop TCP.  From now on we are closing, with its code."""
+        if self._closing.sent_by_transport(*_picows_sent_close(self._ws)):
             self._wake_drain_waiters()
-        if not self._close_sent:
-            self.close_code = code if code is not None else CloseCode.NO_STATUS_RCVD
-            self.close_reason = reason
-            # Echo the peer's code (RFC 6455 section 5.5.1); 1000 for an empty close.
-            self._start_close(code if code is not None else CloseCode.NORMAL, reason[:120])
+            if self._handler is not None:
+                self._drop_inbox()
+            self._resume_reading()
+
+    def _on_write_failure(self, exc: BaseException | None) -> None:
+        if not self._lost:
+            logger.info("write to %s failed (%r); dropping it", self, exc)
+            self._ws.disconnect(False)
+
+    def _on_close_frame(self, code: int | None, reason: str) -> None:
+        action, reply_code, reply_reason = self._closing.receive(code, reason)
+        self._wake_drain_waiters()
+        if action is not PeerClose.FINISH:  # ECHO its code, or FAIL with 1002
+            self._start_close(reply_code, reply_reason)
         self._wake_receiver()
+        # The peer's close frame is in: no other is coming, drop TCP now.
         self._finish_close()
 
     def _on_lost(self) -> None:
         if self._lost:
             return
         self._lost = True
-        self._state = _CLOSED
-        if self.close_code is None:
-            # picows may have failed the connection itself (a frame over
-            # max_frame_size: 1009, a malformed frame: 1002, no pong: 1001).
-            self.close_code, self.close_reason = _picows_sent_close(self._ws)
+        # picows may have failed the connection itself (a frame over
+        # max_frame_size: 1009, a malformed frame: 1002, no pong: 1001).
+        self._closing.lost(*_picows_sent_close(self._ws))
         if self._close_handle is not None:
             self._close_handle.cancel()
             self._close_handle = None
@@ -618,7 +693,7 @@ class WebSocketConnection:
         self._reading_paused = False
         self._wake_drain_waiters()
         self._wake_receiver()
-        closed = ConnectionClosed(self.close_code, self.close_reason)
+        closed = self._closed_error()
         for _data, _sent, fut in self._pings:
             if not fut.done():
                 fut.set_exception(closed)
@@ -631,10 +706,21 @@ class WebSocketConnection:
                 logger.exception("close listener of %s raised", self)
         if self._closed_fut is not None and not self._closed_fut.done():
             self._closed_fut.set_result(None)
-        if self._handler is not None and self._worker is None and not self._disconnect_done:
+        if self._owner is not None:
+            self._owner._forget(self)
+        if self._handler is None:
+            self._release()
+        elif self._worker is None and not self._disconnect_done:
             self._start_worker()
-        if self._server is not None:
-            self._server._forget(self)
+
+    def _release(self) -> None:
+        """Gone and done with: break the reference cycles (connection, listener,
+        picows transport, fan-out peer and its callbacks), so the memory comes back
+        at once instead of at the next cyclic garbage collection."""
+        self._peer = None
+        self._ws = None
+        self._owner = None
+        self._disconnect_watch = None
 
 
 _PICOWS_CODES = frozenset(c.value for c in WSCloseCode)

@@ -39,8 +39,11 @@ class ConnectionOptions:
 
     - ``max_message_size``: limit of a whole message, over all its fragments;
       bigger gets close 1009.  ``None``: no limit.
-    - ``max_queue``: messages received and not yet handled, per connection,
-      before the connection stops reading its socket.
+    - ``max_queue`` / ``max_queue_bytes``: messages, and bytes of messages, received
+      and not yet handled, per connection, before the connection stops reading its
+      socket (TCP backpressure).  One message is always taken, however large (up
+      to ``max_message_size``); ``max_queue_bytes`` defaults to
+      ``max_message_size`` (1 MiB when that is None).
     - ``max_write_buffer``: bytes a connection may have buffered (queued plus in
       the transport) before it counts as a slow consumer.
     - ``slow_consumer``: what then happens to room broadcasts: ``"close"`` closes it
@@ -54,6 +57,7 @@ class ConnectionOptions:
 
     max_message_size: int | None = 1 * MiB
     max_queue: int = 16
+    max_queue_bytes: int | None = None
     max_write_buffer: int = 1 * MiB
     slow_consumer: str = "close"
     close_timeout: float = 5.0
@@ -65,6 +69,10 @@ class ConnectionOptions:
             raise ValueError("max_message_size must be positive or None")
         if self.max_queue < 1:
             raise ValueError("max_queue must be at least 1")
+        if self.max_queue_bytes is None:
+            object.__setattr__(self, "max_queue_bytes", self.max_message_size or MiB)
+        elif self.max_queue_bytes < 1:
+            raise ValueError("max_queue_bytes must be positive")
         if self.max_write_buffer < 1:
             raise ValueError("max_write_buffer must be positive")
         if self.slow_consumer not in ("close", "drop"):
@@ -92,6 +100,10 @@ class ServerOptions(ConnectionOptions):
     - ``backlog``: the listening socket's accept queue.
     - ``read_buffer_size``: initial read buffer per connection (it grows as needed);
       small keeps idle connections cheap.
+    - ``message_rate`` / ``message_burst``: a token bucket per connection: at most
+      ``message_rate`` messages a second on average, ``message_burst`` (default:
+      ``max(1, message_rate)``) at once.  A client over it is closed with 1008
+      (Policy Violation).  ``None`` (the default): no limit.
     - ``authenticate``: an async hook run for each connection after the opening
       handshake and before ``on_connect``; messages the client sends meanwhile are
       held, and dropped if it refuses (see :data:`Authenticate`).
@@ -111,10 +123,19 @@ class ServerOptions(ConnectionOptions):
     read_buffer_size: int = 2048
     use_aiofastnet: bool = False
     authenticate: Authenticate | None = None
+    message_rate: float | None = None
+    message_burst: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "subprotocols", tuple(self.subprotocols))
+        if self.message_rate is not None:
+            if self.message_rate <= 0:
+                raise ValueError("message_rate must be positive or None")
+            if self.message_burst is None:
+                object.__setattr__(self, "message_burst", max(1.0, float(self.message_rate)))
+            elif self.message_burst < 1:
+                raise ValueError("message_burst must be at least 1")
         if self.backlog < 1:
             raise ValueError("backlog must be at least 1")
         if self.read_buffer_size < 1:

@@ -120,26 +120,15 @@ class Server:
             self._server.close()
         conns = list(self._connections.values())
         for conn in conns:
-            if not conn.is_closed:
-                conn._start_close(int(code), "server shutdown")
+            conn._start_close(int(code), "server shutdown", shutdown=True)
         if conns:
             waiters = [asyncio.ensure_future(c.wait_closed()) for c in conns]
             _done, pending = await asyncio.wait(waiters, timeout=timeout)
             for conn in conns:
-                if not conn._lost:
-                    conn._abort()
+                conn._abort()
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
-            handlers = [asyncio.ensure_future(c._wait_done()) for c in conns]
-            _done, stuck = await asyncio.wait(handlers, timeout=timeout)
-            for conn in conns:
-                worker = conn._worker
-                if worker is not None and not worker.done() and stuck:
-                    logger.warning("handler of %s still busy after %.1fs; cancelling it",
-                                   conn, timeout)
-                    worker.cancel()
-            if stuck:
-                await asyncio.wait(stuck, timeout=1.0)
+            await asyncio.gather(*(c._shutdown_handlers(timeout) for c in conns))
         if self._server is not None:
             try:
                 await asyncio.wait_for(self._server.wait_closed(), timeout=1.0)

@@ -12,13 +12,17 @@ from __future__ import annotations
 import codecs
 
 from ..errors import ProtocolError
-from .messages import CloseCode, Message, MessageType
+from .messages import (
+    OPCODE_BINARY,
+    OPCODE_CONTINUATION,
+    OPCODE_TEXT,
+    CloseCode,
+    Message,
+    MessageType,
+)
 
 __all__ = ["MessageAssembler"]
 
-OP_CONTINUATION = 0x0
-OP_TEXT = 0x1
-OP_BINARY = 0x2
 
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 
@@ -42,11 +46,6 @@ class MessageAssembler:
         self._size = 0
         self._decoder: codecs.IncrementalDecoder | None = None
 
-    @property
-    def in_progress(self) -> bool:
-        """Whether a fragmented message has begun and not ended."""
-        return self._opcode != -1
-
     def feed(self, opcode: int, fin: bool, rsv: int, payload: bytes) -> Message | None:
         """Take one data frame; return the message it completes, else ``None``.
 
@@ -57,11 +56,11 @@ class MessageAssembler:
         """
         if rsv:
             raise ProtocolError("reserved bits set without a negotiated extension")
-        if opcode == OP_CONTINUATION:
+        if opcode == OPCODE_CONTINUATION:
             if self._opcode == -1:
                 raise ProtocolError("continuation frame without a message to continue")
             return self._append(payload, fin)
-        if opcode != OP_TEXT and opcode != OP_BINARY:
+        if opcode != OPCODE_TEXT and opcode != OPCODE_BINARY:
             raise ProtocolError(f"unexpected opcode {opcode:#x} for a data frame")
         if self._opcode != -1:
             raise ProtocolError("new data frame before the previous message ended")
@@ -71,7 +70,7 @@ class MessageAssembler:
                 f"message of {size} bytes exceeds the limit of {self._max}",
                 CloseCode.MESSAGE_TOO_BIG)
         if fin:  # the common case: a whole message in one frame
-            if opcode == OP_TEXT:
+            if opcode == OPCODE_TEXT:
                 try:
                     text = payload.decode("utf-8")
                 except UnicodeDecodeError as exc:
@@ -81,7 +80,7 @@ class MessageAssembler:
             return Message(MessageType.BINARY, payload)
         self._opcode = opcode
         self._size = 0
-        if opcode == OP_TEXT:
+        if opcode == OPCODE_TEXT:
             self._decoder = _utf8_decoder("strict")
             self._parts = []
         else:

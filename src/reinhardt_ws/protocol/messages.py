@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from ..errors import ProtocolError
+from ..errors import ProtocolError, SendError
 
 __all__ = ["CloseCode", "Message", "MessageType", "WebSocketMessage"]
 
@@ -48,6 +48,7 @@ class CloseCode(enum.IntEnum):
 _SENDABLE_CODES = frozenset(
     {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
 
+OPCODE_CONTINUATION = 0x0
 OPCODE_TEXT = 0x1
 OPCODE_BINARY = 0x2
 OPCODE_CLOSE = 0x8
@@ -321,3 +322,22 @@ class WebSocketMessage:
     def __repr__(self) -> str:
         return (f"WebSocketMessage({self.message_type.value!r}, {self.data!r}, "
                 f"timestamp={self.timestamp!r})")
+
+
+def frame_parts(message: Message | WebSocketMessage | str | bytes | bytearray | memoryview
+                ) -> tuple[int, bytes]:
+    """The (opcode, payload) a message goes out as: the one conversion every send
+    and every broadcast uses.  A ``str`` is text, bytes-like is binary, a
+    :class:`WebSocketMessage` is its JSON as text.  Raises
+    :class:`~reinhardt_ws.SendError` for anything else."""
+    if isinstance(message, str):
+        return OPCODE_TEXT, message.encode("utf-8")
+    if isinstance(message, bytes):
+        return OPCODE_BINARY, message
+    if isinstance(message, (bytearray, memoryview)):
+        return OPCODE_BINARY, bytes(message)
+    if isinstance(message, Message):
+        return message.opcode, message.payload
+    if isinstance(message, WebSocketMessage):
+        return OPCODE_TEXT, message.to_json()
+    raise SendError(f"cannot send {type(message).__name__}")
