@@ -20,8 +20,8 @@ import pytest
 import reinhardt_ws as rw
 from reinhardt_ws.apps.chat import MAX_ROOM_NAME, ChatHandler, chat_http_handler
 
-from .fixtures import RawClient, client_frame, free_port, run_on, running_server
-from .peer_clients import KINDS, PeerClient, connected, open_client
+from ..fixtures import RawClient, client_frame, free_port, run_on, running_server
+from ..peer_clients import KINDS, PeerClient, connected, open_client
 
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
 

@@ -16,7 +16,7 @@ from websockets.asyncio.client import connect as ws_connect
 
 import reinhardt_ws as rw
 
-from .fixtures import free_port
+from ..fixtures import free_port
 
 
 def child_env(implementation: str) -> dict[str, str]:

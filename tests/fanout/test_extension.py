@@ -11,7 +11,7 @@ import pytest
 import reinhardt_ws
 from reinhardt_ws import _fanout
 
-from .conftest import c_extensions_disabled
+from ..conftest import c_extensions_disabled
 
 
 def test_normal_build_loads_the_extension(request: pytest.FixtureRequest) -> None:

@@ -18,8 +18,8 @@ from websockets.utils import accept_key
 
 import reinhardt_ws as rw
 
-from .core_helpers import Run, websockets_server, ws_echo
-from .fixtures import Recorder, eventually, running_server, url_of
+from ..core_helpers import Run, websockets_server, ws_echo
+from ..fixtures import Recorder, eventually, running_server, url_of
 
 WsHandler = Callable[[ServerConnection], Awaitable[None]]
 

@@ -11,8 +11,8 @@ from websockets.asyncio.client import connect as ws_connect
 
 import reinhardt_ws as rw
 
-from .core_helpers import BINARY, PING, PONG, TEXT, Run
-from .fixtures import (
+from ..core_helpers import BINARY, PING, PONG, TEXT, Run
+from ..fixtures import (
     RawClient,
     Recorder,
     client_frame,

@@ -43,9 +43,9 @@ from reinhardt_ws.rooms.redis.backend import (
     unpack_envelope,
 )
 
-from .fixtures import free_port, running_server, url_of
-from .redis_app import RoomsApp
-from .redis_fixtures import (
+from ..fixtures import free_port, running_server, url_of
+from ..redis_app import RoomsApp
+from ..redis_fixtures import (
     AppClient,
     AppProcess,
     RedisClusterNodes,
