@@ -97,6 +97,7 @@ def test_port_zero_prints_the_bound_port(implementation: str, tmp_path: Path) ->
     asyncio.run(main())
 
 
+@pytest.mark.pure
 def test_command_line_errors() -> None:
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "reinhardt_ws", *args],

@@ -14,6 +14,7 @@ from reinhardt_ws import _fanout
 from ..conftest import c_extensions_disabled
 
 
+@pytest.mark.pure
 def test_normal_build_loads_the_extension(request: pytest.FixtureRequest) -> None:
     if c_extensions_disabled(request.config):
         pytest.skip("this run is the no-extension axis")
@@ -36,12 +37,14 @@ def _implementation_in_subprocess(env_extra: dict[str, str]) -> str:
     return out.stdout.strip()
 
 
+@pytest.mark.pure
 def test_fresh_process_reports_what_runs(request: pytest.FixtureRequest) -> None:
     assert _implementation_in_subprocess({"REINHARDT_WS_NO_EXTENSIONS": "1"}) == "python"
     if not c_extensions_disabled(request.config):
         assert _implementation_in_subprocess({}) == "cython"
 
 
+@pytest.mark.pure
 def test_zero_means_not_disabled(request: pytest.FixtureRequest) -> None:
     if c_extensions_disabled(request.config):
         pytest.skip("this run is the no-extension axis")
@@ -52,6 +55,7 @@ def test_implementation_attribute_follows_the_selector(implementation: str) -> N
     assert implementation == reinhardt_ws.IMPLEMENTATION
 
 
+@pytest.mark.pure
 def test_use_rejects_unknown_implementation() -> None:
     with pytest.raises(LookupError):
         _fanout.use("rust")
@@ -91,6 +95,7 @@ print(sum(issubclass(w.category, RuntimeWarning) and "size changed" in str(w.mes
 """
 
 
+@pytest.mark.pure
 def test_layout_mismatch_falls_back_with_a_warning() -> None:
     env = {k: v for k, v in os.environ.items() if k != "REINHARDT_WS_NO_EXTENSIONS"}
     out = subprocess.run([sys.executable, "-c", _BROKEN_EXTENSION], env=env,

@@ -522,6 +522,7 @@ def test_connection_refused_is_an_os_error(run: Run) -> None:
     run(main())
 
 
+@pytest.mark.pure
 def test_connect_rejects_other_schemes() -> None:
     with pytest.raises(ValueError):
         rw.connect("http://127.0.0.1:1/")
