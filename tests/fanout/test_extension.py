@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -12,6 +11,7 @@ import reinhardt_ws
 from reinhardt_ws import _fanout
 
 from ..conftest import c_extensions_disabled
+from ..fixtures import child_env
 
 
 @pytest.mark.pure
@@ -28,8 +28,7 @@ def test_normal_build_loads_the_extension(request: pytest.FixtureRequest) -> Non
 
 
 def _implementation_in_subprocess(env_extra: dict[str, str]) -> str:
-    env = {k: v for k, v in os.environ.items() if k != "REINHARDT_WS_NO_EXTENSIONS"}
-    env.update(env_extra)
+    env = child_env("cython", **env_extra)
     out = subprocess.run(
         [sys.executable, "-W", "error", "-c",
          "import reinhardt_ws; print(reinhardt_ws.IMPLEMENTATION)"],
@@ -97,7 +96,7 @@ print(sum(issubclass(w.category, RuntimeWarning) and "size changed" in str(w.mes
 
 @pytest.mark.pure
 def test_layout_mismatch_falls_back_with_a_warning() -> None:
-    env = {k: v for k, v in os.environ.items() if k != "REINHARDT_WS_NO_EXTENSIONS"}
+    env = child_env("cython")
     out = subprocess.run([sys.executable, "-c", _BROKEN_EXTENSION], env=env,
                          capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.split() == ["python", "1"], out.stdout + out.stderr
