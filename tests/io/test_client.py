@@ -514,7 +514,7 @@ def test_open_timeout_on_a_server_that_never_answers(run: Run) -> None:
 
 def test_connection_refused_is_an_os_error(run: Run) -> None:
     async def main() -> None:
-        from .fixtures import free_port
+        from ..fixtures import free_port
 
         with pytest.raises(OSError):
             await rw.connect(f"ws://127.0.0.1:{free_port()}")
