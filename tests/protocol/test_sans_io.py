@@ -20,7 +20,7 @@ from pathlib import Path
 import reinhardt_ws
 
 #: Top-level modules that do I/O, or drive it; none may be imported by the core.
-FORBIDDEN = frozenset({"asyncio", "picows", "uvloop", "socket", "selectors", "ssl"})
+FORBIDDEN = frozenset({"aiofastnet", "asyncio", "picows", "selectors", "socket", "ssl", "uvloop"})
 
 PACKAGE = Path(reinhardt_ws.__file__).resolve().parent
 PROTOCOL = PACKAGE / "protocol"
