@@ -8,6 +8,7 @@ import contextlib
 import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -17,6 +18,37 @@ import reinhardt_ws as rw
 T = TypeVar("T")
 
 LOOPS = ("asyncio", "uvloop")
+
+#: The repository root (the directory holding ``tests/``).
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def child_env(implementation: str, **overrides: str | None) -> dict[str, str]:
+    """The environment of a child Python process that runs the fan-out
+    *implementation* (``"cython"`` or ``"python"``): this process's environment,
+    with REINHARDT_WS_NO_EXTENSIONS=1 for ``"python"`` and without it for
+    ``"cython"`` (so a missing extension shows in the child); the repository
+    root first on PYTHONPATH (the child can run ``python -m tests.redis_app``);
+    PYTHONFAULTHANDLER=1 (a crashing or hung child dumps every thread's stack);
+    and without PYTHONASYNCIODEBUG (asyncio's debug mode slows every callback of
+    the server under test).  Then *overrides*: each sets a variable, or removes
+    it when None.  An unknown *implementation* is a ValueError."""
+    if implementation not in ("cython", "python"):
+        raise ValueError(f"unknown implementation {implementation!r}")
+    env = dict(os.environ)
+    env.pop("PYTHONASYNCIODEBUG", None)
+    if implementation == "python":
+        env["REINHARDT_WS_NO_EXTENSIONS"] = "1"
+    else:
+        env.pop("REINHARDT_WS_NO_EXTENSIONS", None)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(ROOT), env.get("PYTHONPATH"))))
+    env["PYTHONFAULTHANDLER"] = "1"
+    for key, value in overrides.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
 
 
 def run_on(loop_kind: str, coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:

@@ -23,9 +23,7 @@ import pytest
 
 import reinhardt_ws as rw
 
-from .fixtures import free_port
-
-ROOT = Path(__file__).resolve().parent.parent
+from .fixtures import ROOT, child_env, free_port
 
 __all__ = [
     "AppClient",
@@ -165,19 +163,6 @@ class RedisClusterNodes:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
-
-
-def child_env(implementation: str) -> dict[str, str]:
-    """Environment of a server process running the fan-out *implementation*."""
-    env = dict(os.environ)
-    env.pop("PYTHONASYNCIODEBUG", None)
-    if implementation == "python":
-        env["REINHARDT_WS_NO_EXTENSIONS"] = "1"
-    else:
-        env.pop("REINHARDT_WS_NO_EXTENSIONS", None)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(ROOT), env.get("PYTHONPATH"))))
-    env["PYTHONFAULTHANDLER"] = "1"  # SIGABRT dumps every thread's stack into the log
-    return env
 
 
 def _read_line(stream: IO[bytes], deadline: float) -> bytes:

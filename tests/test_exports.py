@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import importlib
 
+import pytest
+
 import reinhardt_ws
+
+pytestmark = pytest.mark.pure
 
 PUBLIC_MODULES = ("client", "connection", "errors", "handler", "options", "protocol.messages",
                   "rooms", "server")

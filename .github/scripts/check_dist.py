@@ -48,6 +48,7 @@ SDIST_REQUIRED = (
     f"src/{PACKAGE}/_fastbroadcast.pyi",
     f"src/{PACKAGE}/py.typed",
     "tests/conftest.py",
+    "tests/protocol/test_sans_io.py",
 )
 NEVER_IN_SDIST = re.compile(
     r"(^src/_fastbroadcast\.c$|\.(so|pyd|o|obj)$|^build/|^dist/|^\.autobahn/|^bench/results/"

@@ -10,19 +10,19 @@ report.
 Usage (from the repository root)::
 
     # start a server per run; {port} becomes a free port on 127.0.0.1
-    python tests/autobahn/run_autobahn.py \\
+    python tests/conformance/autobahn/run_autobahn.py \\
         --server-cmd "python -m reinhardt_ws echo --host 127.0.0.1 --port {port} \\
                       --max-message-size 16777216"
 
     # or test a server that already listens
-    python tests/autobahn/run_autobahn.py --url ws://127.0.0.1:9001
+    python tests/conformance/autobahn/run_autobahn.py --url ws://127.0.0.1:9001
 
     # a subset, for quick iteration, and a machine-readable summary
-    python tests/autobahn/run_autobahn.py --url ws://127.0.0.1:9001 \\
+    python tests/conformance/autobahn/run_autobahn.py --url ws://127.0.0.1:9001 \\
         --cases "1.*,7.*" --json-summary /tmp/autobahn.json
 
     # only build (or check) the Python 2.7 virtualenv
-    python tests/autobahn/run_autobahn.py --setup-only
+    python tests/conformance/autobahn/run_autobahn.py --setup-only
 
 Environment:
 
@@ -84,7 +84,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_VENV = REPO_ROOT / ".autobahn" / "venv"
 DEFAULT_REPORTS = REPO_ROOT / ".autobahn" / "reports"
 

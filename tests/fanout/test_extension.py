@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -11,9 +10,11 @@ import pytest
 import reinhardt_ws
 from reinhardt_ws import _fanout
 
-from .conftest import c_extensions_disabled
+from ..conftest import c_extensions_disabled
+from ..fixtures import child_env
 
 
+@pytest.mark.pure
 def test_normal_build_loads_the_extension(request: pytest.FixtureRequest) -> None:
     if c_extensions_disabled(request.config):
         pytest.skip("this run is the no-extension axis")
@@ -27,8 +28,7 @@ def test_normal_build_loads_the_extension(request: pytest.FixtureRequest) -> Non
 
 
 def _implementation_in_subprocess(env_extra: dict[str, str]) -> str:
-    env = {k: v for k, v in os.environ.items() if k != "REINHARDT_WS_NO_EXTENSIONS"}
-    env.update(env_extra)
+    env = child_env("cython", **env_extra)
     out = subprocess.run(
         [sys.executable, "-W", "error", "-c",
          "import reinhardt_ws; print(reinhardt_ws.IMPLEMENTATION)"],
@@ -36,12 +36,14 @@ def _implementation_in_subprocess(env_extra: dict[str, str]) -> str:
     return out.stdout.strip()
 
 
+@pytest.mark.pure
 def test_fresh_process_reports_what_runs(request: pytest.FixtureRequest) -> None:
     assert _implementation_in_subprocess({"REINHARDT_WS_NO_EXTENSIONS": "1"}) == "python"
     if not c_extensions_disabled(request.config):
         assert _implementation_in_subprocess({}) == "cython"
 
 
+@pytest.mark.pure
 def test_zero_means_not_disabled(request: pytest.FixtureRequest) -> None:
     if c_extensions_disabled(request.config):
         pytest.skip("this run is the no-extension axis")
@@ -52,6 +54,7 @@ def test_implementation_attribute_follows_the_selector(implementation: str) -> N
     assert implementation == reinhardt_ws.IMPLEMENTATION
 
 
+@pytest.mark.pure
 def test_use_rejects_unknown_implementation() -> None:
     with pytest.raises(LookupError):
         _fanout.use("rust")
@@ -91,8 +94,9 @@ print(sum(issubclass(w.category, RuntimeWarning) and "size changed" in str(w.mes
 """
 
 
+@pytest.mark.pure
 def test_layout_mismatch_falls_back_with_a_warning() -> None:
-    env = {k: v for k, v in os.environ.items() if k != "REINHARDT_WS_NO_EXTENSIONS"}
+    env = child_env("cython")
     out = subprocess.run([sys.executable, "-c", _BROKEN_EXTENSION], env=env,
                          capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.split() == ["python", "1"], out.stdout + out.stderr

@@ -17,8 +17,8 @@ import pytest
 
 import reinhardt_ws as rw
 
-from .fixtures import RawClient, Recorder, client_frame, eventually, running_server, url_of
-from .peer_clients import KINDS, PeerClient, PeerClosed, connected, open_client, reset
+from ..fixtures import RawClient, Recorder, client_frame, eventually, running_server, url_of
+from ..peer_clients import KINDS, PeerClient, PeerClosed, connected, open_client, reset
 
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
 import subprocess
@@ -16,14 +15,7 @@ from websockets.asyncio.client import connect as ws_connect
 
 import reinhardt_ws as rw
 
-from .fixtures import free_port
-
-
-def child_env(implementation: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "REINHARDT_WS_NO_EXTENSIONS"}
-    if implementation == "python":
-        env["REINHARDT_WS_NO_EXTENSIONS"] = "1"
-    return env
+from ..fixtures import child_env, free_port
 
 
 async def start_cli(args: list[str], env: dict[str, str], stderr: Path
@@ -97,6 +89,7 @@ def test_port_zero_prints_the_bound_port(implementation: str, tmp_path: Path) ->
     asyncio.run(main())
 
 
+@pytest.mark.pure
 def test_command_line_errors() -> None:
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "reinhardt_ws", *args],

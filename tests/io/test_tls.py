@@ -14,8 +14,8 @@ from websockets.asyncio.client import connect as ws_connect
 
 import reinhardt_ws as rw
 
-from .core_helpers import Run, websockets_server, ws_echo
-from .fixtures import Recorder, running_server
+from ..core_helpers import Run, websockets_server, ws_echo
+from ..fixtures import Recorder, running_server
 
 
 class TLS(NamedTuple):

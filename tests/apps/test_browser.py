@@ -28,7 +28,7 @@ import websockets
 import reinhardt_ws as rw
 from reinhardt_ws.apps.chat import ChatHandler, chat_http_handler
 
-from .fixtures import free_port, run_on
+from ..fixtures import free_port, run_on
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import reinhardt_ws as rw
 
-from .fixtures import Recorder, eventually, running_server
-from .peer_clients import (
+from ..fixtures import Recorder, eventually, running_server
+from ..peer_clients import (
     PeerClient,
     PeerClosed,
     WebsocketsClient,

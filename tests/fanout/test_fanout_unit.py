@@ -25,7 +25,7 @@ import pytest
 
 from reinhardt_ws import _fanout
 
-from .fixtures import eventually
+from ..fixtures import eventually
 
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
 

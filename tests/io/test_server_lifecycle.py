@@ -11,8 +11,8 @@ from websockets.asyncio.client import connect as ws_connect
 
 import reinhardt_ws as rw
 
-from .core_helpers import BINARY, PING, PONG, TEXT, Run
-from .fixtures import (
+from ..core_helpers import BINARY, PING, PONG, TEXT, Run
+from ..fixtures import (
     RawClient,
     Recorder,
     client_frame,
@@ -81,6 +81,7 @@ def test_async_context_manager_closes_with_1001(run: Run) -> None:
     run(main())
 
 
+@pytest.mark.pure
 def test_serve_checks_its_arguments() -> None:
     with pytest.raises(TypeError):
         rw.serve(object(), "127.0.0.1", 0)  # type: ignore[arg-type]

@@ -12,8 +12,8 @@ from websockets.asyncio.client import connect as ws_connect
 
 import reinhardt_ws as rw
 
-from .core_helpers import CLOSE, PING, PONG, TEXT, Run, event_kinds
-from .fixtures import RawClient, Recorder, client_frame, eventually, running_server, url_of
+from ..core_helpers import CLOSE, PING, PONG, TEXT, Run, event_kinds
+from ..fixtures import RawClient, Recorder, client_frame, eventually, running_server, url_of
 
 
 def texts(handler: Recorder, conn_id: str) -> list[str]:

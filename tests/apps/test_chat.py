@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -20,8 +19,8 @@ import pytest
 import reinhardt_ws as rw
 from reinhardt_ws.apps.chat import MAX_ROOM_NAME, ChatHandler, chat_http_handler
 
-from .fixtures import RawClient, client_frame, free_port, run_on, running_server
-from .peer_clients import KINDS, PeerClient, connected, open_client
+from ..fixtures import RawClient, child_env, client_frame, free_port, run_on, running_server
+from ..peer_clients import KINDS, PeerClient, connected, open_client
 
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
 
@@ -254,9 +253,7 @@ def test_http_endpoints_share_the_websocket_port(run: Run) -> None:
 
 def test_chat_server_as_a_subprocess(implementation: str) -> None:
     """``python -m reinhardt_ws serve --port P``, on the implementation under test."""
-    env = {k: v for k, v in os.environ.items() if k != "REINHARDT_WS_NO_EXTENSIONS"}
-    if implementation == "python":
-        env["REINHARDT_WS_NO_EXTENSIONS"] = "1"
+    env = child_env(implementation)
 
     async def main() -> None:
         port = free_port()

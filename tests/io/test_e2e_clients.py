@@ -12,8 +12,8 @@ from websockets.asyncio.client import connect as ws_connect
 
 import reinhardt_ws as rw
 
-from .core_helpers import Run
-from .fixtures import Recorder, eventually, running_server, url_of
+from ..core_helpers import Run
+from ..fixtures import Recorder, eventually, running_server, url_of
 
 
 class Scripted(Recorder):

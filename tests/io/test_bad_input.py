@@ -12,8 +12,8 @@ from websockets.asyncio.client import connect as ws_connect
 
 import reinhardt_ws as rw
 
-from .core_helpers import BINARY, CLOSE, CONT, PING, TEXT, Run, close_payload, event_kinds
-from .fixtures import RawClient, Recorder, client_frame, handshake_request, running_server, url_of
+from ..core_helpers import BINARY, CLOSE, CONT, PING, TEXT, Run, close_payload, event_kinds
+from ..fixtures import RawClient, Recorder, client_frame, handshake_request, running_server, url_of
 
 
 async def expect_close(client: RawClient, code: int) -> None:

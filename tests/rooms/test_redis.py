@@ -43,9 +43,9 @@ from reinhardt_ws.rooms.redis.backend import (
     unpack_envelope,
 )
 
-from .fixtures import free_port, running_server, url_of
-from .redis_app import RoomsApp
-from .redis_fixtures import (
+from ..fixtures import free_port, running_server, url_of
+from ..redis_app import RoomsApp
+from ..redis_fixtures import (
     AppClient,
     AppProcess,
     RedisClusterNodes,
@@ -99,6 +99,7 @@ async def poll(probe: Callable[[], Coroutine[Any, Any, T]], accept: Callable[[T]
 
 
 # -- no server needed -------------------------------------------------------------------
+@pytest.mark.pure
 def test_envelope_round_trip() -> None:
     frame = b"\x81\x05hello"
     origin = bytes(range(8))
@@ -114,6 +115,7 @@ def test_envelope_round_trip() -> None:
         unpack_envelope(packed[:14])
 
 
+@pytest.mark.pure
 def test_options_are_checked() -> None:
     with pytest.raises(ValueError):
         RedisBackend("redis://127.0.0.1:1", ttl=1.0, heartbeat_interval=1.0)
@@ -124,6 +126,7 @@ def test_options_are_checked() -> None:
     assert manager.backend.prefix == "p" and manager.backend.ttl == 9.0
 
 
+@pytest.mark.pure
 def test_workers_without_redis_are_refused() -> None:
     done = subprocess.run([sys.executable, "-m", "reinhardt_ws", "serve", "--workers", "2"],
                           capture_output=True, timeout=30, env=child_env("python"))

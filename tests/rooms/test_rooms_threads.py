@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 
 import reinhardt_ws as rw
 
-from .fixtures import Recorder, running_server
-from .peer_clients import KINDS, connected
+from ..fixtures import Recorder, running_server
+from ..peer_clients import KINDS, connected
 
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
 T = TypeVar("T")

@@ -18,13 +18,14 @@ C extension, which must then import (a missing build fails, it never skips).
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from ..fixtures import child_env
 
 #: Cases that fail because of picows, not of this library; see docs/conformance.md.
 #: 7.1.2 (two close frames in one read): picows parses the next frame before it
@@ -35,14 +36,6 @@ KNOWN_UPSTREAM = ("7.1.2",)
 SCRIPT = Path(__file__).resolve().parent / "autobahn" / "run_autobahn.py"
 
 pytestmark = [pytest.mark.autobahn, pytest.mark.slow, pytest.mark.timeout(900)]
-
-
-def _env_for(impl: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("REINHARDT_WS_NO_EXTENSIONS", None)
-    if impl == "python":
-        env["REINHARDT_WS_NO_EXTENSIONS"] = "1"
-    return env
 
 
 def _check_implementation(impl: str, env: dict[str, str]) -> None:
@@ -76,7 +69,7 @@ def _verdict(returncode: int, output: str) -> str:
 
 def test_autobahn_fuzzingclient(implementation: str, tmp_path: Path) -> None:
     impl = implementation
-    env = _env_for(impl)
+    env = child_env(impl)
     _check_implementation(impl, env)
 
     server_cmd = (

@@ -18,8 +18,8 @@ from websockets.utils import accept_key
 
 import reinhardt_ws as rw
 
-from .core_helpers import Run, websockets_server, ws_echo
-from .fixtures import Recorder, eventually, running_server, url_of
+from ..core_helpers import Run, websockets_server, ws_echo
+from ..fixtures import Recorder, eventually, running_server, url_of
 
 WsHandler = Callable[[ServerConnection], Awaitable[None]]
 
@@ -514,7 +514,7 @@ def test_open_timeout_on_a_server_that_never_answers(run: Run) -> None:
 
 def test_connection_refused_is_an_os_error(run: Run) -> None:
     async def main() -> None:
-        from .fixtures import free_port
+        from ..fixtures import free_port
 
         with pytest.raises(OSError):
             await rw.connect(f"ws://127.0.0.1:{free_port()}")
@@ -522,6 +522,7 @@ def test_connection_refused_is_an_os_error(run: Run) -> None:
     run(main())
 
 
+@pytest.mark.pure
 def test_connect_rejects_other_schemes() -> None:
     with pytest.raises(ValueError):
         rw.connect("http://127.0.0.1:1/")
