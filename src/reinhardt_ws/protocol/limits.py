@@ -29,8 +29,8 @@ class TokenBucket:
         if tokens > self.burst:
             tokens = self.burst
         self._last = now
-        if tokens < 1.0:
+        if tokens < 1.0 - 1e-9:  # a sender exactly at the rate is not refused by rounding
             self._tokens = tokens
             return False
-        self._tokens = tokens - 1.0
+        self._tokens = max(0.0, tokens - 1.0)
         return True
