@@ -33,15 +33,15 @@ except ImportError:  # pragma: no cover - the redis extra is part of the test se
 
 import reinhardt_ws as rw
 from reinhardt_ws.rooms import RoomManager
-from reinhardt_ws.rooms.redis.backend import (
+from reinhardt_ws.rooms.envelope import (
     KIND_DIRECT,
     KIND_ROOM,
     Envelope,
-    RedisBackend,
-    _has_sharded_pubsub,
     pack_envelope,
     unpack_envelope,
 )
+from reinhardt_ws.rooms.redis import RedisBackend
+from reinhardt_ws.rooms.redis.backend import _has_sharded_pubsub
 
 from .fixtures import free_port, running_server, url_of
 from .redis_app import RoomsApp
@@ -213,9 +213,9 @@ def test_redis_cluster_sharded(run: Runner[None], redis_cluster: RedisClusterNod
                     for client in (a, b):
                         await client.call("join", room=room)
                 await c.call("join", room=rooms[0])
-                owners = {b1._client.get_node_from_key(b1._room_channel(r)).name for r in rooms}
+                owners = {b1._rt.client.get_node_from_key(b1._room_channel(r)).name for r in rooms}
                 assert len(owners) == 3  # the rooms are spread over the shards
-                assert len(b1._subscribers) == 3  # a subscriber on each node it needs
+                assert len(b1._rt.subscribers) == 3  # a subscriber on each node it needs
                 assert await m1.room_size(rooms[0]) == 3
                 assert await m2.list_rooms() == sorted(rooms)
                 for room in rooms:

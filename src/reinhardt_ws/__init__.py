@@ -17,6 +17,7 @@ from .errors import (
     HandshakeError,
     ProtocolError,
     ReceiveError,
+    RoomLimitError,
     SendError,
     WebSocketError,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "MessageType",
     "ProtocolError",
     "ReceiveError",
+    "RoomLimitError",
     "RoomManager",
     "SendError",
     "Server",

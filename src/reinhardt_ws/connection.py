@@ -82,6 +82,7 @@ class WebSocketConnection:
         "_lost",
         "_opts",
         "_peer",
+        "_peer_loop",
         "_pings",
         "_reading_paused",
         "_recv_waiter",
@@ -129,6 +130,7 @@ class WebSocketConnection:
         self._server = server
         self._ws: Any = None
         self._peer: Peer | None = None
+        self._peer_loop: asyncio.AbstractEventLoop | None = None  # rooms: the peer's loop
         self._state = _OPEN
         self._assembler = MessageAssembler(opts.max_message_size)
         self._close_sent = False
@@ -169,6 +171,11 @@ class WebSocketConnection:
         if self._state != _OPEN or self._lost:
             return None
         return self._peer
+
+    def _room_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop this connection's fan-out peer runs on (None before it
+        is connected, and for a client connection)."""
+        return self._peer_loop
 
     # -- sending ----------------------------------------------------------------
     async def send(self, message: Message | WebSocketMessage | str | bytes | bytearray
@@ -484,7 +491,8 @@ class WebSocketConnection:
             self._disconnect_watch = asyncio.get_running_loop().create_task(
                 _swallow(ws.wait_disconnected()))
         else:
-            hub = _fanout.get_hub(asyncio.get_running_loop())
+            self._peer_loop = asyncio.get_running_loop()
+            hub = _fanout.get_hub(self._peer_loop)
             self._peer = _fanout.new_peer(
                 hub, transport, ws, self.id, opts.max_write_buffer, opts.drop_slow,
                 self._on_overflow, self._on_write_failure)

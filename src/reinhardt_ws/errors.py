@@ -7,6 +7,7 @@ __all__ = [
     "HandshakeError",
     "ProtocolError",
     "ReceiveError",
+    "RoomLimitError",
     "SendError",
     "WebSocketError",
 ]
@@ -57,3 +58,12 @@ class HandshakeError(WebSocketError):
         self.status = status
         self.body = body
         super().__init__(message)
+
+
+class RoomLimitError(WebSocketError):
+    """A connection asked to join one room more than the manager's
+    ``max_rooms_per_connection`` allows (``limit``); its rooms are unchanged."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = int(limit)
+        super().__init__(f"a connection may be in at most {self.limit} rooms")
