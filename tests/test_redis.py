@@ -122,6 +122,8 @@ def test_options_are_checked() -> None:
     manager = RoomManager.from_url("redis://127.0.0.1:1/0", prefix="p", ttl=9.0)
     assert isinstance(manager.backend, RedisBackend)
     assert manager.backend.prefix == "p" and manager.backend.ttl == 9.0
+    limited = RoomManager.from_url("redis://127.0.0.1:1/0", max_rooms_per_connection=3)
+    assert limited.max_rooms_per_connection == 3 and isinstance(limited.backend, RedisBackend)
 
 
 def test_workers_without_redis_are_refused() -> None:
@@ -564,3 +566,49 @@ def test_cli_workers_share_rooms(redis_server: RedisServer, prefix: str, impleme
         assert run_async(leftovers()) == []
     finally:
         stop_process(proc, 0)
+
+
+@pytest.mark.redis
+def test_worker_loop_first_then_connections(run: Runner[None], redis_server: RedisServer,
+                                            prefix: str) -> None:
+    """Issue 10 item 4 with Redis: the backend starts on the worker's loop (its
+    first caller), moves to the connections' loop at the first join, and the
+    worker's 200 broadcasts arrive promptly; remote delivery works after the move."""
+    from tests.fixtures import Recorder
+    from tests.peer_clients import KINDS, connected
+    from tests.rooms.loops import MESSAGES, WorkerLoop, worker_broadcasts
+
+    async def main() -> None:
+        rooms = RoomManager(backend=RedisBackend(redis_server.url, prefix=prefix))
+        other = RoomManager(backend=RedisBackend(redis_server.url, prefix=prefix))
+        worker = WorkerLoop()
+        try:
+            assert await worker.call(rooms.room_size("feed")) == 0
+            assert await worker.call(rooms.broadcast("feed", "nobody")) == rw.BroadcastResult()
+            handler = Recorder()
+            async with running_server(handler) as server, \
+                    connected(server, handler, KINDS) as pairs:
+                for _client, conn in pairs:
+                    assert await rooms.join("feed", conn) is True
+                assert await other.room_size("feed") == 2
+                loop = asyncio.get_running_loop()
+                started = loop.time()
+                job = asyncio.run_coroutine_threadsafe(
+                    worker_broadcasts(rooms, "feed", MESSAGES), worker.loop)
+                for client, _conn in pairs:
+                    got = await client.recv_many(MESSAGES, timeout=30)
+                    assert got == [f"n{i}" for i in range(MESSAGES)]
+                assert loop.time() - started < 8.0
+                results = await asyncio.wrap_future(job)
+                assert results == [rw.BroadcastResult(2, 0, ())] * MESSAGES
+                await other.broadcast("feed", "remote")
+                for client, _conn in pairs:
+                    assert await client.recv() == "remote"
+                stats = rooms.backend.stats()  # type: ignore[attr-defined]
+                assert stats["connected"] == 1 and stats["rooms"] == 1
+        finally:
+            await rooms.close()
+            await other.close()
+            await worker.stop()
+
+    run(main())

@@ -1,0 +1,53 @@
+"""A worker thread with its own long-running event loop, and what such a worker
+does with a RoomManager: the harness of the loop-binding tests."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable
+from typing import TypeVar
+
+import reinhardt_ws as rw
+
+__all__ = ["MESSAGES", "WorkerLoop", "worker_broadcasts"]
+
+T = TypeVar("T")
+
+#: Broadcasts the worker makes (issue 10, item 4).
+MESSAGES = 200
+
+
+class WorkerLoop:
+    """A worker thread running its own long-lived event loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="worker-loop")
+        self.thread.start()
+
+    async def call(self, coro: Awaitable[T], timeout: float = 20.0) -> T:
+        """Run *coro* on the worker's loop; await it from the caller's loop."""
+
+        async def on_worker() -> T:
+            assert threading.current_thread() is self.thread
+            return await coro
+
+        future = asyncio.run_coroutine_threadsafe(on_worker(), self.loop)
+        return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+
+    async def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        await asyncio.get_running_loop().run_in_executor(None, self.thread.join, 10)
+        self.loop.close()
+
+
+async def worker_broadcasts(rooms: rw.RoomManager, room: str, count: int
+                            ) -> list[rw.BroadcastResult]:
+    """What the issue's worker does: broadcasts from its own thread's loop, one
+    every few milliseconds, while the server's loop has nothing else to do."""
+    results = []
+    for i in range(count):
+        results.append(await rooms.broadcast(room, f"n{i}"))
+        await asyncio.sleep(0.002)
+    return results
