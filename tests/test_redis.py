@@ -576,13 +576,12 @@ def test_worker_loop_first_then_connections(run: Runner[None], redis_server: Red
     worker's 200 broadcasts arrive promptly; remote delivery works after the move."""
     from tests.fixtures import Recorder
     from tests.peer_clients import KINDS, connected
-    from tests.rooms.loops import MESSAGES, WorkerLoop, worker_broadcasts
+    from tests.rooms.loops import broadcast_from_worker, worker_loop
 
     async def main() -> None:
         rooms = RoomManager(backend=RedisBackend(redis_server.url, prefix=prefix))
         other = RoomManager(backend=RedisBackend(redis_server.url, prefix=prefix))
-        worker = WorkerLoop()
-        try:
+        async with worker_loop() as worker:
             assert await worker.call(rooms.room_size("feed")) == 0
             assert await worker.call(rooms.broadcast("feed", "nobody")) == rw.BroadcastResult()
             handler = Recorder()
@@ -591,24 +590,13 @@ def test_worker_loop_first_then_connections(run: Runner[None], redis_server: Red
                 for _client, conn in pairs:
                     assert await rooms.join("feed", conn) is True
                 assert await other.room_size("feed") == 2
-                loop = asyncio.get_running_loop()
-                started = loop.time()
-                job = asyncio.run_coroutine_threadsafe(
-                    worker_broadcasts(rooms, "feed", MESSAGES), worker.loop)
-                for client, _conn in pairs:
-                    got = await client.recv_many(MESSAGES, timeout=30)
-                    assert got == [f"n{i}" for i in range(MESSAGES)]
-                assert loop.time() - started < 8.0
-                results = await asyncio.wrap_future(job)
-                assert results == [rw.BroadcastResult(2, 0, ())] * MESSAGES
+                await broadcast_from_worker(worker, rooms, "feed", [c for c, _ in pairs])
                 await other.broadcast("feed", "remote")
                 for client, _conn in pairs:
                     assert await client.recv() == "remote"
                 stats = rooms.backend.stats()  # type: ignore[attr-defined]
                 assert stats["connected"] == 1 and stats["rooms"] == 1
-        finally:
             await rooms.close()
             await other.close()
-            await worker.stop()
 
     run(main())

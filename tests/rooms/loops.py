@@ -4,13 +4,15 @@ does with a RoomManager: the harness of the loop-binding tests."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import TypeVar
 
 import reinhardt_ws as rw
+from tests.peer_clients import PeerClient
 
-__all__ = ["MESSAGES", "WorkerLoop", "worker_broadcasts"]
+__all__ = ["MESSAGES", "WorkerLoop", "broadcast_from_worker", "worker_loop"]
 
 T = TypeVar("T")
 
@@ -51,3 +53,34 @@ async def worker_broadcasts(rooms: rw.RoomManager, room: str, count: int
         results.append(await rooms.broadcast(room, f"n{i}"))
         await asyncio.sleep(0.002)
     return results
+
+
+
+@contextlib.asynccontextmanager
+async def worker_loop() -> AsyncIterator[WorkerLoop]:
+    """A :class:`WorkerLoop`, stopped afterwards."""
+    worker = WorkerLoop()
+    try:
+        yield worker
+    finally:
+        await worker.stop()
+
+
+async def broadcast_from_worker(worker: WorkerLoop, rooms: rw.RoomManager, room: str,
+                                clients: Sequence[PeerClient]) -> None:
+    """The scenario of issue 10 item 4: *worker* broadcasts :data:`MESSAGES` to
+    *room*, whose members are *clients*; each receives all of them, in order,
+    promptly.  The worker's job is not awaited through this loop until the end,
+    so nothing but the broadcasts themselves may wake the server's loop."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    job = asyncio.run_coroutine_threadsafe(worker_broadcasts(rooms, room, MESSAGES),
+                                           worker.loop)
+    for client in clients:
+        assert await client.recv_many(MESSAGES, timeout=30) == [
+            f"n{i}" for i in range(MESSAGES)]
+    # Generous; the stall this guards against delivered the first message only
+    # when a receive timeout happened to wake the loop.
+    assert loop.time() - started < 8.0
+    results = await asyncio.wrap_future(job)
+    assert results == [rw.BroadcastResult(len(clients), 0, ())] * MESSAGES

@@ -12,7 +12,7 @@ import pytest
 import reinhardt_ws as rw
 from tests.fixtures import Recorder, running_server
 from tests.peer_clients import KINDS, connected, open_client
-from tests.rooms.loops import MESSAGES, WorkerLoop, worker_broadcasts
+from tests.rooms.loops import broadcast_from_worker, worker_loop
 
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
 
@@ -26,8 +26,7 @@ def test_module_level_manager_first_used_from_a_worker_loop(run: Run) -> None:
     rooms = MODULE_ROOMS
 
     async def main() -> None:
-        worker = WorkerLoop()
-        try:
+        async with worker_loop() as worker:
             # First use, from the worker's own loop, before any connection exists.
             assert await worker.call(rooms.room_size("feed")) == 0
             assert await worker.call(rooms.broadcast("feed", "nobody")) == rw.BroadcastResult()
@@ -37,24 +36,9 @@ def test_module_level_manager_first_used_from_a_worker_loop(run: Run) -> None:
                     connected(server, handler, KINDS) as pairs:
                 for _client, conn in pairs:
                     assert await rooms.join("feed", conn) is True
-                loop = asyncio.get_running_loop()
-                started = loop.time()
-                # Not awaited through this loop until the end: nothing but the
-                # broadcasts themselves may wake the server's loop meanwhile.
-                job = asyncio.run_coroutine_threadsafe(
-                    worker_broadcasts(rooms, "feed", MESSAGES), worker.loop)
-                for client, _conn in pairs:
-                    got = await client.recv_many(MESSAGES, timeout=30)
-                    assert got == [f"n{i}" for i in range(MESSAGES)]
-                # Generous; the stall this guards against delivered the first
-                # message only when the receive timeout woke the loop.
-                assert loop.time() - started < 8.0
-                results = await asyncio.wrap_future(job)
-                assert results == [rw.BroadcastResult(2, 0, ())] * MESSAGES
+                await broadcast_from_worker(worker, rooms, "feed", [c for c, _ in pairs])
                 assert await worker.call(rooms.room_size("feed")) == 2
                 assert rooms.stats()["memberships"] == 2
-        finally:
-            await worker.stop()
 
     run(main())
 
@@ -65,8 +49,7 @@ def test_join_from_a_worker_loop_binds_to_the_connections_loop(run: Run) -> None
 
     async def main() -> None:
         rooms = rw.RoomManager()
-        worker = WorkerLoop()
-        try:
+        async with worker_loop() as worker:
             handler = Recorder()
             async with running_server(handler) as server, \
                     connected(server, handler, KINDS) as pairs:
@@ -80,8 +63,6 @@ def test_join_from_a_worker_loop_binds_to_the_connections_loop(run: Run) -> None
                     assert await client.recv_many(2) == ["from worker", "from server"]
                 assert await worker.call(rooms.is_member("r", a)) is True
                 await worker.call(rooms.close())
-        finally:
-            await worker.stop()
 
     run(main())
 
@@ -92,8 +73,7 @@ def test_a_connection_of_another_loop_cannot_join(run: Run) -> None:
 
     async def main() -> None:
         rooms = rw.RoomManager()
-        worker = WorkerLoop()
-        try:
+        async with worker_loop() as worker:
             handler = Recorder()
             async with running_server(handler) as server, \
                     connected(server, handler, KINDS[:1]) as pairs:
@@ -114,7 +94,5 @@ def test_a_connection_of_another_loop_cannot_join(run: Run) -> None:
                 await worker.call(other_server())
                 assert await rooms.room_size("r") == 1
                 assert rooms.stats() == {"rooms": 1, "connections": 1, "memberships": 1}
-        finally:
-            await worker.stop()
 
     run(main())

@@ -23,6 +23,8 @@ __all__ = [
     "KIND_ALL",
     "KIND_DIRECT",
     "KIND_ROOM",
+    "OFFSET",
+    "ORIGIN_SIZE",
     "Envelope",
     "origin_of",
     "pack_envelope",

@@ -108,8 +108,8 @@ def _on_owning_loop(method: Method[P, T]) -> Method[P, T]:
     @functools.wraps(method)
     async def on_owner(self: RoomManager, /, *args: P.args, **kwargs: P.kwargs) -> T:
         running = asyncio.get_running_loop()
-        conn = args[1] if claims else None
-        owner = self._owner_for(running, conn)  # type: ignore[arg-type]
+        conn = kwargs.get("conn", args[1] if len(args) > 1 else None) if claims else None
+        owner = self._owner_for(running, conn if isinstance(conn, WebSocketConnection) else None)
         if owner is not running:
             return await self._carry(owner, on_owner(self, *args, **kwargs))
         if self._backend_loop is not running and self._loop is running:

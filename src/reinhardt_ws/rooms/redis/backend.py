@@ -148,7 +148,6 @@ class RedisBackend(Supervisor):
         #: This process's id in Redis (16 hex digits, random per backend).
         self.process_id = os.urandom(8).hex()
         super().__init__()
-        self._name()
 
     def bind(self, manager: RoomManager, loop: asyncio.AbstractEventLoop) -> None:
         """Attach to *manager* on *loop* and start connecting (called by the manager)."""

@@ -78,6 +78,8 @@ class Core:
     process_id: str
 
     def __init__(self) -> None:
+        """Called once the options and ``process_id`` are set: every key and
+        channel name derives from ``prefix`` and ``process_id``."""
         self._rt = Runtime()
         self._stats = dict.fromkeys(
             ("published", "dropped_publications", "received", "reconnects",
@@ -87,19 +89,16 @@ class Core:
         self._conn_count: dict[str, int] = {}
         self._dirty_rooms: set[str] = set()
         self._dirty_conns: set[str] = set()
-
-    def _name(self) -> None:
-        """Derive every key and channel name from ``prefix`` and ``process_id``."""
-        prefix = self.prefix
-        self._origin = bytes.fromhex(self.process_id)
+        prefix, process_id = self.prefix, self.process_id
+        self._origin = bytes.fromhex(process_id)
         self._ttl_ms = max(1, int(self.ttl * 1000))
         self._k_procs = f"{prefix}:procs"
-        self._k_alive = self._key(self.process_id, "alive")
-        self._k_rooms = self._key(self.process_id, "rooms")
-        self._k_conns = self._key(self.process_id, "conns")
+        self._k_alive = self._key(process_id, "alive")
+        self._k_rooms = self._key(process_id, "rooms")
+        self._k_conns = self._key(process_id, "conns")
         self._room_prefix = f"{prefix}:room:".encode()
         self._ch_all = f"{prefix}:all".encode()
-        self._ch_self = self._proc_channel(self.process_id)
+        self._ch_self = self._proc_channel(process_id)
         self._publish_command = "SPUBLISH" if self.sharded else "PUBLISH"
 
     # -- names --------------------------------------------------------------------
