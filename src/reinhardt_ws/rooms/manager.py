@@ -18,7 +18,7 @@ import asyncio
 import concurrent.futures
 import functools
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
@@ -81,10 +81,6 @@ def encode_frame(message: Broadcastable) -> bytes:
     raise TypeError(f"cannot broadcast {type(message).__name__}")
 
 
-async def _as_coroutine(awaitable: Awaitable[T]) -> T:
-    return await awaitable
-
-
 def _exclude_ids(exclude: Exclude) -> frozenset[str]:
     if exclude is None:
         return frozenset()
@@ -98,25 +94,28 @@ def _exclude_ids(exclude: Exclude) -> frozenset[str]:
 Method = Callable[Concatenate["RoomManager", P], Coroutine[Any, Any, T]]
 
 
-def _on_owning_loop(method: Method[P, T]) -> Method[P, T]:
-    """Run *method* on the loop that owns the manager (see :class:`RoomManager`),
-    carrying the call there when it is made from any other loop or thread.
-    A method whose first argument is a connection (``join``) may bind the
+def _on_owning_loop(*, binds: bool = False) -> Callable[[Method[P, T]], Method[P, T]]:
+    """Run the method on the loop that owns the manager (see :class:`RoomManager`),
+    carrying the call there when it is made from any other loop or thread.  With
+    *binds* (``join``), the call's connection (argument ``conn``) binds the
     manager to that connection's loop."""
-    claims = method.__name__ == "join"
 
-    @functools.wraps(method)
-    async def on_owner(self: RoomManager, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        running = asyncio.get_running_loop()
-        conn = kwargs.get("conn", args[1] if len(args) > 1 else None) if claims else None
-        owner = self._owner_for(running, conn if isinstance(conn, WebSocketConnection) else None)
-        if owner is not running:
-            return await self._carry(owner, on_owner(self, *args, **kwargs))
-        if self._backend_loop is not running and self._loop is running:
-            await self._attach(running)
-        return await method(self, *args, **kwargs)
+    def decorate(method: Method[P, T]) -> Method[P, T]:
+        @functools.wraps(method)
+        async def on_owner(self: RoomManager, /, *args: P.args, **kwargs: P.kwargs) -> T:
+            running = asyncio.get_running_loop()
+            conn = kwargs.get("conn", args[1] if len(args) > 1 else None) if binds else None
+            owner = self._owner_for(
+                running, conn if isinstance(conn, WebSocketConnection) else None)
+            if owner is not running:
+                return await self._carry(owner, on_owner(self, *args, **kwargs))
+            if self._backend_loop is not running and self._loop is running:
+                await self._attach(running)
+            return await method(self, *args, **kwargs)
 
-    return on_owner
+        return on_owner
+
+    return decorate
 
 
 class RoomManager:
@@ -229,7 +228,7 @@ class RoomManager:
         return await asyncio.wrap_future(future)
 
     # -- membership -----------------------------------------------------------
-    @_on_owning_loop
+    @_on_owning_loop(binds=True)
     async def join(self, room: str, conn: WebSocketConnection) -> bool:
         """Add *conn* to *room*; True if it was not a member.  A closed
         connection is not added (False).  ``RoomLimitError`` if *conn* is
@@ -257,7 +256,7 @@ class RoomManager:
             await self._backend.joined(room, conn.id)
         return True
 
-    @_on_owning_loop
+    @_on_owning_loop()
     async def leave(self, room: str, conn: WebSocketConnection) -> bool:
         """Remove *conn* from *room*; True if it was a member."""
         if not self._remove(room, conn.id):
@@ -301,14 +300,14 @@ class RoomManager:
         """Close listener: the connection is gone, from every room at once."""
         self._remove_everywhere(conn.id)
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         assert self._loop is not None
-        task: asyncio.Task[Any] = self._loop.create_task(_as_coroutine(coro))
+        task: asyncio.Task[Any] = self._loop.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
     # -- broadcasting ---------------------------------------------------------------
-    @_on_owning_loop
+    @_on_owning_loop()
     async def broadcast(self, room: str, message: Broadcastable, *,
                         exclude: Exclude = None) -> BroadcastResult:
         """Send *message* to every member of *room* but *exclude*.
@@ -323,7 +322,7 @@ class RoomManager:
         """
         return await self._broadcast(room, message, exclude)
 
-    @_on_owning_loop
+    @_on_owning_loop()
     async def broadcast_all(self, message: Broadcastable, *,
                             exclude: Exclude = None) -> BroadcastResult:
         """Send *message* once to every connection that is in at least one room
@@ -362,7 +361,7 @@ class RoomManager:
             return False
         return bool(peer.send(frame) == 0)
 
-    @_on_owning_loop
+    @_on_owning_loop()
     async def send_to(self, conn_id: str, message: Broadcastable) -> bool:
         """Send *message* to the connection with id *conn_id*, in this process or,
         with a distributed backend, in any.  Only connections in at least one
@@ -373,12 +372,12 @@ class RoomManager:
         return await self._backend.send_to(conn_id, frame)
 
     # -- queries -------------------------------------------------------------
-    @_on_owning_loop
+    @_on_owning_loop()
     async def room_size(self, room: str) -> int:
         """Members of *room* (in every process, with a distributed backend)."""
         return await self._backend.room_size(room)
 
-    @_on_owning_loop
+    @_on_owning_loop()
     async def list_rooms(self) -> list[str]:
         """Rooms with at least one member, sorted (in every process, with a
         distributed backend)."""
@@ -392,19 +391,19 @@ class RoomManager:
         """This process's non-empty rooms, sorted (for backends; on the owning loop)."""
         return sorted(self._rooms)
 
-    @_on_owning_loop
+    @_on_owning_loop()
     async def members(self, room: str) -> list[WebSocketConnection]:
         """This process's connections in *room*."""
         conns = self._conns
         return [conns[cid] for cid in self._rooms.get(room, ()) if cid in conns]
 
-    @_on_owning_loop
+    @_on_owning_loop()
     async def rooms_of(self, conn: WebSocketConnection) -> set[str]:
         """The rooms *conn* is in (a copy: its cost grows with their number; to
         test one room, :meth:`is_member` costs the same whatever the number)."""
         return set(self._rooms_of.get(conn.id, ()))
 
-    @_on_owning_loop
+    @_on_owning_loop()
     async def is_member(self, room: str, conn: WebSocketConnection) -> bool:
         """Whether *conn* is in *room*; constant time."""
         members = self._rooms.get(room)
@@ -418,7 +417,7 @@ class RoomManager:
             return
         await self._close()
 
-    @_on_owning_loop
+    @_on_owning_loop()
     async def _close(self) -> None:
         for task in list(self._background):
             task.cancel()
