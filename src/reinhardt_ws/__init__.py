@@ -19,7 +19,9 @@ from .errors import (
     PermissionDenied,
     ProtocolError,
     ReceiveError,
+    RoomLimitError,
     SendError,
+    SendTypeError,
     WebSocketError,
 )
 from .handler import WebSocketHandler
@@ -52,8 +54,10 @@ __all__ = [
     "PermissionDenied",
     "ProtocolError",
     "ReceiveError",
+    "RoomLimitError",
     "RoomManager",
     "SendError",
+    "SendTypeError",
     "Server",
     "ServerOptions",
     "WebSocketConnection",

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .apps.chat import MAX_ROOMS_PER_CONNECTION
 from .options import MiB
 from .server import serve
 
@@ -29,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--port", type=int, default=8765, help="port to bind (8765; 0 picks one)")
         cmd.add_argument("--max-message-size", type=int, default=MiB,
                          help="largest message accepted, in bytes (1 MiB)")
+        cmd.add_argument("--max-write-buffer", type=int, default=MiB,
+                         help="bytes a connection may have waiting to be written before "
+                              "it counts as a slow consumer (1 MiB)")
         cmd.add_argument("--log-level", default="INFO")
         cmd.add_argument("--reuse-port", action="store_true",
                          help="bind with SO_REUSEPORT, so that several processes share the "
@@ -38,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
                              help="share rooms through Redis (redis://host:port/db)")
             cmd.add_argument("--workers", type=int, default=1,
                              help="processes on one port (SO_REUSEPORT); needs --redis above 1")
+            cmd.add_argument("--max-rooms", type=int, default=MAX_ROOMS_PER_CONNECTION,
+                             help="rooms one connection may be in "
+                                  f"({MAX_ROOMS_PER_CONNECTION})")
             cmd.add_argument("--redis-prefix", metavar="PREFIX", default="rws",
                              help="namespace of the Redis keys and channels (rws)")
             cmd.add_argument("--redis-ttl", metavar="SECONDS", type=float, default=6.0,
@@ -62,12 +69,15 @@ async def _run(args: argparse.Namespace) -> None:
         from .apps.chat import ChatHandler, chat_http_handler
         from .rooms import RoomManager
 
-        rooms = (RoomManager.from_url(args.redis, **_redis_options(args)) if args.redis
-                 else RoomManager())
-        handler = ChatHandler(rooms)
+        limit = args.max_rooms
+        rooms = (RoomManager.from_url(args.redis, max_rooms_per_connection=limit,
+                                      **_redis_options(args)) if args.redis
+                 else RoomManager(max_rooms_per_connection=limit))
+        handler = ChatHandler(rooms, max_message_size=args.max_message_size)
         http_handler = chat_http_handler
     server = await serve(handler, args.host, args.port,  # type: ignore[arg-type]
-                         max_message_size=args.max_message_size, http_handler=http_handler,
+                         max_message_size=args.max_message_size,
+                         max_write_buffer=args.max_write_buffer, http_handler=http_handler,
                          reuse_port=args.reuse_port)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -97,6 +107,10 @@ def _configure_logging(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _configure_logging(args)
+    for flag in ("max_message_size", "max_write_buffer", "max_rooms"):
+        if getattr(args, flag, 1) < 1:
+            print(f"reinhardt-ws: --{flag.replace('_', '-')} must be at least 1", file=sys.stderr)
+            return 2
     workers = getattr(args, "workers", 1)
     if workers < 1:
         print("reinhardt-ws: --workers must be at least 1", file=sys.stderr)

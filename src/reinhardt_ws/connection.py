@@ -93,6 +93,7 @@ class WebSocketConnection:
         "_opts",
         "_owner",
         "_peer",
+        "_peer_loop",
         "_pings",
         "_rate",
         "_reading_paused",
@@ -142,6 +143,7 @@ class WebSocketConnection:
         self._owner = server
         self._ws: Any = None
         self._peer: Peer | None = None
+        self._peer_loop: asyncio.AbstractEventLoop | None = None  # rooms: the peer's loop
         self._closing = ClosingHandshake()
         self._assembler = MessageAssembler(opts.max_message_size)
         self._close_handle: asyncio.TimerHandle | None = None
@@ -200,6 +202,11 @@ class WebSocketConnection:
         if not self._closing.is_open or self._lost:
             return None
         return self._peer
+
+    def _room_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop this connection's fan-out peer runs on (None before it
+        is connected, and for a client connection)."""
+        return self._peer_loop
 
     # -- sending ----------------------------------------------------------------
     async def send(self, message: Message | WebSocketMessage | str | bytes | bytearray
@@ -598,7 +605,8 @@ class WebSocketConnection:
             self._disconnect_watch = asyncio.get_running_loop().create_task(
                 _swallow(ws.wait_disconnected()))
         else:
-            hub = _fanout.get_hub(asyncio.get_running_loop())
+            self._peer_loop = asyncio.get_running_loop()
+            hub = _fanout.get_hub(self._peer_loop)
             self._peer = _fanout.new_peer(
                 hub, transport, ws, self.id, opts.max_write_buffer, opts.drop_slow,
                 self._on_overflow, self._on_write_failure)

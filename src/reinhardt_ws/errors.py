@@ -9,7 +9,9 @@ __all__ = [
     "PermissionDenied",
     "ProtocolError",
     "ReceiveError",
+    "RoomLimitError",
     "SendError",
+    "SendTypeError",
     "WebSocketError",
 ]
 
@@ -20,6 +22,11 @@ class WebSocketError(Exception):
 
 class SendError(WebSocketError):
     """A message could not be sent (invalid message, or the connection is gone)."""
+
+
+class SendTypeError(SendError, TypeError):
+    """What was given is not a message (a ``str``, bytes, :class:`Message` or
+    :class:`WebSocketMessage`): raised by sends and broadcasts alike."""
 
 
 class ReceiveError(WebSocketError):
@@ -83,3 +90,12 @@ class PermissionDenied(AuthenticationFailed):
 
     def __init__(self, reason: str = "forbidden", code: int | None = None) -> None:
         super().__init__(reason, code)
+
+
+class RoomLimitError(WebSocketError):
+    """A connection asked to join one room more than the manager's
+    ``max_rooms_per_connection`` allows (``limit``); its rooms are unchanged."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = int(limit)
+        super().__init__(f"a connection may be in at most {self.limit} rooms")

@@ -17,7 +17,12 @@ import orjson
 import pytest
 
 import reinhardt_ws as rw
-from reinhardt_ws.apps.chat import MAX_ROOM_NAME, ChatHandler, chat_http_handler
+from reinhardt_ws.apps.chat import (
+    MAX_ROOM_NAME,
+    MAX_ROOMS_PER_CONNECTION,
+    ChatHandler,
+    chat_http_handler,
+)
 
 from ..fixtures import RawClient, child_env, client_frame, free_port, run_on, running_server
 from ..peer_clients import KINDS, PeerClient, connected, open_client
@@ -28,8 +33,8 @@ Run = Callable[[Coroutine[Any, Any, Any]], Any]
 class ObservedChat(ChatHandler):
     """The chat handler, telling the test which server connection is whose."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, rooms: rw.RoomManager | None = None, **options: Any) -> None:
+        super().__init__(rooms, **options)
         self.connected: asyncio.Queue[rw.WebSocketConnection] = asyncio.Queue()
         self.disconnected: asyncio.Queue[rw.WebSocketConnection] = asyncio.Queue()
 
@@ -57,8 +62,9 @@ async def request(client: PeerClient, obj: Any) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def chat_server(**options: Any) -> Any:
-    handler = ObservedChat()
+async def chat_server(chat: dict[str, Any] | None = None, **options: Any) -> Any:
+    """A chat server (*options* are the server's, *chat* the handler's)."""
+    handler = ObservedChat(**(chat or {}))
     async with running_server(handler, http_handler=chat_http_handler, **options) as server:
         yield server, handler
 
@@ -204,6 +210,70 @@ def test_a_client_leaving_mid_conversation_is_not_an_error(
     assert errors == []
 
 
+def test_a_message_that_grows_past_the_limit_is_refused(run: Run) -> None:
+    """Issue 10 item 2: floats re-encode longer (``9e15`` -> ``9000000000000000.0``).
+    A message accepted at 50 KB that would be broadcast at 190 KB, past the 64 KiB
+    every member accepts, gets the sender an error event; nobody receives it and
+    nobody is closed (the write buffer, 128 KiB, could not even take it)."""
+    limit = 64 * 1024
+    count = 10_000
+    raw = '{"type":"message","room":"r","data":[' + ",".join(["9e15"] * count) + "]}"
+    assert len(raw) < limit
+
+    async def main() -> None:
+        async with chat_server({"max_message_size": limit}, max_message_size=limit,
+                               max_write_buffer=128 * 1024) as (server, handler), \
+                connected(server, handler, (*KINDS, "websockets")) as pairs:
+            clients = [client for client, _ in pairs]
+            for client in clients:
+                assert (await request(client, {"type": "join", "room": "r"}))["event"] == "joined"
+            sender = clients[0]
+            await sender.send(raw)
+            refused = event(await sender.recv())
+            assert refused["event"] == "error"
+            assert refused["error"].startswith("message too large to deliver: ")
+            assert f"the limit is {limit}" in refused["error"]
+            assert int(refused["error"].split(": ")[1].split()[0]) > 3 * len(raw)
+            # Under the limit, after re-encoding, it goes to everyone (sender included),
+            # and it is the next thing each member receives.
+            fits = {"type": "message", "room": "r", "data": "x" * 30_000}
+            sent = await request(sender, fits)
+            assert sent["event"] == "message" and sent["data"] == fits["data"]
+            for client in clients[1:]:
+                assert event(await client.recv()) == sent
+            assert not any(conn.is_closed for _client, conn in pairs)
+
+    run(main())
+
+
+def test_room_limit_per_connection(run: Run) -> None:
+    """A join past the manager's room limit is an error event; the connection's
+    rooms and the conversation go on."""
+    assert ChatHandler().rooms.max_rooms_per_connection == MAX_ROOMS_PER_CONNECTION == 100
+
+    async def main() -> None:
+        rooms = rw.RoomManager(max_rooms_per_connection=3)
+        async with chat_server({"rooms": rooms}) as (server, handler), \
+                connected(server, handler, KINDS) as pairs:
+            (ca, a), (cb, _b) = pairs
+            for name in ("r1", "r2", "r3"):
+                assert (await request(ca, {"type": "join", "room": name}))["event"] == "joined"
+            assert await request(ca, {"type": "join", "room": "r4"}) == {
+                "event": "error", "error": "room limit reached: at most 3 rooms per connection"}
+            assert await rooms.rooms_of(a) == {"r1", "r2", "r3"}
+            # Joining a room it is in is still fine; so is a join after a leave.
+            assert (await request(ca, {"type": "join", "room": "r2"}))["size"] == 1
+            assert (await request(ca, {"type": "leave", "room": "r1"}))["event"] == "left"
+            assert (await request(ca, {"type": "join", "room": "r4"}))["event"] == "joined"
+            # The limit is per connection: another one joins as it likes.
+            assert (await request(cb, {"type": "join", "room": "r1"}))["event"] == "joined"
+            assert (await request(cb, {"type": "message", "room": "r1", "data": 1}))["data"] == 1
+            assert await request(ca, {"type": "message", "room": "r1", "data": 2}) == {
+                "event": "error", "error": "not in room 'r1'"}
+
+    run(main())
+
+
 async def http_get_raw(port: int, path: str) -> tuple[int, bytes]:
     """A plain HTTP/1.1 GET over a raw socket: (status, body)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -259,6 +329,8 @@ def test_chat_server_as_a_subprocess(implementation: str) -> None:
         port = free_port()
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "reinhardt_ws", "serve", "--port", str(port),
+            "--max-rooms", "2", "--max-write-buffer", str(256 * 1024),
+            "--max-message-size", str(64 * 1024),
             env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         try:
             assert proc.stdout is not None
@@ -280,6 +352,19 @@ def test_chat_server_as_a_subprocess(implementation: str) -> None:
                 from_a = await request(ca, {"type": "message", "room": "lobby", "data": 2})
                 assert from_a["data"] == 2 and from_a["from"] != sent["from"]
                 assert event(await cb.recv()) == from_a
+                # --max-rooms 2
+                assert (await request(ca, {"type": "join", "room": "two"}))["size"] == 1
+                assert await request(ca, {"type": "join", "room": "three"}) == {
+                    "event": "error", "error": "room limit reached: at most 2 rooms per "
+                                               "connection"}
+                # --max-message-size: checked after re-encoding
+                floats = ",".join(["9e15"] * 10_000)
+                await ca.send('{"type":"message","room":"lobby","data":[' + floats + "]}")
+                too_big = event(await ca.recv())
+                assert too_big["event"] == "error" and "65536" in too_big["error"]
+                assert (await request(ca, {"type": "message", "room": "lobby",
+                                           "data": 3}))["data"] == 3
+                assert event(await cb.recv())["data"] == 3
             finally:
                 for client in clients:
                     await client.close()

@@ -75,7 +75,8 @@ def test_echo_command_answers_clients(implementation: str, tmp_path: Path,
 
 def test_port_zero_prints_the_bound_port(implementation: str, tmp_path: Path) -> None:
     async def main() -> None:
-        proc, port = await start_cli(["echo", "--port", "0"], child_env(implementation),
+        proc, port = await start_cli(["echo", "--port", "0", "--max-write-buffer", "65536"],
+                                     child_env(implementation),
                                      tmp_path / "stderr.txt")
         try:
             assert port > 0
@@ -102,3 +103,11 @@ def test_command_line_errors() -> None:
     refused = cli("serve", "--workers", "2")
     assert refused.returncode == 2
     assert "--redis" in refused.stderr
+    for args in (("serve", "--max-rooms", "0"), ("echo", "--max-write-buffer", "0"),
+                 ("serve", "--max-write-buffer", "-5"), ("echo", "--max-message-size", "0")):
+        bad = cli(*args)
+        assert bad.returncode == 2, args
+        assert f"{args[1]} must be at least 1" in bad.stderr, bad.stderr
+        assert "Traceback" not in bad.stderr
+    assert "--max-rooms" not in cli("echo", "--help").stdout
+    assert "--max-write-buffer" in cli("echo", "--help").stdout

@@ -33,15 +33,15 @@ except ImportError:  # pragma: no cover - the redis extra is part of the test se
 
 import reinhardt_ws as rw
 from reinhardt_ws.rooms import RoomManager
-from reinhardt_ws.rooms.redis.backend import (
+from reinhardt_ws.rooms.envelope import (
     KIND_DIRECT,
     KIND_ROOM,
     Envelope,
-    RedisBackend,
-    _has_sharded_pubsub,
     pack_envelope,
     unpack_envelope,
 )
+from reinhardt_ws.rooms.redis import RedisBackend
+from reinhardt_ws.rooms.redis.backend import _has_sharded_pubsub
 
 from ..fixtures import free_port, running_server, url_of
 from ..redis_app import RoomsApp
@@ -124,6 +124,8 @@ def test_options_are_checked() -> None:
     manager = RoomManager.from_url("redis://127.0.0.1:1/0", prefix="p", ttl=9.0)
     assert isinstance(manager.backend, RedisBackend)
     assert manager.backend.prefix == "p" and manager.backend.ttl == 9.0
+    limited = RoomManager.from_url("redis://127.0.0.1:1/0", max_rooms_per_connection=3)
+    assert limited.max_rooms_per_connection == 3 and isinstance(limited.backend, RedisBackend)
 
 
 @pytest.mark.pure
@@ -216,9 +218,9 @@ def test_redis_cluster_sharded(run: Runner[None], redis_cluster: RedisClusterNod
                     for client in (a, b):
                         await client.call("join", room=room)
                 await c.call("join", room=rooms[0])
-                owners = {b1._client.get_node_from_key(b1._room_channel(r)).name for r in rooms}
+                owners = {b1._rt.client.get_node_from_key(b1._room_channel(r)).name for r in rooms}
                 assert len(owners) == 3  # the rooms are spread over the shards
-                assert len(b1._subscribers) == 3  # a subscriber on each node it needs
+                assert len(b1._rt.subscribers) == 3  # a subscriber on each node it needs
                 assert await m1.room_size(rooms[0]) == 3
                 assert await m2.list_rooms() == sorted(rooms)
                 for room in rooms:
@@ -567,3 +569,37 @@ def test_cli_workers_share_rooms(redis_server: RedisServer, prefix: str, impleme
         assert run_async(leftovers()) == []
     finally:
         stop_process(proc, 0)
+
+
+@pytest.mark.redis
+def test_worker_loop_first_then_connections(run: Runner[None], redis_server: RedisServer,
+                                            prefix: str) -> None:
+    """Issue 10 item 4 with Redis: the backend starts on the worker's loop (its
+    first caller), moves to the connections' loop at the first join, and the
+    worker's 200 broadcasts arrive promptly; remote delivery works after the move."""
+    from tests.fixtures import Recorder
+    from tests.peer_clients import KINDS, connected
+    from tests.rooms.loops import broadcast_from_worker, worker_loop
+
+    async def main() -> None:
+        rooms = RoomManager(backend=RedisBackend(redis_server.url, prefix=prefix))
+        other = RoomManager(backend=RedisBackend(redis_server.url, prefix=prefix))
+        async with worker_loop() as worker:
+            assert await worker.call(rooms.room_size("feed")) == 0
+            assert await worker.call(rooms.broadcast("feed", "nobody")) == rw.BroadcastResult()
+            handler = Recorder()
+            async with running_server(handler) as server, \
+                    connected(server, handler, KINDS) as pairs:
+                for _client, conn in pairs:
+                    assert await rooms.join("feed", conn) is True
+                assert await other.room_size("feed") == 2
+                await broadcast_from_worker(worker, rooms, "feed", [c for c, _ in pairs])
+                await other.broadcast("feed", "remote")
+                for client, _conn in pairs:
+                    assert await client.recv() == "remote"
+                stats = rooms.backend.stats()  # type: ignore[attr-defined]
+                assert stats["connected"] == 1 and stats["rooms"] == 1
+            await rooms.close()
+            await other.close()
+
+    run(main())

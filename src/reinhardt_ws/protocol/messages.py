@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from ..errors import ProtocolError, SendError
+from ..errors import ProtocolError, SendTypeError
 
 __all__ = ["CloseCode", "Message", "MessageType", "WebSocketMessage"]
 
@@ -329,7 +329,8 @@ def frame_parts(message: Message | WebSocketMessage | str | bytes | bytearray | 
     """The (opcode, payload) a message goes out as: the one conversion every send
     and every broadcast uses.  A ``str`` is text, bytes-like is binary, a
     :class:`WebSocketMessage` is its JSON as text.  Raises
-    :class:`~reinhardt_ws.SendError` for anything else."""
+    :class:`~reinhardt_ws.SendTypeError` (a ``SendError`` and a ``TypeError``)
+    for anything else."""
     if isinstance(message, str):
         return OPCODE_TEXT, message.encode("utf-8")
     if isinstance(message, bytes):
@@ -340,4 +341,4 @@ def frame_parts(message: Message | WebSocketMessage | str | bytes | bytearray | 
         return message.opcode, message.payload
     if isinstance(message, WebSocketMessage):
         return OPCODE_TEXT, message.to_json()
-    raise SendError(f"cannot send {type(message).__name__}")
+    raise SendTypeError(f"cannot send {type(message).__name__}")

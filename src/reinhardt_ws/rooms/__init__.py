@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
-from .manager import Backend, BroadcastResult, InMemoryBackend, RoomManager
+from .backend import Backend, InMemoryBackend
+from .manager import BroadcastResult, RoomManager
 
 __all__ = ["Backend", "BroadcastResult", "InMemoryBackend", "RoomManager"]

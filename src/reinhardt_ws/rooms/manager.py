@@ -1,4 +1,4 @@
-"""Rooms: :class:`RoomManager`, :class:`BroadcastResult` and the backend seam.
+"""Rooms: :class:`RoomManager` and :class:`BroadcastResult`.
 
 Membership is a plain registry of dicts (room -> {connection id -> Peer}); a
 broadcast encodes its message once, builds one frame, and hands that one ``bytes``
@@ -6,39 +6,40 @@ object to the fan-out (:mod:`reinhardt_ws._fastbroadcast` or its Python twin),
 which queues it on every member and writes each member once per event-loop
 iteration.  See ``docs/rooms.md`` for the delivery and slow-consumer guarantees.
 
-A backend decides what lies beyond this process.  :class:`InMemoryBackend` (the
-default) is this process only; ``RedisBackend`` (``reinhardt_ws.redis``, the
-``redis`` extra) spans processes and machines.
+A backend (:mod:`.backend`) decides what lies beyond this process.
+:class:`~.backend.InMemoryBackend` (the default) is this process only;
+``RedisBackend`` (``reinhardt_ws.rooms.redis``, the ``redis`` extra) spans
+processes and machines.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import logging
+import functools
 import threading
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from .. import _fanout
 from ..connection import WebSocketConnection
+from ..errors import RoomLimitError
 from ..protocol.messages import (
-    OPCODE_BINARY,
-    OPCODE_TEXT,
+    OPCODE_CLOSE,
     Message,
-    MessageType,
     WebSocketMessage,
+    frame_parts,
 )
+from .backend import Backend, InMemoryBackend
 
 if TYPE_CHECKING:
     from .._fastbroadcast_py import Hub, Peer
 
-__all__ = ["Backend", "BroadcastResult", "InMemoryBackend", "RoomManager"]
-
-logger = logging.getLogger("reinhardt_ws.rooms")
+__all__ = ["BroadcastResult", "RoomManager"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 Broadcastable = Message | WebSocketMessage | str | bytes | bytearray | memoryview
 Exclude = WebSocketConnection | str | Iterable[WebSocketConnection | str] | None
@@ -63,75 +64,15 @@ class BroadcastResult:
     failed: tuple[str, ...] = ()
 
 
-class Backend(Protocol):
-    """What a :class:`RoomManager` needs from a backend (see ``InMemoryBackend``).
-
-    ``distributed`` backends are told about membership changes and publish
-    every broadcast to the other processes; they call
-    ``manager.deliver_local(room, frame, exclude)`` and
-    ``manager.deliver_to_local(conn_id, frame)`` for what arrives from elsewhere.
-    """
-
-    distributed: bool
-
-    def bind(self, manager: RoomManager, loop: asyncio.AbstractEventLoop) -> None: ...
-    async def joined(self, room: str, conn_id: str, first_local: bool) -> None: ...
-    async def left(self, room: str, conn_id: str, last_local: bool) -> None: ...
-    async def publish(self, room: str | None, frame: bytes, exclude: frozenset[str]) -> None: ...
-    async def send_to(self, conn_id: str, frame: bytes) -> bool: ...
-    async def room_size(self, room: str) -> int: ...
-    async def list_rooms(self) -> list[str]: ...
-    async def close(self) -> None: ...
-
-
-class InMemoryBackend:
-    """This process only: rooms live in the manager's own registry."""
-
-    distributed = False
-
-    def bind(self, manager: RoomManager, loop: asyncio.AbstractEventLoop) -> None:
-        pass
-
-    async def joined(self, room: str, conn_id: str, first_local: bool) -> None:
-        pass
-
-    async def left(self, room: str, conn_id: str, last_local: bool) -> None:
-        pass
-
-    async def publish(self, room: str | None, frame: bytes, exclude: frozenset[str]) -> None:
-        pass
-
-    async def send_to(self, conn_id: str, frame: bytes) -> bool:
-        return False
-
-    async def room_size(self, room: str) -> int:
-        raise NotImplementedError
-
-    async def list_rooms(self) -> list[str]:
-        raise NotImplementedError
-
-    async def close(self) -> None:
-        pass
-
-
 def encode_frame(message: Broadcastable) -> bytes:
-    """One server frame for *message* (built once per broadcast)."""
-    build = _fanout.impl.build_frame
-    if isinstance(message, Message):
-        if message.type is MessageType.CLOSE:
-            raise ValueError("a close message cannot be broadcast; close the connections")
-        return build(message.opcode, message.payload)  # type: ignore[no-any-return]
-    if isinstance(message, str):
-        return build(OPCODE_TEXT, message.encode("utf-8"))  # type: ignore[no-any-return]
-    if isinstance(message, (bytes, bytearray, memoryview)):
-        return build(OPCODE_BINARY, bytes(message))  # type: ignore[no-any-return]
-    if isinstance(message, WebSocketMessage):
-        return build(OPCODE_TEXT, message.to_json())  # type: ignore[no-any-return]
-    raise TypeError(f"cannot broadcast {type(message).__name__}")
+    """One server frame for *message* (built once per broadcast).
 
-
-async def _as_coroutine(awaitable: Awaitable[T]) -> T:
-    return await awaitable
+    :class:`~reinhardt_ws.SendError` for what cannot be sent, ``ValueError`` for a
+    close message (close the connections instead)."""
+    opcode, payload = frame_parts(message)
+    if opcode == OPCODE_CLOSE:
+        raise ValueError("a close message cannot be broadcast; close the connections")
+    return _fanout.impl.build_frame(opcode, payload)  # type: ignore[no-any-return]
 
 
 def _exclude_ids(exclude: Exclude) -> frozenset[str]:
@@ -144,20 +85,67 @@ def _exclude_ids(exclude: Exclude) -> frozenset[str]:
     return frozenset(e.id if isinstance(e, WebSocketConnection) else str(e) for e in exclude)
 
 
+Method = Callable[Concatenate["RoomManager", P], Coroutine[Any, Any, T]]
+
+
+def _on_owning_loop(*, binds: bool = False) -> Callable[[Method[P, T]], Method[P, T]]:
+    """Run the method on the loop that owns the manager (see :class:`RoomManager`),
+    carrying the call there when it is made from any other loop or thread.  With
+    *binds* (``join``), the call's connection (argument ``conn``) binds the
+    manager to that connection's loop."""
+
+    def decorate(method: Method[P, T]) -> Method[P, T]:
+        @functools.wraps(method)
+        async def on_owner(self: RoomManager, /, *args: P.args, **kwargs: P.kwargs) -> T:
+            running = asyncio.get_running_loop()
+            conn = kwargs.get("conn", args[1] if len(args) > 1 else None) if binds else None
+            owner = self._owner_for(
+                running, conn if isinstance(conn, WebSocketConnection) else None)
+            if owner is not running:
+                return await self._carry(owner, on_owner(self, *args, **kwargs))
+            if self._backend_loop is not running and self._loop is running:
+                await self._attach(running)
+            return await method(self, *args, **kwargs)
+
+        return on_owner
+
+    return decorate
+
+
 class RoomManager:
     """Named rooms of connections, and broadcasts to them.
 
-    Every method is a coroutine and may be called from any thread: a call made
-    outside the event loop that owns the manager is carried onto that loop and
-    awaited from the caller's own loop (``asyncio.run(rooms.broadcast(...))``
-    works from a plain thread).  A manager may be created before any loop runs;
-    it binds to the loop that first uses it.  A connection leaves all its rooms
-    when it closes; an empty room disappears.
+    **Which loop owns it.**  A manager belongs to the event loop its connections
+    run on.  It binds to that loop when the first connection joins a room (the
+    connection's loop, whichever thread or loop ``join`` is called from), and
+    stays bound while that loop lives; so a manager may be created at module
+    level, before any loop runs, and be used first from any thread.  Every method
+    is a coroutine and may be called from any thread or loop: a call made
+    elsewhere is carried onto the owning loop and awaited from the caller's own
+    (``asyncio.run(rooms.broadcast(...))`` works from a plain thread, and so does
+    a worker thread's own long-running loop).  Before the first join, a call
+    answers on the caller's loop from the empty registry (nobody is in any room);
+    with a distributed backend the backend starts on that loop, to reach the
+    other processes, and moves to the connections' loop at the first join.  A
+    connection of another loop than the owner's cannot join (``RuntimeError``):
+    one manager serves the connections of one loop.  If the owning loop closes,
+    its registry goes with it and the next call binds afresh.
+
+    **Membership.**  A connection leaves all its rooms when it closes; an empty
+    room disappears.  ``max_rooms_per_connection`` (None: unbounded) caps the rooms
+    one connection may be in: a ``join`` beyond it raises
+    :class:`~reinhardt_ws.errors.RoomLimitError` and changes nothing.
     """
 
-    def __init__(self, backend: Backend | None = None) -> None:
+    def __init__(self, backend: Backend | None = None, *,
+                 max_rooms_per_connection: int | None = None) -> None:
+        if max_rooms_per_connection is not None and max_rooms_per_connection < 1:
+            raise ValueError("max_rooms_per_connection must be positive or None")
         self._backend: Backend = backend if backend is not None else InMemoryBackend()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.max_rooms_per_connection = max_rooms_per_connection
+        self._loop: asyncio.AbstractEventLoop | None = None  # the owner, once known
+        self._final = False  # bound by a join (else at most a provisional owner)
+        self._backend_loop: asyncio.AbstractEventLoop | None = None
         self._bind_lock = threading.Lock()
         self._hub: Hub | None = None
         self._rooms: dict[str, dict[str, Peer]] = {}
@@ -169,13 +157,15 @@ class RoomManager:
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RoomManager:
         """A manager on the backend *url* names: ``redis://`` / ``rediss://``
-        (needs the ``redis`` extra) or ``memory://``."""
+        (needs the ``redis`` extra) or ``memory://``.  ``max_rooms_per_connection``
+        is the manager's; other *options* go to the backend."""
+        limit = options.pop("max_rooms_per_connection", None)
         if url.startswith("memory://"):
-            return cls()
+            return cls(max_rooms_per_connection=limit)
         if url.startswith(("redis://", "rediss://", "unix://")):
             from .redis import RedisBackend
 
-            return cls(backend=RedisBackend(url, **options))
+            return cls(backend=RedisBackend(url, **options), max_rooms_per_connection=limit)
         raise ValueError(f"no backend for {url!r}")
 
     @property
@@ -183,55 +173,73 @@ class RoomManager:
         return self._backend
 
     # -- loop binding and cross-thread calls ----------------------------------
-    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _owner_for(self, running: asyncio.AbstractEventLoop,
+                   conn: WebSocketConnection | None) -> asyncio.AbstractEventLoop:
+        """The loop a call made on *running* runs on (binding the manager if this
+        call decides it); see the class docstring for the rule."""
+        home = conn._room_loop() if conn is not None else None
         with self._bind_lock:
-            if self._loop is loop:
-                return
-            if self._loop is not None and not self._loop.is_closed():
-                return
-            if self._loop is not None:  # the old loop is gone: so is its state
+            loop = self._loop
+            if loop is not None and loop.is_closed():  # the old loop is gone: so is its state
                 self._rooms.clear()
                 self._everyone.clear()
                 self._conns.clear()
                 self._rooms_of.clear()
-            self._loop = loop
+                self._loop = loop = None
+                self._final = False
+            if home is not None:
+                if self._final and home is not loop:
+                    raise RuntimeError(
+                        "this connection runs on another event loop than the RoomManager's "
+                        "connections; one manager serves the connections of one loop")
+                self._loop, self._final = home, True
+                return home
+            if loop is not None:
+                return loop
+            if self._backend.distributed:  # it needs a loop now; the first join may move it
+                self._loop = running
+            return running
+
+    async def _attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Bind the backend (and the fan-out hub) to *loop*, the one running; a
+        backend started provisionally on another live loop is closed there first."""
+        with self._bind_lock:
+            if self._loop is not loop or self._backend_loop is loop:
+                return  # another call attached it, or the manager moved meanwhile
+            previous, self._backend_loop = self._backend_loop, loop
             self._hub = _fanout.get_hub(loop)
-            self._backend.bind(self, loop)
+        if (previous is not None and self._backend.distributed and previous.is_running()
+                and not previous.is_closed()):
+            await self._carry(previous, self._backend.close())
+        self._backend.bind(self, loop)
 
-    def _here(self) -> bool:
-        """Bind if needed; True when the caller runs on the owning loop."""
-        running = asyncio.get_running_loop()
-        if running is not self._loop:
-            self._bind(running)
-        return running is self._loop
-
-    async def _elsewhere(self, fn: Callable[..., Awaitable[T]], *args: Any,
-                         **kwargs: Any) -> T:
-        """Run ``fn(*args, **kwargs)`` on the owning loop and await it from here."""
-        loop = self._loop
-        assert loop is not None
+    async def _carry(self, loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
+        """Run *coro* on *loop* and await it from the running loop."""
         if loop.is_closed():
+            coro.close()
             raise RuntimeError("the event loop this RoomManager is bound to is closed")
-        future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(
-            _as_coroutine(fn(*args, **kwargs)), loop)
+        future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(coro, loop)
         return await asyncio.wrap_future(future)
 
     # -- membership -----------------------------------------------------------
+    @_on_owning_loop(binds=True)
     async def join(self, room: str, conn: WebSocketConnection) -> bool:
         """Add *conn* to *room*; True if it was not a member.  A closed
-        connection is not added (False)."""
-        if not self._here():
-            return await self._elsewhere(self.join, room, conn)
+        connection is not added (False).  ``RoomLimitError`` if *conn* is
+        already in ``max_rooms_per_connection`` rooms (and not in *room*)."""
         peer = conn._room_peer()
         if peer is None:
             return False
         members = self._rooms.get(room)
+        if members is not None and conn.id in members:
+            return False
+        rooms = self._rooms_of.get(conn.id)
+        limit = self.max_rooms_per_connection
+        if limit is not None and rooms is not None and len(rooms) >= limit:
+            raise RoomLimitError(limit)
         if members is None:
             members = self._rooms[room] = {}
-        elif conn.id in members:
-            return False
         members[conn.id] = peer
-        rooms = self._rooms_of.get(conn.id)
         if rooms is None:
             rooms = self._rooms_of[conn.id] = set()
             self._conns[conn.id] = conn
@@ -239,35 +247,31 @@ class RoomManager:
             conn.add_close_listener(self._forget)
         rooms.add(room)
         if self._backend.distributed:
-            await self._backend.joined(room, conn.id, len(members) == 1)
+            await self._backend.joined(room, conn.id)
         return True
 
+    @_on_owning_loop()
     async def leave(self, room: str, conn: WebSocketConnection) -> bool:
         """Remove *conn* from *room*; True if it was a member."""
-        if not self._here():
-            return await self._elsewhere(self.leave, room, conn)
-        last = self._remove(room, conn.id)
-        if last is None:
+        if not self._remove(room, conn.id):
             return False
         if self._backend.distributed:
-            await self._backend.left(room, conn.id, last)
+            await self._backend.left(room, conn.id)
         return True
 
-    def _remove(self, room: str, conn_id: str) -> bool | None:
-        """Drop one membership; None if there was none, else whether the room
-        lost its last local member."""
+    def _remove(self, room: str, conn_id: str) -> bool:
+        """Drop one membership; False if there was none."""
         members = self._rooms.get(room)
         if members is None or members.pop(conn_id, None) is None:
-            return None
-        last = not members
-        if last:
+            return False
+        if not members:
             del self._rooms[room]
         rooms = self._rooms_of.get(conn_id)
         if rooms is not None:
             rooms.discard(room)
             if not rooms:
                 self._drop_conn(conn_id)
-        return last
+        return True
 
     def _drop_conn(self, conn_id: str) -> None:
         self._rooms_of.pop(conn_id, None)
@@ -282,22 +286,22 @@ class RoomManager:
             self._drop_conn(conn_id)
             return
         for room in list(rooms):
-            last = self._remove(room, conn_id)
-            if last is not None and self._backend.distributed:
-                self._spawn(self._backend.left(room, conn_id, last))
+            if self._remove(room, conn_id) and self._backend.distributed:
+                self._spawn(self._backend.left(room, conn_id))
         self._drop_conn(conn_id)
 
     def _forget(self, conn: WebSocketConnection) -> None:
         """Close listener: the connection is gone, from every room at once."""
         self._remove_everywhere(conn.id)
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         assert self._loop is not None
-        task: asyncio.Task[Any] = self._loop.create_task(_as_coroutine(coro))
+        task: asyncio.Task[Any] = self._loop.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
     # -- broadcasting ---------------------------------------------------------------
+    @_on_owning_loop()
     async def broadcast(self, room: str, message: Broadcastable, *,
                         exclude: Exclude = None) -> BroadcastResult:
         """Send *message* to every member of *room* but *exclude*.
@@ -310,25 +314,22 @@ class RoomManager:
         backend it also publishes to the other processes (the result counts this
         process's members).
         """
-        if not self._here():
-            return await self._elsewhere(self.broadcast, room, message, exclude=exclude)
+        return await self._broadcast(room, message, exclude)
+
+    @_on_owning_loop()
+    async def broadcast_all(self, message: Broadcastable, *,
+                            exclude: Exclude = None) -> BroadcastResult:
+        """Send *message* once to every connection that is in at least one room
+        (as :meth:`broadcast` does to one room)."""
+        return await self._broadcast(None, message, exclude)
+
+    async def _broadcast(self, room: str | None, message: Broadcastable,
+                         exclude: Exclude) -> BroadcastResult:
         frame = encode_frame(message)
         excluded = _exclude_ids(exclude)
         result = self.deliver_local(room, frame, excluded)
         if self._backend.distributed:
             await self._backend.publish(room, frame, excluded)
-        return result
-
-    async def broadcast_all(self, message: Broadcastable, *,
-                            exclude: Exclude = None) -> BroadcastResult:
-        """Send *message* once to every connection that is in at least one room."""
-        if not self._here():
-            return await self._elsewhere(self.broadcast_all, message, exclude=exclude)
-        frame = encode_frame(message)
-        excluded = _exclude_ids(exclude)
-        result = self.deliver_local(None, frame, excluded)
-        if self._backend.distributed:
-            await self._backend.publish(None, frame, excluded)
         return result
 
     def deliver_local(self, room: str | None, frame: bytes,
@@ -354,53 +355,64 @@ class RoomManager:
             return False
         return bool(peer.send(frame) == 0)
 
+    @_on_owning_loop()
     async def send_to(self, conn_id: str, message: Broadcastable) -> bool:
         """Send *message* to the connection with id *conn_id*, in this process or,
         with a distributed backend, in any.  Only connections in at least one
         room are known.  True if it was handed to that connection."""
-        if not self._here():
-            return await self._elsewhere(self.send_to, conn_id, message)
         frame = encode_frame(message)
         if conn_id in self._conns:
             return self.deliver_to_local(conn_id, frame)
-        if self._backend.distributed:
-            return await self._backend.send_to(conn_id, frame)
-        return False
+        return await self._backend.send_to(conn_id, frame)
 
     # -- queries -------------------------------------------------------------
+    @_on_owning_loop()
     async def room_size(self, room: str) -> int:
         """Members of *room* (in every process, with a distributed backend)."""
-        if not self._here():
-            return await self._elsewhere(self.room_size, room)
-        if self._backend.distributed:
-            return await self._backend.room_size(room)
+        return await self._backend.room_size(room)
+
+    @_on_owning_loop()
+    async def list_rooms(self) -> list[str]:
+        """Rooms with at least one member, sorted (in every process, with a
+        distributed backend)."""
+        return await self._backend.list_rooms()
+
+    def local_room_size(self, room: str) -> int:
+        """This process's members of *room* (for backends; on the owning loop)."""
         return len(self._rooms.get(room, ()))
 
-    async def list_rooms(self) -> list[str]:
-        """Rooms with at least one member, sorted."""
-        if not self._here():
-            return await self._elsewhere(self.list_rooms)
-        if self._backend.distributed:
-            return await self._backend.list_rooms()
+    def local_rooms(self) -> list[str]:
+        """This process's non-empty rooms, sorted (for backends; on the owning loop)."""
         return sorted(self._rooms)
 
+    @_on_owning_loop()
     async def members(self, room: str) -> list[WebSocketConnection]:
         """This process's connections in *room*."""
-        if not self._here():
-            return await self._elsewhere(self.members, room)
         conns = self._conns
         return [conns[cid] for cid in self._rooms.get(room, ()) if cid in conns]
 
+    @_on_owning_loop()
     async def rooms_of(self, conn: WebSocketConnection) -> set[str]:
-        """The rooms *conn* is in."""
-        if not self._here():
-            return await self._elsewhere(self.rooms_of, conn)
+        """The rooms *conn* is in (a copy: its cost grows with their number; to
+        test one room, :meth:`is_member` costs the same whatever the number)."""
         return set(self._rooms_of.get(conn.id, ()))
+
+    @_on_owning_loop()
+    async def is_member(self, room: str, conn: WebSocketConnection) -> bool:
+        """Whether *conn* is in *room*; constant time."""
+        members = self._rooms.get(room)
+        return members is not None and conn.id in members
 
     async def close(self) -> None:
         """Release the backend (connections and subscriptions of a distributed one)."""
-        if self._loop is not None and not self._here():
-            return await self._elsewhere(self.close)
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            await self._backend.close()
+            return
+        await self._close()
+
+    @_on_owning_loop()
+    async def _close(self) -> None:
         for task in list(self._background):
             task.cancel()
         await self._backend.close()

@@ -1,0 +1,87 @@
+"""Publishing: the bounded outbox and the task that pipelines it to Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ..envelope import KIND_ALL, KIND_ROOM, pack_envelope
+from .subscribers import Subscriptions
+
+__all__ = ["Publishing"]
+
+
+class Publishing(Subscriptions):
+    """Queue publications, send them in batches, count what cannot be sent."""
+
+    async def publish(self, room: str | None, frame: bytes, exclude: frozenset[str]) -> None:
+        """Queue *frame* for the other processes; never waits for Redis, never
+        raises because of it (a publication that cannot be made is counted)."""
+        if room is None:
+            self._enqueue(self._ch_all, pack_envelope(KIND_ALL, self._origin, exclude, frame))
+        else:
+            self._enqueue(self._room_channel(room),
+                          pack_envelope(KIND_ROOM, self._origin, exclude, frame))
+
+    def _enqueue(self, channel: bytes, envelope: bytes,
+                 fut: asyncio.Future[int] | None = None) -> bool:
+        if not self._rt.up:
+            self._drop(1, "not connected")
+            return False
+        if self._rt.outbox_bytes + len(envelope) > self.max_pending_bytes:
+            self._drop(1, f"over max_pending_bytes ({self.max_pending_bytes})")
+            return False
+        self._rt.outbox.append((channel, envelope, fut))
+        self._rt.outbox_bytes += len(envelope)
+        self._rt.publish_wake.set()
+        return True
+
+    def _drop_outbox(self) -> None:
+        batch, self._rt.outbox = self._rt.outbox, []
+        self._rt.outbox_bytes = 0
+        if batch:
+            self._drop(len(batch), "redis connection lost")
+        for _channel, _envelope, fut in batch:
+            if fut is not None and not fut.done():
+                fut.set_result(0)
+
+    async def _publisher(self) -> None:
+        wake = self._rt.publish_wake
+        while not self._rt.closed:
+            await wake.wait()
+            wake.clear()
+            while self._rt.outbox:
+                if not self._rt.up:
+                    self._drop_outbox()
+                    break
+                batch = self._rt.outbox[:1024]
+                del self._rt.outbox[:1024]
+                self._rt.outbox_bytes -= sum(len(e) for _c, e, _f in batch)
+                try:
+                    receivers = await self._publish_batch(batch)
+                except Exception as exc:  # a half-read reply stream is a broken one too
+                    self._drop(len(batch), "redis connection lost while publishing")
+                    for _channel, _envelope, fut in batch:
+                        if fut is not None and not fut.done():
+                            fut.set_result(0)
+                    self._fail(exc, "publish")
+                    if self._rt.closed:
+                        return
+                    continue
+                self._stats["published"] += len(batch)
+                for (_channel, _envelope, fut), count in zip(batch, receivers, strict=True):
+                    if fut is not None and not fut.done():
+                        fut.set_result(int(count or 0))
+
+    async def _publish_batch(self, batch: list[tuple[bytes, bytes, Any]]) -> list[Any]:
+        command = self._publish_command
+        conn = self._rt.publisher_conn
+        if conn is None:  # a cluster: the client's pipeline routes each to its shard
+            pipe = self._rt.client.pipeline(transaction=False)
+            for channel, envelope, _fut in batch:
+                pipe.execute_command(command, channel, envelope)
+            return list(await pipe.execute())
+        # One write, then the replies in order: cheaper than a redis-py pipeline.
+        packed = conn.pack_commands([(command, ch, env) for ch, env, _fut in batch])
+        await conn.send_packed_command(packed, check_health=False)
+        return [await conn.read_response() for _ in batch]
