@@ -239,7 +239,7 @@ class WebSocketConnection:
             raise ConnectionClosed(self._code_or_abnormal(), self.close_reason)
         peer = self._peer
         if peer is not None:
-            if peer.push(_fanout.impl.build_frame(opcode, payload)) != 0:
+            if peer.push(_fanout.build_frame(opcode, payload)) != 0:
                 raise ConnectionClosed(self._code_or_abnormal(), self.close_reason)
         else:
             self._ws.send(WSMsgType(opcode), payload)

@@ -116,17 +116,17 @@ class InMemoryBackend:
 
 def encode_frame(message: Broadcastable) -> bytes:
     """One server frame for *message* (built once per broadcast)."""
-    build = _fanout.impl.build_frame
+    build = _fanout.build_frame
     if isinstance(message, Message):
         if message.type is MessageType.CLOSE:
             raise ValueError("a close message cannot be broadcast; close the connections")
-        return build(message.opcode, message.payload)  # type: ignore[no-any-return]
+        return build(message.opcode, message.payload)
     if isinstance(message, str):
-        return build(OPCODE_TEXT, message.encode("utf-8"))  # type: ignore[no-any-return]
+        return build(OPCODE_TEXT, message.encode("utf-8"))
     if isinstance(message, (bytes, bytearray, memoryview)):
-        return build(OPCODE_BINARY, bytes(message))  # type: ignore[no-any-return]
+        return build(OPCODE_BINARY, bytes(message))
     if isinstance(message, WebSocketMessage):
-        return build(OPCODE_TEXT, message.to_json())  # type: ignore[no-any-return]
+        return build(OPCODE_TEXT, message.to_json())
     raise TypeError(f"cannot broadcast {type(message).__name__}")
 
 
