@@ -25,6 +25,7 @@ import asyncio
 import importlib.util
 import os
 import platform
+import stat
 import sys
 import warnings
 import weakref
@@ -135,8 +136,11 @@ def direct_fd(transport: Any) -> int:
     """The socket descriptor the fan-out may write to directly for *transport*, or -1.
 
     -1 where there is no scatter-gather send (Windows), for TLS (the bytes must go
-    through the TLS layer), and for a transport without a socket (or whose socket
-    has no descriptor): those peers write through the transport only.
+    through the TLS layer), and for a transport without a socket, or whose
+    "socket" has no descriptor or is not one (uvloop gives pipes a pseudo-socket):
+    those peers write through the transport only.  The twins treat every error of
+    a direct write but "would block" as fatal to the connection, as asyncio's own
+    transports do, so only real sockets get here.
     """
     if not DIRECT_WRITES:
         return -1
@@ -148,7 +152,8 @@ def direct_fd(transport: Any) -> int:
     if sock is None:
         return -1
     try:
-        return int(sock.fileno())
+        fd = int(sock.fileno())
+        return fd if fd >= 0 and stat.S_ISSOCK(os.fstat(fd).st_mode) else -1
     except Exception:
         return -1
 
