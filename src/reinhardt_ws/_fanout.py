@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DELIVERED",
+    "DIRECT_WRITES",
     "DROPPED",
     "FAILED",
     "IMPLEMENTATION",
