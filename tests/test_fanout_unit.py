@@ -200,6 +200,18 @@ class Link:
         await asyncio.wait_for(read(), timeout)
         return b"".join(chunks)
 
+    def fill_kernel(self) -> bytes:
+        """Fill the socket's kernel buffers behind the transport's back (POSIX:
+        ``os.write`` on the descriptor, see ``writes_to_the_socket_fd``); what was
+        written."""
+        filler = bytearray()
+        while True:
+            try:
+                sent = os.write(self.fd, b"f" * 4096)
+            except BlockingIOError:
+                return bytes(filler)
+            filler += b"f" * sent
+
     def read_available(self) -> bytes:
         """Everything readable now, without waiting."""
         chunks = []
@@ -568,20 +580,14 @@ def test_socket_full_everything_goes_to_the_transport(run: Run, fanout_module: M
         async with open_links(fanout_module, 1, kind, sndbuf=8192,
                               rcvbuf=8192) as (hub, links):
             link = links[0]
-            filler = bytearray()
-            while True:  # fill the kernel buffers behind the transport's back
-                try:
-                    sent = os.write(link.fd, b"f" * 4096)
-                except BlockingIOError:
-                    break
-                filler += b"f" * sent
+            filler = link.fill_kernel()
             assert link.transport.get_write_buffer_size() == 0
             frames = frames_of(fanout_module, 10, 1000)
             for frame in frames:
                 link.peer.send(frame)
             hub.flush()
             assert link.transport.get_write_buffer_size() == sum(len(f) for f in frames)
-            want = bytes(filler) + b"".join(frames)
+            want = filler + b"".join(frames)
             assert await link.read_exactly(len(want)) == want
 
     run(main())
@@ -812,13 +818,7 @@ def test_a_backlog_in_the_transport_counts_as_backlog(run: Run, fanout_module: M
                               sndbuf=8192, rcvbuf=8192) as (hub, links):
             link = links[0]
             peer = link.peer
-            filler = bytearray()
-            while True:  # fill the kernel buffers behind the transport's back
-                try:
-                    sent = os.write(link.fd, b"f" * 4096)
-                except BlockingIOError:
-                    break
-                filler += b"f" * sent
+            filler = link.fill_kernel()
             link.transport.write(b"t" * 4000)
             assert link.transport.get_write_buffer_size() == 4000
             assert peer.pending_size == 0 and peer.buffered_size() == 4000
@@ -828,7 +828,7 @@ def test_a_backlog_in_the_transport_counts_as_backlog(run: Run, fanout_module: M
             assert hub.fanout([peer], fits) == (1, 0, [])
             assert hub.fanout([peer], fanout_module.build_frame(0x1, b"")) == (0, 1, [])
             await asyncio.sleep(0)
-            want = bytes(filler) + b"t" * 4000 + fits
+            want = filler + b"t" * 4000 + fits
             assert await link.read_exactly(len(want)) == want
             await eventually(lambda: peer.buffered_size() == 0)
             assert hub.fanout([peer], too_big) == (1, 0, [])  # no backlog: taken
@@ -924,11 +924,7 @@ def test_stats_count_exactly(run: Run, fanout_module: ModuleType, kind: str) -> 
                                    "bytes_queued": 4500, "flushes": 4, "syscalls": 4}
             # A full socket: the direct write takes nothing, the transport takes all;
             # then the transport holds bytes, so the next flush does not try the socket.
-            while True:
-                try:
-                    os.write(links[0].fd, b"f" * 4096)
-                except BlockingIOError:
-                    break
+            links[0].fill_kernel()
             assert a.send(f100) == a.send(f100) == fanout_module.DELIVERED
             a.flush()
             assert a.send(f100) == fanout_module.DELIVERED
