@@ -46,7 +46,7 @@ def implementation(request: pytest.FixtureRequest) -> Iterator[str]:
         if os.environ.get("REINHARDT_WS_NO_EXTENSIONS", "") not in ("", "0"):
             pytest.skip("C extension disabled by REINHARDT_WS_NO_EXTENSIONS")
         pytest.fail("reinhardt_ws._fastbroadcast is not built: a normal build must load it")
-    previous = _fanout.impl.IMPLEMENTATION
+    previous = _fanout.IMPLEMENTATION
     _fanout.use(name)
     try:
         yield name

@@ -4,7 +4,10 @@
 Line-for-line counterpart of ``reinhardt_ws/_fastbroadcast_py.py``; read that
 module's docstring for the model (Hub per loop, Peer per connection, one coalesced
 ``sendmsg`` per connection per event-loop iteration, one shared ``bytes`` frame per
-broadcast).  Everything the twin does, this does, in the same order.
+broadcast, the slow-consumer rule about backlog, the hub's counters).  Everything
+the twin does, this does, in the same order.  What does not run per frame (the
+descriptor a peer may write to, the validation of its limits) is the selector's,
+``reinhardt_ws/_fanout.py``.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
@@ -24,7 +27,6 @@ cdef extern from "_fastbroadcast_compat.h":
     Py_ssize_t rws_sendv(int fd, rws_iovec *iov, int n) nogil
     int rws_would_block(int err) nogil
 
-import errno as _errno
 from collections.abc import Mapping as _Mapping
 
 __all__ = ["DELIVERED", "DROPPED", "FAILED", "IMPLEMENTATION", "Hub", "Peer", "build_frame"]
@@ -37,12 +39,6 @@ FAILED = 2
 
 cdef enum:
     IOV_CHUNK = 256
-
-cdef frozenset _FATAL_ERRNOS = frozenset(
-    {_errno.EPIPE, _errno.ECONNRESET, _errno.ENOTCONN, _errno.EBADF, _errno.ECONNABORTED,
-     _errno.ETIMEDOUT, _errno.EHOSTUNREACH, _errno.ENETUNREACH}
-)
-
 
 cpdef bytes build_frame(object opcode, object payload):
     """Return one unmasked, final server frame (RFC 6455 section 5.2) carrying *payload*.
@@ -79,30 +75,18 @@ cpdef bytes build_frame(object opcode, object payload):
     return out
 
 
-cdef int _direct_fd(object transport):
-    if not RWS_HAVE_DIRECT:
-        return -1
-    if transport.get_extra_info("sslcontext") is not None:
-        return -1
-    if transport.get_extra_info("ssl_object") is not None:
-        return -1
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return -1
-    try:
-        return <int>sock.fileno()
-    except Exception:
-        return -1
-
-
 cdef class Peer:
     """Write state of one connection: its queue, its socket and its limits.
 
     *transport* is the connection's asyncio transport; *ws* the picows transport on
     top of it (or None), consulted so nothing is written after a close frame picows
-    sent by itself.  ``on_overflow()`` and ``on_failure(exc)`` are called at most
-    once each, from the event loop, through ``call_soon``: never while a fan-out
-    is iterating a room.
+    sent by itself.  *fd* is the socket descriptor the peer writes to directly when
+    the transport holds nothing, or -1 to always write through the transport
+    (``_fanout.direct_fd`` computes it; it is ignored where there is no
+    scatter-gather send).  ``on_overflow()`` and ``on_failure(exc)`` are called at
+    most once each, from the event loop, through ``call_soon``: never while a
+    fan-out is iterating a room.  Build peers with ``_fanout.new_peer``, which
+    validates *max_write_buffer*.
     """
 
     cdef:
@@ -127,16 +111,14 @@ cdef class Peer:
         readonly bint failed
         readonly bint over_limit
 
-    def __init__(self, Hub hub not None, transport, ws, str conn_id not None,
+    def __init__(self, Hub hub not None, transport, ws, int fd, str conn_id not None,
                  Py_ssize_t max_write_buffer, bint drop_slow, on_overflow, on_failure):
-        if max_write_buffer <= 0:
-            raise ValueError("max_write_buffer must be positive")
         self._hub = hub
         self._ws = ws
         self._write = transport.write
         self._get_write_buffer_size = transport.get_write_buffer_size
         self._is_closing = transport.is_closing
-        self._fd = _direct_fd(transport)
+        self._fd = fd if RWS_HAVE_DIRECT else -1
         self._pending = []
         self._spare = None
         self._scheduled = False
@@ -154,13 +136,25 @@ cdef class Peer:
 
     # -- queueing -----------------------------------------------------------
     def send(self, bytes frame not None):
-        """Queue *frame*; return DELIVERED, DROPPED or FAILED.
+        """Queue *frame* under the slow-consumer rule; return DELIVERED, DROPPED or
+        FAILED.
 
-        DELIVERED means queued for this iteration's flush.  Never raises for a
-        broken connection; the failure is reported by the return value.
+        DELIVERED means queued for this iteration's flush: always so when nothing
+        is buffered for this peer, however large the frame; with a backlog, only
+        if backlog plus frame stay within ``max_write_buffer``.  Never raises for
+        a broken connection; the failure is reported by the return value.
         ``TypeError`` if *frame* is not ``bytes``.
         """
-        return self._send(frame)
+        cdef int status = self._send(frame)
+        cdef Hub hub = self._hub
+        if status == 0:
+            hub._delivered += 1
+            hub._bytes_queued += PyBytes_GET_SIZE(frame)
+        elif status == 1:
+            hub._dropped += 1
+        else:
+            hub._failed += 1
+        return status
 
     cdef int _send(self, bytes frame) except -1:
         if self.closed or self.failed:
@@ -173,6 +167,7 @@ cdef class Peer:
                 return 1
             self.closed = True
             self._drop_pending()
+            self._hub._overflows += 1
             self._hub._loop.call_soon(self._on_overflow)
             return 1
         self.over_limit = False
@@ -193,32 +188,42 @@ cdef class Peer:
         """Queue *frame* without the slow-consumer check; DELIVERED or FAILED.
 
         For a connection's own sends, which wait for the buffer to drain
-        (backpressure) instead of being dropped.  A queue grown past
-        ``max_write_buffer`` is written at once: a sender that never yields to
+        (backpressure) instead of being dropped.  The queue never holds more than
+        ``max_write_buffer`` plus this frame: a queue grown past
+        ``max_write_buffer`` is written out at once (a sender that never yields to
         the loop never lets the flush run, and must still see the transport's
-        backlog (which pauses it).
+        backlog, which pauses it).
         """
+        cdef Hub hub = self._hub
         if self.closed or self.failed:
+            hub._failed += 1
             return 2
-        self._enqueue(frame, PyBytes_GET_SIZE(frame))
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(frame)
+        hub._pushed += 1
+        hub._bytes_queued += size
+        self._enqueue(frame, size)
         if self.pending_size > self.max_write_buffer:
             self._flush()
         return 0
 
     cdef bint _over(self, Py_ssize_t size) except -1:
-        cdef Py_ssize_t buffered
+        """The exact slow-consumer check: a backlog, and no room for *size* more."""
+        cdef Py_ssize_t buffered, backlog
         try:
             buffered = self._get_write_buffer_size()
         except Exception:  # transport already gone
             buffered = 0
         self._transport_size = buffered
-        return buffered + self.pending_size + size > self.max_write_buffer
+        backlog = buffered + self.pending_size
+        return backlog > 0 and backlog + size > self.max_write_buffer
 
     def buffered_size(self):
-        """Bytes queued here plus bytes the transport holds."""
+        """Bytes this connection holds for writing: queued here plus held by the
+        transport (not what the kernel's socket buffer holds).  Exact; costs one
+        call to the transport's ``get_write_buffer_size``."""
         try:
             return <Py_ssize_t>self._get_write_buffer_size() + self.pending_size
-        except Exception:
+        except Exception:  # transport already gone
             return self.pending_size
 
     # -- writing ------------------------------------------------------------
@@ -256,9 +261,11 @@ cdef class Peer:
         cdef Py_ssize_t cnt, i, j, sent, flen
         cdef int err
         cdef bytes frame
+        cdef Hub hub = self._hub
         if self._is_closing():  # closed by someone else: no more bytes
             self._fail(None)
             return 0
+        hub._flushes += 1
         if self._fd >= 0 and self._get_write_buffer_size() == 0:
             self._transport_size = 0
             while start < count:
@@ -269,10 +276,12 @@ cdef class Peer:
                     frame = <bytes>frames[start + i]
                     iov[i].iov_base = PyBytes_AS_STRING(frame)
                     iov[i].iov_len = <size_t>PyBytes_GET_SIZE(frame)
+                hub._syscalls += 1
                 sent = rws_sendv(self._fd, iov, <int>cnt)
                 if sent < 0:
                     err = errno
-                    if not rws_would_block(err) and err in _FATAL_ERRNOS:
+                    # As in asyncio's transports, every other error is fatal.
+                    if not rws_would_block(err):
                         raise OSError(err, strerror(err).decode("utf-8", "replace"))
                     sent = 0
                 # Walk past what the kernel took; hand the rest to the transport.
@@ -284,15 +293,18 @@ cdef class Peer:
                         continue
                     if sent:
                         frame = <bytes>frames[start]
+                        hub._transport_writes += 1
                         self._write(PyBytes_FromStringAndSize(
                             PyBytes_AS_STRING(frame) + sent, flen - sent))
                         sent = 0
                         start += 1
+                    hub._transport_writes += count - start
                     for j in range(start, count):
                         self._write(frames[j])
                     self._transport_size = self._get_write_buffer_size()
                     return 0
             return 0
+        hub._transport_writes += count
         for frame in frames:
             self._write(frame)
         self._transport_size = self._get_write_buffer_size()
@@ -307,16 +319,20 @@ cdef class Peer:
             return 0
         self.failed = True
         self._drop_pending()
+        self._hub._write_failures += 1
         self._hub._loop.call_soon(self._on_failure, exc)
         return 0
 
     def write_now(self, bytes frame=None):
-        """Flush the queue and then *frame* (if given) synchronously, in order."""
+        """Flush the queue and then *frame* (if given) synchronously, in order.
+        A closed or failed peer ignores *frame*."""
         if frame is not None:
             if self.closed or self.failed:
                 return
             self._pending.append(frame)
             self.pending_size += PyBytes_GET_SIZE(frame)
+            self._hub._pushed += 1
+            self._hub._bytes_queued += PyBytes_GET_SIZE(frame)
         self._flush()
 
     def close(self):
@@ -338,19 +354,43 @@ cdef class Peer:
 
 
 cdef class Hub:
-    """Per-event-loop fan-out engine: one flush per loop iteration for all peers."""
+    """Per-event-loop fan-out engine: one flush per loop iteration for all peers,
+    and the counters of everything its fan-outs and peers did."""
 
     cdef:
         object _loop
         list _dirty
         bint _flush_scheduled
         object _flush_cb
+        # Plain integers, read by stats(): no lock, no dict in the hot path.
+        long long _fanouts
+        long long _delivered
+        long long _dropped
+        long long _overflows
+        long long _failed
+        long long _pushed
+        long long _bytes_queued
+        long long _flushes
+        long long _syscalls
+        long long _transport_writes
+        long long _write_failures
 
     def __init__(self, loop):
         self._loop = loop
         self._dirty = []
         self._flush_scheduled = False
         self._flush_cb = self.flush
+        self._fanouts = 0
+        self._delivered = 0
+        self._dropped = 0
+        self._overflows = 0
+        self._failed = 0
+        self._pushed = 0
+        self._bytes_queued = 0
+        self._flushes = 0
+        self._syscalls = 0
+        self._transport_writes = 0
+        self._write_failures = 0
 
     @property
     def loop(self):
@@ -373,20 +413,22 @@ cdef class Hub:
             peer._flush()
 
     def fanout(self, peers, bytes frame not None, exclude=None):
-        """Queue *frame* on every peer not excluded (by ``conn_id``).
+        """Queue *frame* on every peer not excluded (by ``conn_id``), each under the
+        slow-consumer rule of :meth:`Peer.send`.
 
-        *peers* is a mapping whose values are peers, or an iterable of peers.
-        Returns ``(delivered, dropped, failed_ids)``.
+        *peers* is a mapping whose values are peers, or an iterable of peers;
+        *exclude* a ``frozenset`` of connection ids, or None.  Returns
+        ``(delivered, dropped, failed_ids)``.  ``TypeError`` for a *frame* that is
+        not ``bytes`` or an *exclude* that is not a ``frozenset``.
         """
         cdef Py_ssize_t counts[2]
         cdef list failed = []
         cdef Py_ssize_t pos = 0
         cdef PyObject *key
         cdef PyObject *value
-        if exclude is not None and len(exclude) == 0:
-            exclude = None
-        elif exclude is not None and type(exclude) is not set and type(exclude) is not frozenset:
-            exclude = frozenset(exclude)
+        if exclude is not None and type(exclude) is not frozenset:
+            raise TypeError(f"exclude must be a frozenset or None, not "
+                            f"{type(exclude).__name__}")
         counts[0] = counts[1] = 0
         if type(peers) is dict:
             while PyDict_Next(peers, &pos, &key, &value):
@@ -395,7 +437,29 @@ cdef class Hub:
             values = peers.values() if isinstance(peers, _Mapping) else peers
             for obj in values:
                 _offer(<Peer?>obj, frame, exclude, counts, failed)
+        self._fanouts += 1
+        self._delivered += counts[0]
+        self._dropped += counts[1]
+        self._failed += len(failed)
+        self._bytes_queued += counts[0] * PyBytes_GET_SIZE(frame)
         return counts[0], counts[1], failed
+
+    def stats(self):
+        """The counters, since the hub was made; the keys and their meaning are
+        those of the Python twin's ``Hub.stats``."""
+        return {
+            "fanouts": self._fanouts,
+            "delivered": self._delivered,
+            "dropped": self._dropped,
+            "overflows": self._overflows,
+            "failed": self._failed,
+            "pushed": self._pushed,
+            "bytes_queued": self._bytes_queued,
+            "flushes": self._flushes,
+            "syscalls": self._syscalls,
+            "transport_writes": self._transport_writes,
+            "write_failures": self._write_failures,
+        }
 
 
 cdef inline int _offer(Peer peer, bytes frame, object exclude, Py_ssize_t *counts,

@@ -80,7 +80,7 @@ if TYPE_CHECKING:
 def __getattr__(name: str) -> object:
     # Read at access time, so it always names the fan-out that new hubs use.
     if name == "IMPLEMENTATION":
-        return _fanout.impl.IMPLEMENTATION
+        return _fanout.IMPLEMENTATION
     # Imported on first use: the package must not need the `redis` extra.
     if name == "RedisBackend":
         try:

@@ -6,6 +6,17 @@ extension file) uses it silently; an extension that is present but fails to
 import (an ``ImportError``, or the ``ValueError`` Cython raises on a binary
 layout mismatch) falls back to it with a ``RuntimeWarning``.  Everything else in the
 package asks this module for the implementation, never imports one directly.
+
+The names of the implementation in use (``Hub``, ``Peer``, ``build_frame``,
+``DELIVERED``, ``DROPPED``, ``FAILED``, ``IMPLEMENTATION``) are bound here once, as
+propcache binds its helpers; type checkers see the Python twin's (the stub of the
+compiled module declares the same interface).  :func:`use` rebinds them (tests and
+benchmarks), so read them as attributes of this module (``_fanout.build_frame``),
+never ``from _fanout import build_frame``.
+
+What does not run per frame lives here, not in the twins: which transports the
+twins may write to directly (:func:`direct_fd`), and the validation of a peer's
+limits (:func:`new_peer`).
 """
 
 from __future__ import annotations
@@ -14,6 +25,8 @@ import asyncio
 import importlib.util
 import os
 import platform
+import stat
+import sys
 import warnings
 import weakref
 from collections.abc import Callable
@@ -23,9 +36,40 @@ from typing import TYPE_CHECKING, Any
 from . import _fastbroadcast_py
 
 if TYPE_CHECKING:
-    from ._fastbroadcast_py import Hub, Peer
+    from ._fastbroadcast_py import (
+        DELIVERED,
+        DROPPED,
+        FAILED,
+        IMPLEMENTATION,
+        Hub,
+        Peer,
+        build_frame,
+    )
 
-__all__ = ["available", "get_hub", "impl", "new_peer", "use"]
+__all__ = [
+    "DELIVERED",
+    "DIRECT_WRITES",
+    "DROPPED",
+    "FAILED",
+    "IMPLEMENTATION",
+    "Hub",
+    "Peer",
+    "available",
+    "build_frame",
+    "direct_fd",
+    "get_hub",
+    "new_peer",
+    "use",
+]
+
+#: The names every implementation exports, rebound together by :func:`use`.
+_NAMES = ("DELIVERED", "DROPPED", "FAILED", "IMPLEMENTATION", "Hub", "Peer", "build_frame")
+
+#: Whether the twins may write to a socket themselves: they need a scatter-gather
+#: send (``os.writev`` in the Python twin, ``sendmsg`` in C, neither on Windows,
+#: where the compiled module has ``RWS_HAVE_DIRECT`` 0).  Where they may not, every
+#: frame goes through the transport.
+DIRECT_WRITES = sys.platform != "win32" and hasattr(os, "writev")
 
 
 def _extensions_disabled() -> bool:
@@ -55,11 +99,17 @@ def _load_extension() -> ModuleType | None:
 
 
 _extension = _load_extension()
-
-#: The implementation in use: ``reinhardt_ws._fastbroadcast`` or its Python twin.
-impl: ModuleType = _extension if _extension is not None else _fastbroadcast_py
-
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakKeyDictionary()
+
+
+def _bind(module: ModuleType) -> None:
+    """Bind this module's implementation names to *module*'s."""
+    namespace = globals()
+    for name in _NAMES:
+        namespace[name] = getattr(module, name)
+
+
+_bind(_extension if _extension is not None else _fastbroadcast_py)
 
 
 def available() -> dict[str, ModuleType]:
@@ -71,30 +121,62 @@ def available() -> dict[str, ModuleType]:
 
 
 def use(name: str) -> None:
-    """Switch the implementation for hubs created from now on (tests, benchmarks).
+    """Switch the implementation for hubs and peers created from now on (tests,
+    benchmarks): rebinds this module's implementation names and forgets the hubs.
 
     Raises ``LookupError`` when *name* cannot run here.
     """
-    global impl
     choices = available()
     if name not in choices:
         raise LookupError(f"fan-out implementation {name!r} is not available here")
-    impl = choices[name]
+    _bind(choices[name])
     _hubs.clear()
+
+
+def direct_fd(transport: Any) -> int:
+    """The socket descriptor the fan-out may write to directly for *transport*, or -1.
+
+    -1 where there is no scatter-gather send (Windows), for TLS (the bytes must go
+    through the TLS layer), and for a transport without a socket, or whose
+    "socket" has no descriptor or is not one (uvloop gives pipes a pseudo-socket):
+    those peers write through the transport only.  The twins treat every error of
+    a direct write but "would block" as fatal to the connection, as asyncio's own
+    transports do, so only real sockets get here.
+    """
+    if not DIRECT_WRITES:
+        return -1
+    if transport.get_extra_info("sslcontext") is not None:
+        return -1
+    if transport.get_extra_info("ssl_object") is not None:
+        return -1
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return -1
+    try:
+        fd = int(sock.fileno())
+        return fd if fd >= 0 and stat.S_ISSOCK(os.fstat(fd).st_mode) else -1
+    except Exception:
+        return -1
 
 
 def new_peer(hub: Hub, transport: Any, ws: Any, conn_id: str, max_write_buffer: int,
              drop_slow: bool, on_overflow: Callable[[], object],
              on_failure: Callable[[BaseException | None], object]) -> Peer:
-    """A fan-out peer of the current implementation for one connection."""
-    return impl.Peer(hub, transport, ws, conn_id, max_write_buffer, drop_slow,  # type: ignore[no-any-return]
-                     on_overflow, on_failure)
+    """A fan-out peer of the current implementation for one connection on *hub*.
+
+    Computes the descriptor it may write to directly (:func:`direct_fd`).
+    Raises ``ValueError`` when *max_write_buffer* is not positive.
+    """
+    if max_write_buffer <= 0:
+        raise ValueError("max_write_buffer must be positive")
+    return Peer(hub, transport, ws, direct_fd(transport), conn_id, max_write_buffer,
+                drop_slow, on_overflow, on_failure)
 
 
 def get_hub(loop: asyncio.AbstractEventLoop) -> Hub:
-    """The fan-out hub of *loop*, created on first use."""
+    """The fan-out hub of *loop* (of the current implementation), created on first use."""
     hub = _hubs.get(loop)
     if hub is None or hub.loop is not loop:
-        hub = impl.Hub(loop)
+        hub = Hub(loop)
         _hubs[loop] = hub
     return hub

@@ -27,6 +27,7 @@ class Peer:
         hub: Hub,
         transport: Any,
         ws: Any,
+        fd: int,
         conn_id: str,
         max_write_buffer: int,
         drop_slow: bool,
@@ -52,5 +53,6 @@ class Hub:
         self,
         peers: Mapping[Any, Peer] | Iterable[Peer],
         frame: bytes,
-        exclude: frozenset[str] | set[str] | None = None,
+        exclude: frozenset[str] | None = None,
     ) -> tuple[int, int, list[str]]: ...
+    def stats(self) -> dict[str, int]: ...

@@ -3,7 +3,9 @@
 Same interface and the same semantics as the Cython module (``src/_fastbroadcast.pyx``);
 it is the fallback where the extension is missing and the oracle the test-suite
 compares the extension against.  Keep the two in step: every behaviour here has a
-line-for-line counterpart there.
+line-for-line counterpart there.  Only what runs per frame lives in the twins;
+the selector (``reinhardt_ws._fanout``) decides which descriptor a peer may write
+to directly and validates its limits (``_fanout.new_peer``).
 
 The model
 ---------
@@ -15,17 +17,22 @@ queued in one ``writev`` (one syscall per connection per iteration, the uWebSock
 "cork").  A frame is one ``bytes`` object shared by every peer it goes to: when a
 transport must buffer it keeps a reference, not a copy.
 
-Slow consumers: a peer whose buffered bytes (transport buffer plus queue) would pass
-``max_write_buffer`` is either skipped for that frame (``drop_slow=True``) or
-handed to its ``on_overflow`` callback once (the connection closes it with 1013);
-both count as *dropped*.  So what a peer holds stays within ``max_write_buffer``
-(plus the small control frames picows writes by itself).  To keep the check cheap,
-a peer remembers the transport's buffer size as of its last write (an upper bound:
-a transport buffer only shrinks between our writes) and asks the transport again
-only when that bound says the frame might not fit.  A peer whose socket write
-failed (or whose transport raised), or that is closing, counts as *failed* and
-calls ``on_failure`` once; one failing peer never keeps the others from being
-written.
+Slow consumers: the rule is about *backlog* (the transport's buffer plus the
+queue).  A peer with no backlog always takes the frame offered, however large.  A
+peer with a backlog takes it only if backlog plus frame stay within
+``max_write_buffer``; otherwise it is either skipped for that frame
+(``drop_slow=True``) or handed to its ``on_overflow`` callback once (the connection
+closes it with 1013); both count as *dropped*.  So what a peer holds stays within
+``max_write_buffer`` or one frame, whichever is larger (plus the small control
+frames picows writes by itself).  To keep the check cheap, a peer remembers the
+transport's buffer size as of its last write (an upper bound: a transport buffer
+only shrinks between our writes) and asks the transport again only when that bound
+says the frame might not fit.  A peer whose socket write failed (or whose
+transport raised), or that is closing, counts as *failed* and calls
+``on_failure`` once; one failing peer never keeps the others from being written.
+
+Counters: a hub counts, in plain integers, what its fan-outs and peers did;
+:meth:`Hub.stats` reads them (for metrics, at scrape time).
 """
 
 from __future__ import annotations
@@ -56,10 +63,9 @@ FAILED = 2
 
 #: Frames per ``writev`` (IOV_CHUNK in the .pyx; aiofastnet flushes 256 iovecs too).
 _IOV_MAX = 256
-_FATAL_ERRNOS = frozenset(
-    {errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF, errno.ECONNABORTED,
-     errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH}
-)
+#: Where there is no ``os.writev`` (Windows) there is no direct path, as in C
+#: (``RWS_HAVE_DIRECT`` 0): every frame goes through the transport.
+_HAVE_DIRECT = hasattr(os, "writev")
 
 
 def build_frame(opcode: int, payload: bytes) -> bytes:
@@ -92,9 +98,13 @@ class Peer:
 
     *transport* is the connection's asyncio transport; *ws* the picows transport on
     top of it (or None), consulted so nothing is written after a close frame picows
-    sent by itself.  ``on_overflow()`` and ``on_failure(exc)`` are called at most
-    once each, from the event loop, through ``call_soon``: never while a fan-out
-    is iterating a room.
+    sent by itself.  *fd* is the socket descriptor the peer writes to directly when
+    the transport holds nothing, or -1 to always write through the transport
+    (``_fanout.direct_fd`` computes it; it is ignored where there is no
+    scatter-gather send).  ``on_overflow()`` and ``on_failure(exc)`` are called at
+    most once each, from the event loop, through ``call_soon``: never while a
+    fan-out is iterating a room.  Build peers with ``_fanout.new_peer``, which
+    validates *max_write_buffer*.
     """
 
     __slots__ = (
@@ -125,20 +135,19 @@ class Peer:
         hub: Hub,
         transport: Any,
         ws: Any,
+        fd: int,
         conn_id: str,
         max_write_buffer: int,
         drop_slow: bool,
         on_overflow: Callable[[], object],
         on_failure: Callable[[BaseException | None], object],
     ) -> None:
-        if max_write_buffer <= 0:
-            raise ValueError("max_write_buffer must be positive")
         self._hub = hub
         self._ws = ws
         self._write = transport.write
         self._get_write_buffer_size = transport.get_write_buffer_size
         self._is_closing = transport.is_closing
-        self._fd = _direct_fd(transport)
+        self._fd = operator.index(fd) if _HAVE_DIRECT else -1
         self._pending: list[bytes] = []
         self._spare: list[bytes] | None = None
         self._scheduled = False
@@ -156,15 +165,27 @@ class Peer:
 
     # -- queueing -----------------------------------------------------------
     def send(self, frame: bytes) -> int:
-        """Queue *frame*; return DELIVERED, DROPPED or FAILED.
+        """Queue *frame* under the slow-consumer rule; return DELIVERED, DROPPED or
+        FAILED.
 
-        DELIVERED means queued for this iteration's flush.  Never raises for a
-        broken connection; the failure is reported by the return value.
+        DELIVERED means queued for this iteration's flush: always so when nothing
+        is buffered for this peer, however large the frame; with a backlog, only
+        if backlog plus frame stay within ``max_write_buffer``.  Never raises for
+        a broken connection; the failure is reported by the return value.
         ``TypeError`` if *frame* is not ``bytes``.
         """
         if type(frame) is not bytes:
             raise TypeError(f"frame must be bytes, not {type(frame).__name__}")
-        return self._send(frame)
+        status = self._send(frame)
+        hub = self._hub
+        if status == DELIVERED:
+            hub._delivered += 1
+            hub._bytes_queued += len(frame)
+        elif status == DROPPED:
+            hub._dropped += 1
+        else:
+            hub._failed += 1
+        return status
 
     def _send(self, frame: bytes) -> int:
         if self.closed or self.failed:
@@ -177,6 +198,7 @@ class Peer:
                 return DROPPED
             self.closed = True
             self._drop_pending()
+            self._hub._overflows += 1
             self._hub._loop.call_soon(self._on_overflow)
             return DROPPED
         self.over_limit = False
@@ -196,33 +218,43 @@ class Peer:
         """Queue *frame* without the slow-consumer check; DELIVERED or FAILED.
 
         For a connection's own sends, which wait for the buffer to drain
-        (backpressure) instead of being dropped.  A queue grown past
-        ``max_write_buffer`` is written at once: a sender that never yields to
+        (backpressure) instead of being dropped.  The queue never holds more than
+        ``max_write_buffer`` plus this frame: a queue grown past
+        ``max_write_buffer`` is written out at once (a sender that never yields to
         the loop never lets the flush run, and must still see the transport's
-        backlog (which pauses it).
+        backlog, which pauses it).
         """
         if type(frame) is not bytes:
             raise TypeError(f"frame must be bytes, not {type(frame).__name__}")
+        hub = self._hub
         if self.closed or self.failed:
+            hub._failed += 1
             return FAILED
-        self._enqueue(frame, len(frame))
+        size = len(frame)
+        hub._pushed += 1
+        hub._bytes_queued += size
+        self._enqueue(frame, size)
         if self.pending_size > self.max_write_buffer:
             self.flush()
         return DELIVERED
 
     def _over(self, size: int) -> bool:
+        """The exact slow-consumer check: a backlog, and no room for *size* more."""
         try:
             buffered = int(self._get_write_buffer_size())
         except Exception:  # transport already gone
             buffered = 0
         self._transport_size = buffered
-        return bool(buffered + self.pending_size + size > self.max_write_buffer)
+        backlog = buffered + self.pending_size
+        return bool(backlog > 0 and backlog + size > self.max_write_buffer)
 
     def buffered_size(self) -> int:
-        """Bytes queued here plus bytes the transport holds."""
+        """Bytes this connection holds for writing: queued here plus held by the
+        transport (not what the kernel's socket buffer holds).  Exact; costs one
+        call to the transport's ``get_write_buffer_size``."""
         try:
             return int(self._get_write_buffer_size()) + self.pending_size
-        except Exception:
+        except Exception:  # transport already gone
             return self.pending_size
 
     # -- writing ------------------------------------------------------------
@@ -255,12 +287,15 @@ class Peer:
         if self._is_closing():  # closed by someone else: no more bytes
             self._fail(None)
             return
+        hub = self._hub
+        hub._flushes += 1
         if self._fd >= 0 and self._get_write_buffer_size() == 0:
             self._transport_size = 0
             start = 0
             count = len(frames)
             while start < count:
                 chunk = frames[start : start + _IOV_MAX]
+                hub._syscalls += 1
                 try:
                     if len(chunk) == 1:
                         sent = os.write(self._fd, chunk[0])
@@ -269,7 +304,9 @@ class Peer:
                 except (BlockingIOError, InterruptedError):
                     sent = 0
                 except OSError as exc:
-                    if exc.errno in _FATAL_ERRNOS:
+                    # As in asyncio's transports, every other error is fatal
+                    # (ENOBUFS is transient, as rws_would_block says in C).
+                    if exc.errno != errno.ENOBUFS:
                         raise
                     sent = 0
                 # Walk past what the kernel took; hand the rest to the transport.
@@ -280,14 +317,17 @@ class Peer:
                         start += 1
                         continue
                     if sent:
+                        hub._transport_writes += 1
                         self._write(frame[sent:])
                         sent = 0
                         start += 1
+                    hub._transport_writes += count - start
                     for rest in frames[start:]:
                         self._write(rest)
                     self._transport_size = self._get_write_buffer_size()
                     return
             return
+        hub._transport_writes += len(frames)
         for frame in frames:
             self._write(frame)
         self._transport_size = self._get_write_buffer_size()
@@ -301,10 +341,12 @@ class Peer:
             return
         self.failed = True
         self._drop_pending()
+        self._hub._write_failures += 1
         self._hub._loop.call_soon(self._on_failure, exc)
 
     def write_now(self, frame: bytes | None = None) -> None:
-        """Flush the queue and then *frame* (if given) synchronously, in order."""
+        """Flush the queue and then *frame* (if given) synchronously, in order.
+        A closed or failed peer ignores *frame*."""
         if frame is not None:
             if type(frame) is not bytes:
                 raise TypeError(f"frame must be bytes, not {type(frame).__name__}")
@@ -312,6 +354,8 @@ class Peer:
                 return
             self._pending.append(frame)
             self.pending_size += len(frame)
+            self._hub._pushed += 1
+            self._hub._bytes_queued += len(frame)
         self.flush()
 
     def close(self) -> None:
@@ -333,14 +377,41 @@ class Peer:
 
 
 class Hub:
-    """Per-event-loop fan-out engine: one flush per loop iteration for all peers."""
+    """Per-event-loop fan-out engine: one flush per loop iteration for all peers,
+    and the counters of everything its fan-outs and peers did."""
 
-    __slots__ = ("_dirty", "_flush_scheduled", "_loop")
+    __slots__ = (
+        "_bytes_queued",
+        "_delivered",
+        "_dirty",
+        "_dropped",
+        "_failed",
+        "_fanouts",
+        "_flush_scheduled",
+        "_flushes",
+        "_loop",
+        "_overflows",
+        "_pushed",
+        "_syscalls",
+        "_transport_writes",
+        "_write_failures",
+    )
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._dirty: list[Peer] = []
         self._flush_scheduled = False
+        self._fanouts = 0
+        self._delivered = 0
+        self._dropped = 0
+        self._overflows = 0
+        self._failed = 0
+        self._pushed = 0
+        self._bytes_queued = 0
+        self._flushes = 0
+        self._syscalls = 0
+        self._transport_writes = 0
+        self._write_failures = 0
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -364,28 +435,62 @@ class Hub:
         self,
         peers: Mapping[Any, Peer] | Iterable[Peer],
         frame: bytes,
-        exclude: frozenset[str] | set[str] | None = None,
+        exclude: frozenset[str] | None = None,
     ) -> tuple[int, int, list[str]]:
-        """Queue *frame* on every peer not excluded (by ``conn_id``).
+        """Queue *frame* on every peer not excluded (by ``conn_id``), each under the
+        slow-consumer rule of :meth:`Peer.send`.
 
-        *peers* is a mapping whose values are peers, or an iterable of peers.
-        Returns ``(delivered, dropped, failed_ids)``.
+        *peers* is a mapping whose values are peers, or an iterable of peers;
+        *exclude* a ``frozenset`` of connection ids, or None.  Returns
+        ``(delivered, dropped, failed_ids)``.  ``TypeError`` for a *frame* that is
+        not ``bytes`` or an *exclude* that is not a ``frozenset``.
         """
         if type(frame) is not bytes:
             raise TypeError(f"frame must be bytes, not {type(frame).__name__}")
-        if exclude is not None and not exclude:
-            exclude = None
-        elif exclude is not None and not isinstance(exclude, (set, frozenset)):
-            exclude = frozenset(exclude)
+        if exclude is not None and type(exclude) is not frozenset:
+            raise TypeError(f"exclude must be a frozenset or None, not "
+                            f"{type(exclude).__name__}")
         counts = [0, 0]  # DELIVERED, DROPPED
         failed: list[str] = []
         values = peers.values() if isinstance(peers, Mapping) else peers
         for peer in values:
             _offer(peer, frame, exclude, counts, failed)
+        self._fanouts += 1
+        self._delivered += counts[DELIVERED]
+        self._dropped += counts[DROPPED]
+        self._failed += len(failed)
+        self._bytes_queued += counts[DELIVERED] * len(frame)
         return counts[DELIVERED], counts[DROPPED], failed
 
+    def stats(self) -> dict[str, int]:
+        """The counters, since the hub was made (the same keys in both twins):
 
-def _offer(peer: Peer, frame: bytes, exclude: frozenset[str] | set[str] | None,
+        ``fanouts`` (calls of :meth:`fanout`); ``delivered``, ``dropped`` and
+        ``failed`` (the answers of fan-outs and of ``Peer.send``, per peer;
+        ``failed`` also counts ``Peer.push`` refused); ``overflows`` (peers closed
+        by the close policy, also counted in ``dropped``); ``pushed`` (frames
+        queued by ``Peer.push`` and ``Peer.write_now``); ``bytes_queued`` (bytes of
+        every frame queued); ``flushes`` (queues written out, one per peer per
+        write); ``syscalls`` (direct socket writes); ``transport_writes`` (frames or
+        frame remainders handed to a transport); ``write_failures`` (peers failed
+        by a write or a closing transport).
+        """
+        return {
+            "fanouts": self._fanouts,
+            "delivered": self._delivered,
+            "dropped": self._dropped,
+            "overflows": self._overflows,
+            "failed": self._failed,
+            "pushed": self._pushed,
+            "bytes_queued": self._bytes_queued,
+            "flushes": self._flushes,
+            "syscalls": self._syscalls,
+            "transport_writes": self._transport_writes,
+            "write_failures": self._write_failures,
+        }
+
+
+def _offer(peer: Peer, frame: bytes, exclude: frozenset[str] | None,
            counts: list[int], failed: list[str]) -> None:
     """One member of a fan-out: skip if excluded, else queue and count."""
     if exclude is not None and peer.conn_id in exclude:
@@ -395,18 +500,3 @@ def _offer(peer: Peer, frame: bytes, exclude: frozenset[str] | set[str] | None,
         failed.append(peer.conn_id)
     else:
         counts[status] += 1
-
-
-def _direct_fd(transport: Any) -> int:
-    """The socket fd we may ``writev`` on directly, or -1 (TLS, no socket)."""
-    if transport.get_extra_info("sslcontext") is not None:
-        return -1
-    if transport.get_extra_info("ssl_object") is not None:
-        return -1
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return -1
-    try:
-        return int(sock.fileno())
-    except Exception:
-        return -1

@@ -270,7 +270,7 @@ class WebSocketConnection:
             raise self._closed_error()
         peer = self._peer
         if peer is not None:
-            if peer.push(_fanout.impl.build_frame(opcode, payload)) != 0:
+            if peer.push(_fanout.build_frame(opcode, payload)) != 0:
                 raise self._closed_error()
         else:
             self._ws.send(WSMsgType(opcode), payload)

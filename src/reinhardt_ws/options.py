@@ -45,7 +45,8 @@ class ConnectionOptions:
       to ``max_message_size``); ``max_queue_bytes`` defaults to
       ``max_message_size`` (1 MiB when that is None).
     - ``max_write_buffer``: bytes a connection may have buffered (queued plus in
-      the transport) before it counts as a slow consumer.
+      the transport) before it counts as a slow consumer.  A connection with
+      nothing buffered always takes one broadcast frame, however large.
     - ``slow_consumer``: what then happens to room broadcasts: ``"close"`` closes it
       with 1013 (Try Again Later), ``"drop"`` skips messages for it while it is over
       the limit.  A connection's own ``send()`` waits instead (backpressure).

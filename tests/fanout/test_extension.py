@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,6 +72,69 @@ def test_twins_export_the_same_interface(fanout_module: object) -> None:
         public = {n for n in dir(getattr(_fastbroadcast_py, name)) if not n.startswith("_")}
         other = {n for n in dir(getattr(fanout_module, name)) if not n.startswith("_")}
         assert public <= other, public - other
+
+
+def test_the_selector_names_follow_use(implementation: str) -> None:
+    """``_fanout.Hub``, ``.Peer``, ``.build_frame``... are those of the implementation
+    selected (the autouse fixture called ``use``), and ``use`` rebinds them."""
+    chosen = _fanout.available()[implementation]
+    names = ("DELIVERED", "DROPPED", "FAILED", "IMPLEMENTATION", "Hub", "Peer", "build_frame")
+    for name in names:
+        assert getattr(_fanout, name) is getattr(chosen, name), name
+    assert implementation == _fanout.IMPLEMENTATION
+    try:
+        _fanout.use("python")
+        from reinhardt_ws import _fastbroadcast_py
+
+        for name in names:
+            assert getattr(_fanout, name) is getattr(_fastbroadcast_py, name), name
+    finally:
+        _fanout.use(implementation)
+
+
+def _stub_interface() -> dict[str, Any]:
+    """Module names, and per class its public members with their parameter names,
+    as the stub of the compiled module declares them."""
+    stub = Path(_fanout.__file__).with_name("_fastbroadcast.pyi")
+    tree = ast.parse(stub.read_text())
+    found: dict[str, Any] = {}
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            members: dict[str, list[str] | None] = {}
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and (
+                        not item.name.startswith("_") or item.name == "__init__"):
+                    is_property = any(isinstance(d, ast.Name) and d.id == "property"
+                                      for d in item.decorator_list)
+                    members[item.name] = None if is_property else [
+                        a.arg for a in item.args.args[1:]]
+                elif isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                    members[item.target.id] = None
+            found[node.name] = members
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            found[node.target.id] = None
+        elif isinstance(node, ast.FunctionDef):
+            found[node.name] = [a.arg for a in node.args.args]
+    return found
+
+
+def test_the_stub_declares_the_twins_interface() -> None:
+    """The .pyi beside the compiled module matches the Python twin: the same names,
+    the same public members, the same parameters."""
+    from reinhardt_ws import _fastbroadcast_py as twin
+
+    stub = _stub_interface()
+    assert sorted(stub) == sorted(twin.__all__)
+    assert stub["build_frame"] == list(inspect.signature(twin.build_frame).parameters)
+    for name in ("Peer", "Hub"):
+        cls = getattr(twin, name)
+        public = {n for n in dir(cls) if not n.startswith("_")} | {"__init__"}
+        public |= {n for n in getattr(cls, "__slots__", ()) if not n.startswith("_")}
+        assert set(stub[name]) == public, set(stub[name]) ^ public
+        for member, params in stub[name].items():
+            if params is not None:
+                signature = inspect.signature(getattr(cls, member))
+                assert params == list(signature.parameters)[1:], (name, member)
 
 
 _BROKEN_EXTENSION = """

@@ -34,6 +34,11 @@ PAYLOAD_SIZES = (0, 1, 125, 126, 127, 65535, 65536, 70000)
 DATA_OPCODES = (0x0, 0x1, 0x2, 0x3, 0x7)
 CONTROL_OPCODES = (0x8, 0x9, 0xA, 0xB, 0xF)
 
+#: Tests that fill a socket's kernel buffer behind the transport's back write to
+#: its descriptor with os.write, which only POSIX allows for sockets.
+writes_to_the_socket_fd = pytest.mark.skipif(
+    sys.platform == "win32", reason="os.write on a socket descriptor (POSIX only)")
+
 
 # -- an independent encoder, the reference both twins must match ---------------
 def reference_frame(opcode: int, payload: bytes) -> bytes:
@@ -195,6 +200,18 @@ class Link:
         await asyncio.wait_for(read(), timeout)
         return b"".join(chunks)
 
+    def fill_kernel(self) -> bytes:
+        """Fill the socket's kernel buffers behind the transport's back (POSIX:
+        ``os.write`` on the descriptor, see ``writes_to_the_socket_fd``); what was
+        written."""
+        filler = bytearray()
+        while True:
+            try:
+                sent = os.write(self.fd, b"f" * 4096)
+            except BlockingIOError:
+                return bytes(filler)
+            filler += b"f" * sent
+
     def read_available(self) -> bytes:
         """Everything readable now, without waiting."""
         chunks = []
@@ -252,8 +269,9 @@ async def open_links(mod: ModuleType, count: int, kind: str = "loop", *,
             def on_overflow(link: Link = link) -> None:
                 link.overflows += 1
 
-            link.peer = mod.Peer(hub, transport, None, f"peer{i}", max_write_buffer, drop_slow,
-                                 on_overflow, link.failures.append)
+            link.peer = mod.Peer(hub, transport, None, _fanout.direct_fd(transport),
+                                 f"peer{i}", max_write_buffer, drop_slow, on_overflow,
+                                 link.failures.append)
             protocol.peer = link.peer
             links.append(link)
             protocols.append(protocol)
@@ -300,13 +318,13 @@ async def _script(mod: ModuleType) -> list[Any]:
     loop = asyncio.get_running_loop()
     hub = mod.Hub(loop)
     log.append(hub.loop is loop)
-    log.append(outcome(lambda: mod.Peer(hub, None, None, "x", 0, True, print, print)))
+    log.append(outcome(lambda: hub.fanout([], b"", {"x"})))
     small = mod.build_frame(0x1, b"s" * 98)  # 100 bytes
     events: list[str] = []
     async with open_links(mod, 4, max_write_buffer=1000, hub=hub) as (_, links):
         a, _b, c, d = (link.peer for link in links)
         # b2 closes on overflow instead of dropping
-        b2 = mod.Peer(hub, links[1].transport, None, "b", 1000, False,
+        b2 = mod.Peer(hub, links[1].transport, None, links[1].fd, "b", 1000, False,
                       lambda: events.append("overflow"), lambda e: events.append("failure"))
         log.append([a.send(small) for _ in range(11)])  # the 11th would pass 1000
         log.append((a.pending_size, a.over_limit, a.buffered_size()))
@@ -319,9 +337,9 @@ async def _script(mod: ModuleType) -> list[Any]:
         log.append(outcome(lambda: a.push(memoryview(small)))[0])
         log.append(outcome(lambda: hub.fanout([a], bytearray(small)))[0])
         log.append(hub.fanout({"a": a, "c": c, "d": d}, small))
-        log.append(hub.fanout([c, d], small, exclude={"peer2"}))
+        log.append(hub.fanout([c, d], small, exclude=frozenset({"peer2"})))
         log.append(hub.fanout((p for p in (c, d)), small, exclude=frozenset({"peer3"})))
-        log.append(hub.fanout({"c": c, "d": d}, small, exclude=["peer2", "peer3"]))
+        log.append(hub.fanout({"c": c, "d": d}, small, exclude=frozenset(("peer2", "peer3"))))
         log.append(hub.fanout({}, small))
         await asyncio.sleep(0)  # the one flush of this iteration
         log.append([(p.pending_size, p.closed, p.failed) for p in (a, b2, c, d)])
@@ -340,6 +358,7 @@ async def _script(mod: ModuleType) -> list[Any]:
         await asyncio.sleep(0)
         log.append(a.pending_size)
     log.append(events)
+    log.append(hub.stats())
     return log
 
 
@@ -348,7 +367,7 @@ def test_peer_and_hub_semantics_match_between_twins(run: Run) -> None:
     python = logs["python"]
     # Not vacuous: the answers are the documented ones.
     assert python[0] is True
-    assert python[1] == ("ValueError", "max_write_buffer must be positive")
+    assert python[1] == ("TypeError", "exclude must be a frozenset or None, not set")
     assert python[2] == [0] * 10 + [1]
     assert python[3] == (1000, True, 1000)
     assert python[4] == [0] * 10 + [1, 2]
@@ -372,13 +391,16 @@ def test_peer_and_hub_semantics_match_between_twins(run: Run) -> None:
     assert python[23] is False
     assert python[24] == 0
     assert python[25] == ["overflow"]  # once, from the loop
+    assert python[26]["overflows"] == 1 and python[26]["fanouts"] == 6  # not the raising ones
     for name, log in logs.items():
         assert log == python, name
 
 
 async def _random_script(mod: ModuleType, seed: int) -> list[Any]:
     """A seeded random sequence of Peer/Hub operations (small enough that the kernel
-    takes every write whole, so the outcome depends on the twin alone)."""
+    takes every write whole, so the outcome depends on the twin alone).  One frame
+    in eight is larger than ``max_write_buffer``: taken by a peer without backlog,
+    refused by one with."""
     rng = random.Random(seed)
     log: list[Any] = []
     async with open_links(mod, 3, max_write_buffer=1000) as (hub, links):
@@ -387,14 +409,15 @@ async def _random_script(mod: ModuleType, seed: int) -> list[Any]:
             op = rng.choice(("send", "send", "push", "fanout", "fanout", "flush",
                              "pause", "resume", "close"))
             peer = rng.choice(peers)
-            frame = mod.build_frame(rng.choice((0x1, 0x2)), bytes(rng.randrange(0, 300)))
+            size = rng.randrange(1001, 3000) if rng.random() < 0.125 else rng.randrange(0, 300)
+            frame = mod.build_frame(rng.choice((0x1, 0x2)), bytes(size))
             if op == "send":
-                log.append((step, peer.send(frame)))
+                log.append((step, peer.send(frame), len(frame)))
             elif op == "push":
-                log.append((step, peer.push(frame)))
+                log.append((step, peer.push(frame), len(frame)))
             elif op == "fanout":
-                exclude = {p.conn_id for p in peers if rng.random() < 0.3}
-                log.append((step, hub.fanout(peers, frame, exclude)))
+                exclude = frozenset(p.conn_id for p in peers if rng.random() < 0.3) or None
+                log.append((step, hub.fanout(peers, frame, exclude), len(frame)))
             elif op == "flush":
                 await asyncio.sleep(0)
             elif op == "pause":
@@ -405,6 +428,7 @@ async def _random_script(mod: ModuleType, seed: int) -> list[Any]:
                 peer.close()
             log.append([(p.pending_size, p.buffered_size(), p.paused, p.over_limit, p.closed,
                          p.failed) for p in peers])
+            log.append(hub.stats())
         await asyncio.sleep(0)
         log.append([len(link.read_available()) for link in links])
     return log
@@ -414,8 +438,12 @@ async def _random_script(mod: ModuleType, seed: int) -> list[Any]:
 def test_random_operations_give_the_same_answers_in_both_twins(run: Run, seed: int) -> None:
     logs = {name: run(_random_script(mod, seed)) for name, mod in _fanout.available().items()}
     python = logs["python"]
-    answers = [entry[1] for entry in python if isinstance(entry, tuple)]
-    assert any(a == 1 or (isinstance(a, tuple) and a[1]) for a in answers)  # some drops
+    answers = [entry[1:] for entry in python if isinstance(entry, tuple)]
+    assert any(a == 1 or (isinstance(a, tuple) and a[1]) for a, _ in answers)  # some drops
+    # Not vacuous: frames over the limit were both taken (no backlog) and refused.
+    big = [a for a, size in answers if size > 1000]
+    assert any(a == 0 or (isinstance(a, tuple) and a[0]) for a in big)
+    assert any(a == 1 or (isinstance(a, tuple) and a[1]) for a in big)
     for name, log in logs.items():
         assert log == python, name
 
@@ -484,7 +512,7 @@ def test_one_write_per_connection_per_iteration(run: Run, fanout_module: ModuleT
                 segments = [link.data_segments_out() for link in links]
                 for i in range(20):
                     frame = fanout_module.build_frame(0x1, f"b{round_}.{i}".encode())
-                    exclude = {peers[i % 3].conn_id} if i % 4 == 0 else None
+                    exclude = frozenset({peers[i % 3].conn_id}) if i % 4 == 0 else None
                     hub.fanout(peers, frame, exclude)
                     for n, peer in enumerate(peers):
                         if not exclude or peer.conn_id not in exclude:
@@ -542,6 +570,7 @@ def test_partial_write_hands_the_rest_to_the_transport_in_order(
     run(main())
 
 
+@writes_to_the_socket_fd
 @pytest.mark.parametrize("kind", TRANSPORTS)
 def test_socket_full_everything_goes_to_the_transport(run: Run, fanout_module: ModuleType,
                                                       kind: str) -> None:
@@ -551,20 +580,14 @@ def test_socket_full_everything_goes_to_the_transport(run: Run, fanout_module: M
         async with open_links(fanout_module, 1, kind, sndbuf=8192,
                               rcvbuf=8192) as (hub, links):
             link = links[0]
-            filler = bytearray()
-            while True:  # fill the kernel buffers behind the transport's back
-                try:
-                    sent = os.write(link.fd, b"f" * 4096)
-                except BlockingIOError:
-                    break
-                filler += b"f" * sent
+            filler = link.fill_kernel()
             assert link.transport.get_write_buffer_size() == 0
             frames = frames_of(fanout_module, 10, 1000)
             for frame in frames:
                 link.peer.send(frame)
             hub.flush()
             assert link.transport.get_write_buffer_size() == sum(len(f) for f in frames)
-            want = bytes(filler) + b"".join(frames)
+            want = filler + b"".join(frames)
             assert await link.read_exactly(len(want)) == want
 
     run(main())
@@ -734,5 +757,300 @@ def test_drop_policy_skips_while_over_and_resumes_once_drained(
                      for _, p in parse_frames(bytes(received))]
             assert order == sorted(order)
             assert set(range(400)) - set(order) == set(dropped)
+
+    run(main())
+
+
+# -- the slow-consumer rule is about backlog ------------------------------------------------
+@pytest.mark.parametrize("drop_slow", [True, False], ids=["drop", "close"])
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_a_peer_without_backlog_takes_one_frame_however_large(
+        run: Run, fanout_module: ModuleType, kind: str, drop_slow: bool) -> None:
+    """A frame larger than max_write_buffer goes to every peer that holds nothing
+    (neither policy drops or closes them); once it is queued, that peer has a
+    backlog, and the rule applies to whatever comes next."""
+    limit = 64 * 1024
+
+    async def main() -> None:
+        async with open_links(fanout_module, 3, kind, max_write_buffer=limit,
+                              drop_slow=drop_slow) as (hub, links):
+            peers = [link.peer for link in links]
+            big = frames_of(fanout_module, 3, 4 * limit)
+            for frame in big[:2]:
+                assert all(peer.buffered_size() == 0 for peer in peers)
+                assert hub.fanout(peers, frame) == (3, 0, [])
+                assert [peer.pending_size for peer in peers] == [len(frame)] * 3
+                await asyncio.sleep(0)
+                for link in links:
+                    assert await link.read_exactly(len(frame)) == frame
+                await eventually(lambda: all(peer.buffered_size() == 0 for peer in peers))
+            assert [link.overflows for link in links] == [0, 0, 0]
+            assert not any(peer.closed or peer.over_limit for peer in peers)
+            # With a backlog (the big frame queued), even one byte more is refused.
+            first, second, third = peers
+            assert first.send(big[2]) == fanout_module.DELIVERED
+            tiny = fanout_module.build_frame(0x1, b"")
+            assert hub.fanout([first], tiny) == (0, 1, [])
+            assert first.closed is not drop_slow
+            # No backlog again once the queue is out and read.
+            assert hub.fanout([second, third], big[2]) == (2, 0, [])
+            await asyncio.sleep(0)
+            for link in links if drop_slow else links[1:]:
+                assert await link.read_exactly(len(big[2])) == big[2]
+            if not drop_slow:
+                await eventually(lambda: links[0].overflows == 1)
+                assert links[0].read_available() == b""  # dropped with the queue
+            assert [link.overflows for link in links[1:]] == [0, 0]
+
+    run(main())
+
+
+@writes_to_the_socket_fd
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_a_backlog_in_the_transport_counts_as_backlog(run: Run, fanout_module: ModuleType,
+                                                      kind: str) -> None:
+    """Bytes the transport holds are backlog although the queue is empty: then a
+    frame is taken only while backlog plus frame fit in max_write_buffer."""
+    limit = 10_000
+
+    async def main() -> None:
+        async with open_links(fanout_module, 1, kind, max_write_buffer=limit,
+                              sndbuf=8192, rcvbuf=8192) as (hub, links):
+            link = links[0]
+            peer = link.peer
+            filler = link.fill_kernel()
+            link.transport.write(b"t" * 4000)
+            assert link.transport.get_write_buffer_size() == 4000
+            assert peer.pending_size == 0 and peer.buffered_size() == 4000
+            fits = fanout_module.build_frame(0x2, bytes(5996))  # 4000 + 6000 == limit
+            too_big = fanout_module.build_frame(0x2, bytes(limit))
+            assert hub.fanout([peer], too_big) == (0, 1, [])
+            assert hub.fanout([peer], fits) == (1, 0, [])
+            assert hub.fanout([peer], fanout_module.build_frame(0x1, b"")) == (0, 1, [])
+            await asyncio.sleep(0)
+            want = filler + b"t" * 4000 + fits
+            assert await link.read_exactly(len(want)) == want
+            await eventually(lambda: peer.buffered_size() == 0)
+            assert hub.fanout([peer], too_big) == (1, 0, [])  # no backlog: taken
+            await asyncio.sleep(0)
+            assert await link.read_exactly(len(too_big)) == too_big
+
+    run(main())
+
+
+# -- own sends: push() and buffered_size() -----------------------------------------------
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_push_never_queues_past_the_limit_plus_one_frame(run: Run, fanout_module: ModuleType,
+                                                         kind: str) -> None:
+    """push() never refuses a live peer, and a queue that one push takes past
+    max_write_buffer is written out by that push (the transport then holds what
+    the kernel did not take); buffered_size() is the queue plus the transport's
+    buffer, exactly, all along."""
+    limit = 10_000
+    sizes = [100, 3000, 5000, 1900, 1, 20_000, 50, 9_999, 10_000, 7, 4000, 4000, 4000]
+
+    async def main() -> None:
+        async with open_links(fanout_module, 1, kind, max_write_buffer=limit,
+                              sndbuf=8192, rcvbuf=8192) as (_hub, links):
+            link = links[0]
+            peer = link.peer
+            sent: list[bytes] = []
+            written_out = 0
+            for round_ in range(4):  # never yields: only push itself writes
+                for i, size in enumerate(sizes):
+                    frame = fanout_module.build_frame(0x2, payload_of(size, round_ + i))
+                    before = peer.pending_size
+                    assert peer.push(frame) == fanout_module.DELIVERED
+                    sent.append(frame)
+                    if before + len(frame) > limit:
+                        assert peer.pending_size == 0
+                        written_out += 1
+                    else:
+                        assert peer.pending_size == before + len(frame)
+                    assert peer.pending_size <= limit
+                    assert peer.buffered_size() == (peer.pending_size
+                                                    + link.transport.get_write_buffer_size())
+            assert written_out >= 4
+            assert link.transport.get_write_buffer_size() > 0  # the kernel did not take all
+            want = b"".join(sent)
+            assert await link.read_exactly(len(want)) == want
+            assert peer.buffered_size() == 0
+
+    run(main())
+
+
+# -- the hub's counters --------------------------------------------------------------------
+@writes_to_the_socket_fd
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_stats_count_exactly(run: Run, fanout_module: ModuleType, kind: str) -> None:
+    async def main() -> None:
+        async with open_links(fanout_module, 3, kind, max_write_buffer=1000,
+                              sndbuf=8192, rcvbuf=8192) as (hub, links):
+            a, b, c = (link.peer for link in links)
+            zero = dict.fromkeys(("fanouts", "delivered", "dropped", "overflows", "failed",
+                                  "pushed", "bytes_queued", "flushes", "syscalls",
+                                  "transport_writes", "write_failures"), 0)
+            assert hub.stats() == zero
+            f100 = fanout_module.build_frame(0x1, b"s" * 98)
+            big = fanout_module.build_frame(0x2, bytes(1996))  # 2000 bytes
+            assert hub.fanout([a, b, c], f100, frozenset({"peer2"})) == (2, 0, [])
+            assert a.send(f100) == fanout_module.DELIVERED
+            assert c.push(f100) == fanout_module.DELIVERED
+            await asyncio.sleep(0)  # a: one writev of 2 frames; b, c: one write each
+            assert hub.stats() == {**zero, "fanouts": 1, "delivered": 3, "pushed": 1,
+                                   "bytes_queued": 400, "flushes": 3, "syscalls": 3}
+            for link, n in zip(links, (200, 100, 100), strict=True):
+                assert len(await link.read_exactly(n)) == n
+            assert a.send(big) == fanout_module.DELIVERED  # no backlog
+            assert a.send(f100) == fanout_module.DROPPED  # backlog
+            b.close()
+            assert hub.fanout({"a": a, "b": b}, f100) == (0, 1, ["peer1"])
+            c.discard()
+            assert c.push(f100) == c.send(f100) == fanout_module.FAILED
+            a.write_now(f100)  # big and f100 in one writev, now
+            assert hub.stats() == {**zero, "fanouts": 2, "delivered": 4, "dropped": 2,
+                                   "failed": 3, "pushed": 2, "bytes_queued": 2500,
+                                   "flushes": 4, "syscalls": 4}
+            assert await links[0].read_exactly(2100) == big + f100
+            overflowed: list[str] = []
+            d = fanout_module.Peer(hub, links[2].transport, None, links[2].fd, "d", 1000,
+                                   False, lambda: overflowed.append("d"), print)
+            assert d.send(big) == fanout_module.DELIVERED
+            assert d.send(f100) == fanout_module.DROPPED  # closes it: queue dropped
+            await asyncio.sleep(0)  # nothing left to write for d
+            assert overflowed == ["d"]
+            assert hub.stats() == {**zero, "fanouts": 2, "delivered": 5, "dropped": 3,
+                                   "overflows": 1, "failed": 3, "pushed": 2,
+                                   "bytes_queued": 4500, "flushes": 4, "syscalls": 4}
+            # A full socket: the direct write takes nothing, the transport takes all;
+            # then the transport holds bytes, so the next flush does not try the socket.
+            links[0].fill_kernel()
+            assert a.send(f100) == a.send(f100) == fanout_module.DELIVERED
+            a.flush()
+            assert a.send(f100) == fanout_module.DELIVERED
+            a.flush()
+            links[0].transport.close()
+            assert a.send(f100) == fanout_module.DELIVERED
+            a.flush()  # a closing transport: the peer fails
+            assert a.failed
+            assert hub.stats() == {**zero, "fanouts": 2, "delivered": 9, "dropped": 3,
+                                   "overflows": 1, "failed": 3, "pushed": 2,
+                                   "bytes_queued": 4900, "flushes": 6, "syscalls": 5,
+                                   "transport_writes": 3, "write_failures": 1}
+
+    run(main())
+
+
+# -- what the selector decides for the twins -------------------------------------------------
+def test_new_peer_validates_max_write_buffer(run: Run) -> None:
+    async def main() -> None:
+        async with open_links(_fanout.available()["python"], 1) as (_, links):
+            hub = _fanout.get_hub(asyncio.get_running_loop())
+            for bad in (0, -1):
+                with pytest.raises(ValueError, match="max_write_buffer must be positive"):
+                    _fanout.new_peer(hub, links[0].transport, None, "x", bad, True,
+                                     print, print)
+            peer = _fanout.new_peer(hub, links[0].transport, None, "x", 1, True, print, print)
+            assert type(peer) is _fanout.Peer
+            assert peer.max_write_buffer == 1
+
+    run(main())
+
+
+def test_direct_fd_is_the_socket_or_minus_one(run: Run, monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: Any) -> None:
+    import ssl
+
+    import trustme
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        async with open_links(_fanout.available()["python"], 1) as (_, links):
+            direct = links[0].fd if _fanout.DIRECT_WRITES else -1  # none on Windows
+            assert _fanout.direct_fd(links[0].transport) == direct
+            monkeypatch.setattr(_fanout, "DIRECT_WRITES", False)  # as on Windows
+            assert _fanout.direct_fd(links[0].transport) == -1
+            monkeypatch.undo()
+        # A transport without a socket: a pipe's (asyncio's has no "socket", uvloop's
+        # a pseudo-socket on the pipe's descriptor; asyncio has no transport for
+        # anonymous pipes on Windows).
+        if sys.platform != "win32":
+            rfd, wfd = os.pipe()
+            with open(rfd, "rb", buffering=0), open(wfd, "wb", buffering=0) as pipe:
+                transport, _ = await loop.connect_write_pipe(asyncio.BaseProtocol, pipe)
+                try:
+                    assert _fanout.direct_fd(transport) == -1
+                finally:
+                    transport.close()
+        # TLS: the bytes must go through the TLS layer.
+        ca = trustme.CA()
+        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+        client_ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        ca.configure_trust(client_ctx)
+
+        async def serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.close()
+
+        server = await asyncio.start_server(serve_one, "127.0.0.1", 0, ssl=server_ctx)
+        try:
+            port = server.sockets[0].getsockname()[1]
+            _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx,
+                                                      server_hostname="127.0.0.1")
+            assert writer.transport.get_extra_info("socket") is not None
+            assert _fanout.direct_fd(writer.transport) == -1
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main())
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_a_peer_without_fd_writes_through_the_transport_only(
+        run: Run, fanout_module: ModuleType, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a peer does where there is no direct path (Windows, TLS): every frame
+    through the transport, in order, no syscall of its own."""
+    monkeypatch.setattr(_fanout, "DIRECT_WRITES", False)
+
+    async def main() -> None:
+        async with open_links(fanout_module, 1, kind) as (hub, links):
+            link = links[0]
+            peer = fanout_module.Peer(hub, link.transport, None,
+                                      _fanout.direct_fd(link.transport), "p", 1 << 20, True,
+                                      print, print)
+            frames = frames_of(fanout_module, 5, 1000)
+            for frame in frames[:3]:
+                assert hub.fanout([peer], frame) == (1, 0, [])
+            assert peer.push(frames[3]) == fanout_module.DELIVERED
+            await asyncio.sleep(0)
+            peer.write_now(frames[4])
+            want = b"".join(frames)
+            assert await link.read_exactly(len(want)) == want
+            stats = hub.stats()
+            assert (stats["syscalls"], stats["transport_writes"], stats["flushes"]) == (0, 5, 2)
+
+    run(main())
+
+
+def test_the_python_twin_ignores_an_fd_without_writev(run: Run,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The twin's counterpart of RWS_HAVE_DIRECT (0 on Windows in C): without
+    os.writev the fd it is given is ignored.  (The C side cannot be switched here.)"""
+    from reinhardt_ws import _fastbroadcast_py
+
+    monkeypatch.setattr(_fastbroadcast_py, "_HAVE_DIRECT", False)
+
+    async def main() -> None:
+        async with open_links(_fastbroadcast_py, 1) as (hub, links):
+            link = links[0]
+            frame = _fastbroadcast_py.build_frame(0x2, b"x" * 100)
+            link.peer.send(frame)
+            hub.flush()
+            assert await link.read_exactly(len(frame)) == frame
+            assert (hub.stats()["syscalls"], hub.stats()["transport_writes"]) == (0, 1)
 
     run(main())

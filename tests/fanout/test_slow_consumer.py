@@ -10,6 +10,8 @@ import dataclasses
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
+import orjson
+
 import reinhardt_ws as rw
 
 from ..fixtures import Recorder, eventually, running_server
@@ -321,3 +323,49 @@ def test_own_sends_wait_instead_of_queueing(run: Run) -> None:
                 await slow_client.close()
 
     run(main())
+
+
+def test_one_legal_message_larger_than_max_write_buffer_reaches_the_whole_room(
+        run: Run) -> None:
+    """Issue 10, item 2: a 1,048,474-byte message (under max_message_size) that the
+    server re-encodes before broadcasting it, as the chat server does, so that the
+    frame is larger than max_write_buffer, reaches every member whose buffer is
+    empty: ten healthy members and the sender, none closed, under the close policy."""
+    mib = 1024 * 1024
+    size = 1_048_474
+
+    class Relay(Recorder):
+        def __init__(self, rooms: rw.RoomManager) -> None:
+            super().__init__()
+            self.rooms = rooms
+            self.results: list[rw.BroadcastResult] = []
+
+        async def on_message(self, conn: rw.WebSocketConnection, message: rw.Message) -> None:
+            await super().on_message(conn, message)
+            event = orjson.dumps({"type": "message", "from": conn.id, "text": message.data})
+            self.results.append(await self.rooms.broadcast("room", event.decode()))
+
+    async def main() -> None:
+        rooms = rw.RoomManager()
+        handler = Relay(rooms)
+        kinds = [HEALTHY[i % 2] for i in range(11)]
+        async with running_server(handler, max_write_buffer=mib, max_message_size=mib,
+                                  slow_consumer="close") as server, \
+                connected(server, handler, kinds) as pairs:
+            for _, conn in pairs:
+                await rooms.join("room", conn)
+            sender, sender_conn = pairs[0]
+            for round_ in range(2):
+                # Quotes double when re-encoded: the broadcast outgrows the limit.
+                text = chr(0x61 + round_) * (size - 2000) + '"' * 2000
+                await sender.send(text)
+                got = await asyncio.gather(*(client.recv(30) for client, _ in pairs))
+                assert handler.results[round_] == rw.BroadcastResult(11, 0, ())
+                for data in got:
+                    assert isinstance(data, str) and len(data) > mib
+                    assert orjson.loads(data) == {"type": "message", "from": sender_conn.id,
+                                                  "text": text}
+            assert not any(conn.is_closed for _, conn in pairs)
+            assert await rooms.room_size("room") == 11
+
+    run(main(), 90)

@@ -72,7 +72,7 @@ def encode_frame(message: Broadcastable) -> bytes:
     opcode, payload = frame_parts(message)
     if opcode == OPCODE_CLOSE:
         raise ValueError("a close message cannot be broadcast; close the connections")
-    return _fanout.impl.build_frame(opcode, payload)  # type: ignore[no-any-return]
+    return _fanout.build_frame(opcode, payload)
 
 
 def _exclude_ids(exclude: Exclude) -> frozenset[str]:
