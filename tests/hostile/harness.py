@@ -133,7 +133,7 @@ class ServerProcess:
     def http_json(self, path: str, timeout: float = 10.0) -> Any:
         """GET *path* from the server's plain-HTTP side channel (server_app.py)."""
         url = f"http://127.0.0.1:{self.port}{path}"
-        with urllib.request.urlopen(url, timeout=timeout) as answer:  # noqa: S310
+        with urllib.request.urlopen(url, timeout=timeout) as answer:
             return json.loads(answer.read())
 
 
@@ -309,7 +309,7 @@ class SyncClient:
             if opcode == CLOSE:
                 raise Closed(f"close frame {payload[:2].hex()}")
 
-    def read_until_close(self, timeout: float) -> int | None | str:
+    def read_until_close(self, timeout: float) -> int | str | None:
         """Read (and drop) frames until the server's close frame: its code, None for
         an empty one, "EOF" / "reset" when TCP ended without one, "open" when
         nothing ended within *timeout*."""

@@ -77,7 +77,7 @@ def test_one_legal_big_message_closes_no_member(implementation: str, tmp_path: P
             for client in clients:
                 client.send_text(chat("join", ROOM))
                 assert client.recv_json()["data"]["event"] == "joined"
-            sender, members = clients[0], clients[1:]
+            sender = clients[0]
             request = big_request(kind)
             sender.send(frame(TEXT, request, mask=b"\x00\x00\x00\x00"))
             sender.send_text(chat("message", ROOM, "after"))

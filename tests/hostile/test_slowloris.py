@@ -64,10 +64,10 @@ async def attack(port: int) -> tuple[list[float], list[bytes], float]:
 
 
 def test_slowloris_handshakes_time_out(implementation: str, tmp_path: Path) -> None:
-    with ServerProcess.cli("echo", implementation, tmp_path, "--log-level", "WARNING") as server:
-        with Bystander(server.port) as bystander:
-            time.sleep(0.3)
-            ends, answers, fresh_s = asyncio.run(asyncio.wait_for(attack(server.port), 30))
+    with ServerProcess.cli("echo", implementation, tmp_path, "--log-level", "WARNING") as server, \
+            Bystander(server.port) as bystander:
+        time.sleep(0.3)
+        ends, answers, fresh_s = asyncio.run(asyncio.wait_for(attack(server.port), 30))
     upgraded = sum(1 for a in answers if a.startswith(b"HTTP/1.1 101"))
     still_open = sum(1 for a in answers if a == b"<still open>")
     report("slowloris", implementation=implementation, clients=SLOW_CLIENTS,
