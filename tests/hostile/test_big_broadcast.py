@@ -27,6 +27,8 @@ from .harness import (
     report,
 )
 
+pytestmark = pytest.mark.slow
+
 MEMBERS = 10
 ROOM = "r"  # one character: the sizes below are computed for it
 REQUEST_SIZE = 1_048_474  # the whole JSON request, in bytes

@@ -16,6 +16,8 @@ import struct
 import time
 from pathlib import Path
 
+import pytest
+
 from .harness import (
     CLOSE,
     TEXT,
@@ -27,6 +29,8 @@ from .harness import (
     report,
     until,
 )
+
+pytestmark = pytest.mark.slow
 
 CONNECTIONS = 2_000
 CONCURRENCY = 50

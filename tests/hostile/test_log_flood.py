@@ -17,19 +17,25 @@ import struct
 import time
 from pathlib import Path
 
+import pytest
+
 from .harness import (
     BINARY,
     CLOSE,
     CONT,
     PING,
     TEXT,
+    ZERO_MASK,
     Bystander,
+    MiB,
     ServerProcess,
     close_payload,
     frame,
     handshake_request,
     report,
 )
+
+pytestmark = pytest.mark.slow
 
 FLOOD_SECONDS = 5.0
 WORKERS = 4
@@ -47,8 +53,9 @@ MALFORMED: dict[str, bytes] = {
     "bad utf-8": frame(TEXT, b"\xff\xfe"),
     "continuation first": frame(CONT, b"x"),
     "text in a text": frame(TEXT, b"a", fin=False) + frame(TEXT, b"b"),
-    "over max size": frame(BINARY, b"", masked=True)[:1] + bytes((0x80 | 127,))
-    + (2 * 1024 * 1024).to_bytes(8, "big") + b"\x00" * 4 + b"x" * 1024,
+    # A header announcing 2 MiB (over the 1 MiB limit), then the start of it.
+    "over max size": bytes((0x80 | BINARY, 0x80 | 127)) + (2 * MiB).to_bytes(8, "big")
+    + ZERO_MASK + b"x" * 1024,
     "bad close code": frame(CLOSE, close_payload(999)),
     "close 1 byte": frame(CLOSE, b"\x03"),
     "close bad utf-8": frame(CLOSE, close_payload(1000, b"\xff")),

@@ -13,6 +13,8 @@ import asyncio
 import time
 from pathlib import Path
 
+import pytest
+
 from .harness import (
     BINARY,
     ZERO_MASK,
@@ -25,6 +27,8 @@ from .harness import (
     mib,
     report,
 )
+
+pytestmark = pytest.mark.slow
 
 CLIENTS = 10
 MAX_QUEUE = 16  # the server's default

@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from .harness import (
     PING,
     Bystander,
@@ -23,6 +25,8 @@ from .harness import (
     mib,
     report,
 )
+
+pytestmark = pytest.mark.slow
 
 #: The CLI's default write budget per connection.
 MAX_WRITE_BUFFER = 1 * MiB

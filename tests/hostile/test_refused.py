@@ -9,7 +9,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from .harness import CLOSE, TEXT, ServerProcess, SyncClient, close_payload, frame, report, until
+
+pytestmark = pytest.mark.slow
 
 
 def test_refused_client_is_not_heard(implementation: str, tmp_path: Path) -> None:

@@ -15,6 +15,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from .harness import (
     CLOSE,
     TEXT,
@@ -29,6 +31,8 @@ from .harness import (
     mib,
     report,
 )
+
+pytestmark = pytest.mark.slow
 
 JOINS = 100_000
 ROOM_LIMIT = 100  # the chat server's default

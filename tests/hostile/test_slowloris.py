@@ -10,7 +10,11 @@ import asyncio
 import time
 from pathlib import Path
 
+import pytest
+
 from .harness import Bystander, ServerProcess, SyncClient, handshake_request, report
+
+pytestmark = pytest.mark.slow
 
 SLOW_CLIENTS = 200
 HANDSHAKE_TIMEOUT = 5.0  # the CLI's default
