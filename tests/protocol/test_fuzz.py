@@ -55,6 +55,10 @@ except ImportError:
 FUZZ = settings(max_examples=200, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                        HealthCheck.too_slow])
+#: JSON strategies are slow to draw: fewer examples.
+FUZZ_JSON = settings(max_examples=100, deadline=None,
+                     suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                            HealthCheck.too_slow])
 FUZZ_IO = settings(max_examples=120, deadline=None,
                    suppress_health_check=[HealthCheck.function_scoped_fixture,
                                           HealthCheck.too_slow])
@@ -173,7 +177,7 @@ raw_inputs = st.one_of(
 )
 
 
-@FUZZ
+@FUZZ_JSON
 @given(raw=raw_inputs)
 def test_websocket_message_from_json_only_raises_protocol_errors(raw: bytes | str) -> None:
     try:
@@ -186,7 +190,7 @@ def test_websocket_message_from_json_only_raises_protocol_errors(raw: bytes | st
     assert WebSocketMessage.from_json(message.to_message().payload) == message
 
 
-@FUZZ
+@FUZZ_JSON
 @given(raw=raw_inputs)
 def test_parse_json_only_raises_protocol_errors(raw: bytes | str) -> None:
     if isinstance(raw, bytes):
