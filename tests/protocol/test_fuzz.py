@@ -1,0 +1,404 @@
+"""Property tests (hypothesis) of the layers that parse what a peer sends.
+
+No input makes them raise anything but the library's own errors
+(:class:`~reinhardt_ws.WebSocketError` subclasses), and what they accept they
+reproduce exactly:
+
+- the MessageAssembler, fed arbitrary (opcode, fin, rsv, payload) sequences,
+  against a small model of RFC 6455 sections 5.4 and 8.1;
+- WebSocketMessage.from_json and Message.parse_json on arbitrary bytes and JSON;
+- the close payload: encode_close_payload / Message.close, and a real server
+  answering arbitrary close frames with the code RFC 6455 asks for;
+- the Redis envelope (pack_envelope / unpack_envelope);
+- the chat protocol, through a real server: arbitrary JSON and bytes never make
+  the chat handler fail (no 1011, no traceback), and the connection stays usable.
+
+Each property keeps ``max_examples`` modest so the suite stays fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import json
+import logging
+import threading
+from collections.abc import Iterator
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import reinhardt_ws as rw
+from reinhardt_ws.apps.chat import ChatHandler
+from reinhardt_ws.errors import ProtocolError, WebSocketError
+from reinhardt_ws.protocol.assembler import MessageAssembler
+from reinhardt_ws.protocol.messages import (
+    Message,
+    MessageType,
+    WebSocketMessage,
+    encode_close_payload,
+    is_valid_close_code,
+)
+from tests.hostile.harness import BINARY, CLOSE, TEXT, Closed, SyncClient, close_payload, frame
+
+try:  # where a helper is moving it
+    from reinhardt_ws.rooms.envelope import (  # type: ignore[import-not-found]
+        pack_envelope,
+        unpack_envelope,
+    )
+except ImportError:
+    from reinhardt_ws.rooms.redis.backend import pack_envelope, unpack_envelope
+
+FUZZ = settings(max_examples=200, deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                       HealthCheck.too_slow])
+#: JSON strategies are slow to draw: fewer examples.
+FUZZ_JSON = settings(max_examples=100, deadline=None,
+                     suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                            HealthCheck.too_slow])
+FUZZ_IO = settings(max_examples=120, deadline=None,
+                   suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                          HealthCheck.too_slow])
+
+# -- the assembler --------------------------------------------------------------------
+
+utf8_chunks = st.one_of(
+    st.binary(max_size=40),
+    st.text(max_size=20).map(lambda t: t.encode("utf-8", "surrogatepass")),
+    # Valid UTF-8 cut at arbitrary byte boundaries (sequences split over frames).
+    st.tuples(st.text(min_size=1, max_size=10), st.integers(0, 40)).map(
+        lambda p: p[0].encode("utf-8")[p[1]:]),
+)
+Frame = tuple[int, bool, int, bytes]
+
+
+def _fragments(opcode: int, chunks: list[bytes]) -> list[Frame]:
+    last = len(chunks) - 1
+    return [(opcode if i == 0 else 0, i == last, 0, c) for i, c in enumerate(chunks)]
+
+
+def _split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({min(c, len(data)) for c in cuts})
+    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+
+
+#: One well-formed message in 1-4 fragments (its content may still be illegal).
+whole_messages = st.one_of(
+    st.tuples(st.sampled_from([1, 2]), st.lists(utf8_chunks, min_size=1, max_size=4)).map(
+        lambda p: _fragments(p[0], p[1])),
+    # Valid UTF-8 split at arbitrary byte offsets, sequences cut across frames.
+    st.tuples(st.text(min_size=1, max_size=20), st.lists(st.integers(0, 80), max_size=3)).map(
+        lambda p: _fragments(1, _split(p[0].encode("utf-8"), p[1]))),
+)
+#: Any frame at all: any opcode, fin, reserved bits.
+any_frame = st.tuples(st.sampled_from([0, 1, 2, 3, 7, 8, 0xF]), st.booleans(),
+                      st.integers(0, 7), utf8_chunks).map(lambda f: [f])
+frames_strategy = st.lists(st.one_of(whole_messages, whole_messages, any_frame),
+                           max_size=5).map(lambda groups: [f for g in groups for f in g])
+
+
+def valid_utf8_prefix(data: bytes, final: bool) -> bool:
+    try:
+        codecs.getincrementaldecoder("utf-8")("strict").decode(data, final)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+@FUZZ
+@given(frames=frames_strategy, limit=st.one_of(st.none(), st.integers(1, 80)))
+def test_assembler_only_raises_protocol_errors(frames: list[Frame],
+                                               limit: int | None) -> None:
+    assembler = MessageAssembler(limit)
+    opcode: int | None = None  # the model: the message in progress
+    parts: list[bytes] = []
+    for op, fin, rsv, payload in frames:
+        # What RFC 6455 allows for this frame, given the model's state.
+        allowed: set[int] = set()
+        if rsv:
+            allowed.add(1002)
+        if op not in (0, 1, 2) or (op == 0 and opcode is None) or (op != 0 and opcode is not None):
+            allowed.add(1002)
+        kind = opcode if op == 0 else op
+        pending = [*(parts if op == 0 else []), payload]
+        data = b"".join(pending)
+        if limit is not None and len(data) > limit:
+            allowed.add(1009)
+        if kind == 1 and not valid_utf8_prefix(data, fin):
+            allowed.add(1007)
+        try:
+            message = assembler.feed(op, fin, rsv, payload)
+        except ProtocolError as exc:
+            assert allowed, f"refused a valid frame: {exc} ({exc.code})"
+            assert exc.code in allowed, (exc.code, allowed, str(exc))
+            return  # the connection is closing: the assembler is not fed again
+        assert not allowed, f"accepted a frame that needs close code(s) {allowed}"
+        if not fin:
+            opcode, parts = kind, pending
+            assert message is None and assembler.in_progress
+            continue
+        opcode, parts = None, []
+        assert message is not None and not assembler.in_progress
+        if kind == 1:
+            assert message.type is MessageType.TEXT
+            assert message.data == data.decode("utf-8")
+            assert message.payload == data
+        else:
+            assert message.type is MessageType.BINARY
+            assert message.data == data
+        assert limit is None or len(message.payload) <= limit
+
+
+# -- JSON messages ----------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20)
+
+envelope_like = st.dictionaries(
+    st.sampled_from(["message_type", "data", "timestamp", "extra"]),
+    st.one_of(json_values, st.sampled_from(["text", "binary", "ping", "pong", "close",
+                                            "TEXT", ""])),
+    max_size=4)
+
+raw_inputs = st.one_of(
+    st.binary(max_size=80),
+    st.text(max_size=40),
+    envelope_like.map(lambda d: orjson.dumps(d)),
+    json_values.map(lambda v: orjson.dumps(v)),
+    # Nesting around orjson's depth limit (1024).
+    st.integers(1000, 1100).map(lambda n: b"[" * n + b"]" * n),
+)
+
+
+@FUZZ_JSON
+@given(raw=raw_inputs)
+def test_websocket_message_from_json_only_raises_protocol_errors(raw: bytes | str) -> None:
+    try:
+        message = WebSocketMessage.from_json(raw)
+    except ProtocolError:
+        return
+    # What it accepts survives the trip back to the wire and again.
+    again = WebSocketMessage.from_json(message.to_json())
+    assert again == message
+    assert WebSocketMessage.from_json(message.to_message().payload) == message
+
+
+@FUZZ_JSON
+@given(raw=raw_inputs)
+def test_parse_json_only_raises_protocol_errors(raw: bytes | str) -> None:
+    if isinstance(raw, bytes):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return  # never a text message: the assembler refuses it first (1007)
+    else:
+        try:
+            raw.encode("utf-8")
+        except UnicodeEncodeError:
+            return  # a lone surrogate is no text a peer can send
+        text = raw
+    with contextlib.suppress(ProtocolError):
+        Message.text(text).parse_json()
+
+
+# -- close payloads ---------------------------------------------------------------------
+
+@FUZZ
+@given(code=st.integers(-10, 70000), reason=st.text(max_size=130))
+def test_close_payload_encoding(code: int, reason: str) -> None:
+    """Local API: ``ValueError`` (documented) for what may not be sent, else the
+    exact payload, within a control frame."""
+    try:
+        payload = encode_close_payload(code, reason)
+    except (ValueError, UnicodeEncodeError):
+        with pytest.raises(ValueError):
+            Message.close(code, reason)
+        return
+    assert is_valid_close_code(code)
+    assert len(payload) <= 125
+    assert int.from_bytes(payload[:2], "big") == code
+    assert payload[2:].decode("utf-8") == reason
+    assert Message.close(code, reason).payload == payload
+
+
+class ThreadServer:
+    """A real server on 127.0.0.1 in a thread with its own loop (so that blocking
+    clients can drive it from hypothesis examples); collects the tracebacks the
+    library logs."""
+
+    def __init__(self, handler: rw.WebSocketHandler) -> None:
+        self.handler = handler
+        self.loop = asyncio.new_event_loop()
+        self.server: rw.Server | None = None
+        self.tracebacks: list[str] = []
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._log = _TracebackCatcher(self.tracebacks)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.server = self.loop.run_until_complete(
+            rw.serve(self.handler, "127.0.0.1", 0, ping_interval=None))
+        self._ready.set()
+        self.loop.run_forever()
+
+    def __enter__(self) -> ThreadServer:
+        logging.getLogger("reinhardt_ws").addHandler(self._log)
+        self._thread.start()
+        assert self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.server is not None
+        asyncio.run_coroutine_threadsafe(self.server.close(timeout=1), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+        logging.getLogger("reinhardt_ws").removeHandler(self._log)
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.port
+
+
+class _TracebackCatcher(logging.Handler):
+    def __init__(self, sink: list[str]) -> None:
+        super().__init__(logging.DEBUG)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info is not None and record.exc_info[0] is not None:
+            self.sink.append(f"{record.name}: {record.getMessage()} "
+                             f"({record.exc_info[0].__name__}: {record.exc_info[1]})")
+
+
+@contextlib.contextmanager
+def thread_server(handler: rw.WebSocketHandler) -> Iterator[ThreadServer]:
+    with ThreadServer(handler) as server:
+        yield server
+
+
+def expected_close_answer(payload: bytes) -> set[int | None]:
+    """The close codes RFC 6455 lets a server answer *payload* with."""
+    if len(payload) > 125 or len(payload) == 1:
+        return {1002}
+    if not payload:
+        return {1000, None}
+    answers: set[int | None] = set()
+    code = int.from_bytes(payload[:2], "big")
+    if not is_valid_close_code(code):
+        answers.add(1002)
+    if not valid_utf8_prefix(payload[2:], True):
+        answers.add(1007)
+    return answers or {code}
+
+
+close_payloads = st.one_of(
+    st.binary(max_size=130),
+    st.tuples(st.integers(0, 65535), st.binary(max_size=20)).map(
+        lambda p: p[0].to_bytes(2, "big") + p[1]),
+    st.tuples(st.sampled_from([1000, 1001, 1004, 1005, 1006, 1012, 1015, 2999, 3000, 4999,
+                               5000]), st.text(max_size=30)).map(
+        lambda p: p[0].to_bytes(2, "big") + p[1].encode("utf-8", "surrogatepass")),
+)
+
+
+def test_server_answers_every_close_payload(implementation: str) -> None:
+    with thread_server(rw.WebSocketHandler()) as server:
+
+        @FUZZ_IO
+        @given(payload=close_payloads)
+        def answers(payload: bytes) -> None:
+            client = SyncClient.connect(server.port)
+            try:
+                client.send(frame(CLOSE, payload))
+                answer = client.read_until_close(5)
+            finally:
+                client.close()
+            assert answer in expected_close_answer(payload), (payload, answer)
+
+        answers()
+        assert not server.tracebacks, server.tracebacks
+
+
+# -- the Redis envelope -------------------------------------------------------------------
+
+@FUZZ
+@given(kind=st.integers(0, 255), origin=st.binary(min_size=8, max_size=8),
+       ids=st.lists(st.text(max_size=40), max_size=5), payload=st.binary(max_size=64))
+def test_envelope_round_trip(kind: int, origin: bytes, ids: list[str], payload: bytes) -> None:
+    envelope = unpack_envelope(pack_envelope(kind, origin, ids, payload))
+    assert (envelope.kind, envelope.origin, list(envelope.ids), envelope.frame) == (
+        kind, origin, ids, payload)
+
+
+@FUZZ
+@given(data=st.one_of(
+    st.binary(max_size=64),
+    # A valid head (version 1) with an arbitrary count and body.
+    st.tuples(st.integers(0, 255), st.binary(min_size=8, max_size=8), st.integers(0, 65535),
+              st.binary(max_size=40)).map(
+        lambda p: bytes((1, p[0])) + p[1] + p[2].to_bytes(2, "big") + p[3])))
+def test_unpack_envelope_only_raises_its_documented_error(data: bytes) -> None:
+    """Whatever arrives on a channel: ``ValueError`` (the documented error; a
+    ProtocolError would do as well), never ``struct.error`` or anything else."""
+    try:
+        unpack_envelope(data)
+    except (ValueError, WebSocketError):
+        pass
+
+
+# -- the chat protocol, through a real server ------------------------------------------
+
+room_names = st.one_of(st.sampled_from(["lobby", "r", ""]), st.text(max_size=12),
+                       st.integers(), st.none(), st.lists(st.integers(), max_size=2),
+                       st.text(min_size=199, max_size=202))
+chat_requests = st.one_of(
+    st.fixed_dictionaries(
+        {"type": st.sampled_from(["join", "leave", "message"])},
+        optional={"room": room_names, "data": json_values, "extra": json_values}),
+    st.dictionaries(st.text(max_size=6), json_values, max_size=4),
+    json_values,
+).map(lambda v: (TEXT, orjson.dumps(v)))
+chat_inputs = st.one_of(
+    chat_requests,
+    st.binary(max_size=60).map(lambda b: (BINARY, b)),
+    st.text(max_size=40).map(lambda t: (TEXT, t.encode("utf-8", "replace"))),
+)
+SENTINEL = json.dumps({"type": "leave", "room": "__sentinel__"}).encode()
+
+
+def test_chat_protocol_survives_any_input(implementation: str) -> None:
+    with thread_server(ChatHandler()) as server:
+        client = SyncClient.connect(server.port)
+        try:
+
+            @FUZZ_IO
+            @given(inputs=st.lists(chat_inputs, min_size=1, max_size=3))
+            def survives(inputs: list[tuple[int, bytes]]) -> None:
+                client.send(b"".join(frame(op, payload) for op, payload in inputs)
+                            + frame(TEXT, SENTINEL))
+                while True:  # every answer is an event, up to the sentinel's error
+                    try:
+                        opcode, payload = client.recv_frame(5)
+                    except (Closed, TimeoutError) as exc:
+                        raise AssertionError(f"after {inputs!r}: {exc!r}") from exc
+                    assert opcode == TEXT, (inputs, opcode, payload[:40])
+                    event = json.loads(payload)["data"]
+                    assert event["event"] in ("joined", "left", "message", "error"), event
+                    if event["event"] == "error" and "__sentinel__" in event["error"]:
+                        return
+
+            survives()
+        finally:
+            client.send(frame(CLOSE, close_payload(1000)))
+            client.close()
+        assert not server.tracebacks, server.tracebacks
