@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ._logging import client_fault
 from .apps.chat import MAX_ROOMS_PER_CONNECTION
 from .options import MiB
 from .server import serve
@@ -80,6 +81,7 @@ async def _run(args: argparse.Namespace) -> None:
                          max_write_buffer=args.max_write_buffer, http_handler=http_handler,
                          reuse_port=args.reuse_port)
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_quiet_accept_errors)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
@@ -101,12 +103,44 @@ async def _run(args: argparse.Namespace) -> None:
 def _configure_logging(args: argparse.Namespace) -> None:
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s")
-    logging.getLogger("reinhardt_ws.picows").setLevel(logging.WARNING)
+
+
+def _raise_file_limit() -> None:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (each connection is one
+    descriptor) and say how many connections that allows."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    logging.getLogger("reinhardt_ws").info(
+        "file descriptor limit %d: room for about %d connections", soft, max(0, soft - 64))
+
+
+def _quiet_accept_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The loop's exception handler: an accept that fails for want of descriptors
+    or memory (asyncio retries it after a pause) is one rate-limited warning, not a
+    traceback per attempt."""
+    message = str(context.get("message", ""))
+    if "out of system resource" in message:
+        exc = context.get("exception")
+        client_fault(logging.getLogger("reinhardt_ws"),
+                     "cannot accept connections: %s (%s); retrying", message, exc)
+        return
+    loop.default_exception_handler(context)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _configure_logging(args)
+    _raise_file_limit()
     for flag in ("max_message_size", "max_write_buffer", "max_rooms"):
         if getattr(args, flag, 1) < 1:
             print(f"reinhardt-ws: --{flag.replace('_', '-')} must be at least 1", file=sys.stderr)

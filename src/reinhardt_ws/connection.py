@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from picows import WSCloseCode, WSMsgType
 
 from . import _fanout
+from ._logging import client_fault
 from .errors import AuthenticationFailed, ConnectionClosed, ProtocolError, SendError
 from .options import ConnectionOptions
 from .protocol.assembler import MessageAssembler
@@ -363,7 +364,7 @@ class WebSocketConnection:
     def _fail(self, code: int, reason: str, *, read_on: bool = True) -> None:
         """Fail the connection (RFC 6455 section 7.1.7) with *code*."""
         if self._closing.is_open:
-            logger.info("closing %s with %d: %s", self, code, reason)
+            client_fault(logger, "closing %s with %d: %s", self, code, reason)
         self._start_close(code, reason[:120], read_on=read_on)
 
     def _abort(self) -> None:
@@ -515,6 +516,8 @@ class WebSocketConnection:
                         await handler.on_connect(self)
                     except Exception as exc:
                         self._handler_error("on_connect", exc)
+            fair_share = self._opts.max_queue
+            handled = 0
             while inbox:
                 message = self._take()
                 if not self._dispatching():
@@ -524,6 +527,11 @@ class WebSocketConnection:
                     await handler.on_message(self, message)
                 except Exception as exc:
                     self._handler_error("on_message", exc)
+                handled += 1
+                if handled % fair_share == 0:
+                    # One socket read can queue hundreds of small messages; an
+                    # on_message that never suspends must not starve the others.
+                    await asyncio.sleep(0)
             if self._lost and not self._disconnect_done:
                 await self._run_on_disconnect(handler)
         except asyncio.CancelledError:
@@ -549,7 +557,8 @@ class WebSocketConnection:
         try:
             identity = await authenticate(self)
         except AuthenticationFailed as exc:
-            logger.info("%s refused by authenticate: %d %s", self, exc.code, exc.reason)
+            client_fault(logger, "%s refused by authenticate: %d %s", self, exc.code,
+                         exc.reason)
             self._refuse(exc.code, exc.reason)
             return False
         except Exception:
@@ -659,8 +668,8 @@ class WebSocketConnection:
         """Slow consumer over max_write_buffer under the "close" policy: 1013."""
         if self._lost:
             return
-        logger.info("%s is too slow (over %d buffered bytes); closing with 1013",
-                    self, self._opts.max_write_buffer)
+        client_fault(logger, "%s is too slow (over %d buffered bytes); closing with 1013",
+                     self, self._opts.max_write_buffer)
         self._start_close(CloseCode.TRY_AGAIN_LATER, "slow consumer")
 
     def _on_transport_close(self) -> None:
@@ -674,7 +683,7 @@ class WebSocketConnection:
 
     def _on_write_failure(self, exc: BaseException | None) -> None:
         if not self._lost:
-            logger.info("write to %s failed (%r); dropping it", self, exc)
+            client_fault(logger, "write to %s failed (%r); dropping it", self, exc)
             self._ws.disconnect(False)
 
     def _on_close_frame(self, code: int | None, reason: str) -> None:

@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ._logging import PicowsLogAdapter
+
 if TYPE_CHECKING:
     from .connection import WebSocketConnection
     from .protocol.handshake import HTTPResponse
@@ -175,7 +177,5 @@ def picows_options(opts: ConnectionOptions, logger_name: str) -> dict[str, Any]:
         "auto_ping_reply_timeout": float(opts.ping_timeout or opts.ping_interval or 20),
         "max_frame_size": opts.max_message_size or (1 << 62),
         # A Logger, not a name: picows would prefix a name with "picows.".
-        # An adapter, not a Logger: picows then creates no child Logger per
-        # connection (about 1 KiB each, kept for the connection's life).
-        "logger_name": logging.LoggerAdapter(logging.getLogger(logger_name)),
+        "logger_name": PicowsLogAdapter(logging.getLogger(logger_name), {}),
     }
