@@ -207,10 +207,18 @@ cdef class Peer:
         return 0
 
     cdef bint _over(self, Py_ssize_t size) except -1:
-        """The exact slow-consumer check: a backlog, and no room for *size* more."""
+        """The exact slow-consumer check: a backlog, and no room for *size* more.
+
+        Frames queued in this iteration while the transport holds nothing are not
+        a slow consumer's backlog: they are written out now (early, instead of at
+        the iteration's flush) and only what the socket then refuses counts.
+        """
         cdef Py_ssize_t buffered, backlog
         try:
             buffered = self._get_write_buffer_size()
+            if buffered == 0 and self.pending_size:
+                self.flush()
+                buffered = self._get_write_buffer_size()
         except Exception:  # transport already gone
             buffered = 0
         self._transport_size = buffered

@@ -239,9 +239,17 @@ class Peer:
         return DELIVERED
 
     def _over(self, size: int) -> bool:
-        """The exact slow-consumer check: a backlog, and no room for *size* more."""
+        """The exact slow-consumer check: a backlog, and no room for *size* more.
+
+        Frames queued in this iteration while the transport holds nothing are not
+        a slow consumer's backlog: they are written out now (early, instead of at
+        the iteration's flush) and only what the socket then refuses counts.
+        """
         try:
             buffered = int(self._get_write_buffer_size())
+            if buffered == 0 and self.pending_size:
+                self.flush()
+                buffered = int(self._get_write_buffer_size())
         except Exception:  # transport already gone
             buffered = 0
         self._transport_size = buffered
