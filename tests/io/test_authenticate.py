@@ -309,3 +309,100 @@ def test_tokens_looked_up_in_redis(run: Run, redis_url: str) -> None:
                     await client.close()
 
     run(main())
+
+
+# -- the built-in authenticators on a real server -------------------------------------
+
+SECRET = "k" * 32
+
+
+def test_bearer_token_in_the_header_with_websockets_and_aiohttp(run: Run) -> None:
+    import aiohttp
+
+    async def main() -> None:
+        handler = Observed()
+        auth = rw.BearerTokenAuth({"tok-alice": "alice"})
+        async with running_server(handler, authenticate=auth) as server:
+            async with ws_connect(url_of(server),
+                                  additional_headers={"Authorization": "Bearer tok-alice"}) as ws:
+                await ws.send("one")
+                assert await asyncio.wait_for(ws.recv(), 5) == "one"
+            async with aiohttp.ClientSession() as session:
+                async with session.ws_connect(url_of(server),
+                                              headers={"Authorization": "Bearer tok-alice"}
+                                              ) as ws2:
+                    await ws2.send_str("two")
+                    assert (await ws2.receive(5)).data == "two"
+                async with session.ws_connect(url_of(server),
+                                              headers={"Authorization": "Bearer tok-eve"}
+                                              ) as ws3:
+                    await ws3.send_str("never echoed")
+                    closing = await ws3.receive(5)
+                    assert closing.type is aiohttp.WSMsgType.CLOSE
+                    assert (closing.data, closing.extra) == (3000, "unknown token")
+            assert handler.users == ["alice", "alice"]
+            assert texts_received(handler) == ["one", "two"]
+
+    run(main())
+
+
+def texts_received(handler: Recorder) -> list[str]:
+    return [str(m.data) for kind, _cid, m in handler.events if kind == "message"]
+
+
+def test_signed_token_in_the_query_string(run: Run) -> None:
+    async def main() -> None:
+        handler = Observed()
+        signer = rw.TokenSigner(SECRET)
+        expired = rw.TokenSigner(SECRET, clock=lambda: time.time() - 3600).sign("old", ttl=60)
+        async with running_server(handler, authenticate=rw.SignedTokenAuth(signer)) as server:
+            token = signer.sign("alice", ttl=60, rooms=["lobby"])
+            client = await RawClient.open(server.port, f"/chat?token={token}")
+            await send_early(client, 2)
+            assert [(await client.read_frame())[2] for _ in range(2)] == [b"early 0", b"early 1"]
+            assert handler.users[0]["sub"] == "alice"
+            assert handler.users[0]["rooms"] == ["lobby"]
+            await client.close()
+            for bad, reason in ((expired, "token expired"), (token[:-2], "malformed token"),
+                                (rw.TokenSigner("x" * 32).sign("eve"), "bad token signature")):
+                refused = await RawClient.open(server.port, f"/chat?token={bad}")
+                await send_early(refused, 2)
+                assert await read_close(refused) == (3000, reason, [])
+                await refused.close()
+            assert handler.users == [handler.users[0]]
+
+    run(main())
+
+
+def test_signed_token_in_the_subprotocol_is_never_echoed(run: Run) -> None:
+    """The client offers ``["chat", "bearer.<token>"]``: the server selects "chat"
+    (its own), so the 101 carries no token."""
+    async def main() -> None:
+        handler = Observed()
+        signer = rw.TokenSigner(SECRET)
+        token = signer.sign("alice", ttl=60)
+        async with running_server(handler, authenticate=rw.SignedTokenAuth(signer),
+                                  subprotocols=("chat",)) as server:
+            async with ws_connect(url_of(server),
+                                  subprotocols=["chat", rw.bearer_subprotocol(token)]) as ws:
+                assert ws.subprotocol == "chat"
+                assert token not in str(ws.response.headers)
+                await ws.send("hi")
+                assert await asyncio.wait_for(ws.recv(), 5) == "hi"
+            assert handler.users[0]["sub"] == "alice"
+            # A raw look at the 101 itself.
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            request = (f"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                       f"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                       f"Sec-WebSocket-Version: 13\r\n"
+                       f"Sec-WebSocket-Protocol: chat, bearer.{token}\r\n\r\n")
+            writer.write(request.encode())
+            head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).decode()
+            assert head.startswith("HTTP/1.1 101")
+            assert "sec-websocket-protocol: chat\r\n" in head.lower()
+            assert token not in head and "bearer" not in head.lower()
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    run(main())
