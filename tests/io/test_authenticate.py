@@ -50,6 +50,8 @@ class TokenTable:
             raise rw.AuthenticationFailed("token required")
         if token == "banned":
             raise rw.PermissionDenied("banned from this server")
+        if token == "graphql":
+            raise rw.AuthenticationFailed("unauthorized", code=4401)  # graphql-ws' code
         if token == "broken":
             raise RuntimeError("the token database is down")
         try:
@@ -90,6 +92,7 @@ async def send_early(client: RawClient, count: int = 5) -> None:
     (None, 3000, "token required"),
     ("nope", 3000, "unknown token"),
     ("banned", 3003, "banned from this server"),
+    ("graphql", 4401, "unauthorized"),
     ("broken", 1011, "authentication failed"),
 ])
 def test_refusal_closes_with_its_code_and_dispatches_nothing(

@@ -312,3 +312,12 @@ def test_authenticators_raise_only_authentication_failed(headers: dict[str, str]
             auth.check(headers, query)
         except rw.AuthenticationFailed:
             pass
+
+
+def test_refusal_codes() -> None:
+    assert (rw.AuthenticationFailed().code, rw.PermissionDenied().code) == (3000, 3003)
+    assert rw.AuthenticationFailed("x", code=4401).code == 4401
+    assert rw.PermissionDenied("x", code=1008).code == 1008
+    for code in (1005, 1006, 2999, 5000, 999):
+        with pytest.raises(ValueError, match=str(code)):
+            rw.AuthenticationFailed("x", code=code)
