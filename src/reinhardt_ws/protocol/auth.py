@@ -276,9 +276,10 @@ class TokenSigner:
                              f"(got {len(key)}); e.g. secrets.token_urlsafe(32)")
         return key
 
-    def sign(self, subject: str, ttl: float = 300.0, **claims: Any) -> str:
+    def sign(self, subject: str, /, ttl: float = 300.0, **claims: Any) -> str:
         """A token for *subject*, valid *ttl* seconds from now, carrying *claims*
-        (JSON values; ``sub``, ``iat`` and ``exp`` are reserved).
+        (JSON values; ``sub``, ``iat`` and ``exp`` are reserved, and ``ttl`` is
+        this call's argument, not a claim).
 
         ``ValueError`` for an empty subject, a non-positive ttl or a reserved
         claim; ``TypeError`` for a claim that is not JSON.
