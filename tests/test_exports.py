@@ -10,8 +10,8 @@ import reinhardt_ws
 
 pytestmark = pytest.mark.pure
 
-PUBLIC_MODULES = ("client", "connection", "errors", "handler", "options", "protocol.messages",
-                  "rooms", "server")
+PUBLIC_MODULES = ("client", "connection", "errors", "handler", "options", "policy",
+                  "protocol.auth", "protocol.messages", "rooms", "server")
 
 
 def test_every_module_states_its_exports() -> None:

@@ -32,15 +32,29 @@ from .options import (
     HTTPHandler,
     ServerOptions,
 )
+from .policy import AllowAll, ClaimsPolicy, Policy, authorize
+from .protocol.auth import (
+    TOKEN_SUBPROTOCOL_PREFIX,
+    BearerTokenAuth,
+    SignedTokenAuth,
+    TokenSigner,
+    bearer_subprotocol,
+    extract_token,
+    parse_query,
+)
 from .protocol.messages import CloseCode, Message, MessageType, WebSocketMessage
 from .rooms import BroadcastResult, InMemoryBackend, RoomManager
 from .server import HTTPResponse, Server, serve
 
 __all__ = [
     "IMPLEMENTATION",
+    "TOKEN_SUBPROTOCOL_PREFIX",
+    "AllowAll",
     "Authenticate",
     "AuthenticationFailed",
+    "BearerTokenAuth",
     "BroadcastResult",
+    "ClaimsPolicy",
     "ClientOptions",
     "CloseCode",
     "ConnectionClosed",
@@ -52,6 +66,7 @@ __all__ = [
     "Message",
     "MessageType",
     "PermissionDenied",
+    "Policy",
     "ProtocolError",
     "ReceiveError",
     "RoomLimitError",
@@ -60,12 +75,18 @@ __all__ = [
     "SendTypeError",
     "Server",
     "ServerOptions",
+    "SignedTokenAuth",
+    "TokenSigner",
     "WebSocketConnection",
     "WebSocketError",
     "WebSocketHandler",
     "WebSocketMessage",
     "__version__",
+    "authorize",
+    "bearer_subprotocol",
     "connect",
+    "extract_token",
+    "parse_query",
     "serve",
 ]
 

@@ -20,6 +20,9 @@ from .server import serve
 
 __all__ = ["main"]
 
+#: The environment variable that holds the chat server's token secret.
+TOKEN_SECRET_ENV = "REINHARDT_WS_TOKEN_SECRET"
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reinhardt-ws", description=__doc__)
@@ -51,6 +54,14 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--redis-ttl", metavar="SECONDS", type=float, default=6.0,
                              help="a dead worker's members stop counting this long after its "
                                   "last heartbeat (6; heartbeats every third of it)")
+            cmd.add_argument("--token-secret", metavar="SECRET",
+                             default=os.environ.get(TOKEN_SECRET_ENV) or None,
+                             help="require signed tokens (HMAC-SHA256, at least 32 bytes; "
+                                  f"default: ${TOKEN_SECRET_ENV}, which unlike this option "
+                                  "does not show in the process list); GET /token then mints "
+                                  "DEMO tokens for anyone")
+            cmd.add_argument("--token-ttl", metavar="SECONDS", type=float, default=600.0,
+                             help="lifetime of the tokens GET /token mints (600)")
     return parser
 
 
@@ -62,24 +73,32 @@ def _redis_options(args: argparse.Namespace) -> dict[str, Any]:
 async def _run(args: argparse.Namespace) -> None:
     http_handler = None
     rooms = None
+    settings: dict[str, Any] = {}
     if args.command == "echo":
         from .apps.echo import EchoHandler
 
         handler: object = EchoHandler()
     else:
-        from .apps.chat import ChatHandler, chat_http_handler
+        from .apps.chat import CHAT_SUBPROTOCOL, ChatHandler, make_chat_http_handler
+        from .policy import ClaimsPolicy
+        from .protocol.auth import SignedTokenAuth, TokenSigner
         from .rooms import RoomManager
 
         limit = args.max_rooms
         rooms = (RoomManager.from_url(args.redis, max_rooms_per_connection=limit,
                                       **_redis_options(args)) if args.redis
                  else RoomManager(max_rooms_per_connection=limit))
-        handler = ChatHandler(rooms, max_message_size=args.max_message_size)
-        http_handler = chat_http_handler
+        signer = TokenSigner(args.token_secret) if args.token_secret else None
+        handler = ChatHandler(rooms, max_message_size=args.max_message_size,
+                              policy=ClaimsPolicy() if signer is not None else None)
+        http_handler = make_chat_http_handler(signer, token_ttl=args.token_ttl)
+        settings["subprotocols"] = (CHAT_SUBPROTOCOL,)
+        if signer is not None:
+            settings["authenticate"] = SignedTokenAuth(signer, source=("query", "subprotocol"))
     server = await serve(handler, args.host, args.port,  # type: ignore[arg-type]
                          max_message_size=args.max_message_size,
                          max_write_buffer=args.max_write_buffer, http_handler=http_handler,
-                         reuse_port=args.reuse_port)
+                         reuse_port=args.reuse_port, **settings)
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_quiet_accept_errors)
     stop = asyncio.Event()
@@ -148,6 +167,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     workers = getattr(args, "workers", 1)
     if workers < 1:
         print("reinhardt-ws: --workers must be at least 1", file=sys.stderr)
+        return 2
+    secret = getattr(args, "token_secret", None)
+    if secret is not None and len(secret.encode("utf-8")) < 32:
+        print(f"reinhardt-ws: --token-secret (or ${TOKEN_SECRET_ENV}) needs at least 32 "
+              "bytes; e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'",
+              file=sys.stderr)
+        return 2
+    if not getattr(args, "token_ttl", 1.0) > 0:
+        print("reinhardt-ws: --token-ttl must be positive", file=sys.stderr)
         return 2
     if getattr(args, "redis", None) is not None:
         if getattr(args, "redis_ttl", 1.0) <= 0:

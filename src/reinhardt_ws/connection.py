@@ -187,7 +187,8 @@ class WebSocketConnection:
 
     def __repr__(self) -> str:
         state = ("open", "closing", "closed")[self._closing.state]
-        return f"<WebSocketConnection {self.id[:8]} {self.path!r} {state}>"
+        # Without the query string: it may carry a token, and this goes to logs.
+        return f"<WebSocketConnection {self.id[:8]} {self.path.partition('?')[0]!r} {state}>"
 
     def _closed_error(self) -> ConnectionClosed:
         code = self._closing.code
@@ -565,15 +566,26 @@ class WebSocketConnection:
             logger.exception("authenticate of %s raised; closing it with 1011", self)
             self._refuse(CloseCode.INTERNAL_ERROR, "authentication failed")
             return False
+        # -- auth: a connection that closed while the verdict was pending (the
+        # client left, or server shutdown) was never accepted: what it sent
+        # meanwhile is dropped, not dispatched.
+        if not self._closing.is_open:
+            self._dispatch_stopped = True
+            self._drop_inbox()
+            return False
+        # -- end auth
         if identity is not None:
             self.user = identity
-        return self._closing.is_open
+        return True
 
     def _refuse(self, code: int, reason: str) -> None:
         """Close without dispatching anything the client sent."""
         self._dispatch_stopped = True
         self._drop_inbox()
-        self._start_close(code, reason[:120])
+        # -- auth: the reason is the application's; cut it to what a close frame
+        # holds (123 UTF-8 bytes), on a character boundary.
+        self._start_close(code, reason.encode("utf-8")[:123].decode("utf-8", "ignore"))
+        # -- end auth
 
     async def _run_on_disconnect(self, handler: WebSocketHandler) -> None:
         self._disconnect_done = True

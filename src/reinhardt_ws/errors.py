@@ -72,13 +72,20 @@ class AuthenticationFailed(WebSocketError):
     """Raised by an ``authenticate`` hook: the client did not prove who it is.
 
     The connection is closed with ``code`` (3000, "Unauthorized" in the IANA
-    WebSocket close-code registry) and ``reason``; nothing it sent is dispatched.
+    WebSocket close-code registry) and ``reason`` (cut to the 123 UTF-8 bytes a
+    close frame holds); nothing it sent is dispatched.  ``code`` may be any code
+    a close frame may carry (4401 for clients that expect graphql-ws' codes, say);
+    ``ValueError`` for one it may not (1005, 1006, 2999...).
     """
 
     default_code = 3000
 
     def __init__(self, reason: str = "unauthorized", code: int | None = None) -> None:
+        from .protocol.messages import is_valid_close_code  # here: messages imports us
+
         self.code = int(code if code is not None else self.default_code)
+        if not is_valid_close_code(self.code):
+            raise ValueError(f"close code {self.code} may not be sent (RFC 6455 section 7.4)")
         self.reason = reason
         super().__init__(reason)
 

@@ -1,6 +1,8 @@
 """The chat page in a real browser: headless Chromium, driven over the DevTools
 protocol, loads ``GET /`` from the chat server, joins a room and chats with a
-Python client through the browser's own WebSocket.
+Python client through the browser's own WebSocket; then the same with a server
+that requires signed tokens (the page gets one from ``GET /token``), and a
+refused token.
 
 Needs Debian's ``chromium`` (``.ci/run`` installs it).  Without it the test skips
 on a developer machine and FAILS under CI (``CI=true``).
@@ -19,6 +21,7 @@ import signal
 import subprocess
 import tempfile
 import urllib.request
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,12 @@ import pytest
 import websockets
 
 import reinhardt_ws as rw
-from reinhardt_ws.apps.chat import ChatHandler, chat_http_handler
+from reinhardt_ws.apps.chat import (
+    CHAT_SUBPROTOCOL,
+    ChatHandler,
+    chat_http_handler,
+    make_chat_http_handler,
+)
 
 from ..fixtures import free_port, run_on
 
@@ -111,24 +119,30 @@ async def _chat_in_browser(chromium: str, screenshot: Path) -> None:
     rooms = rw.RoomManager()
     async with rw.serve(ChatHandler(rooms), "127.0.0.1", 0, http_handler=chat_http_handler,
                         ping_interval=None) as server:
-        page = f"http://127.0.0.1:{server.port}/"
-        debug_port = free_port()
-        # Chromium's helper processes may still touch the profile as it exits.
-        with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
-            browser = subprocess.Popen(
-                [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={profile}", f"--remote-debugging-port={debug_port}",
-                 "--remote-debugging-address=127.0.0.1", "--window-size=900,700", page],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True)  # its own process group: helpers end with it
-            try:
-                url = await asyncio.to_thread(_page_ws_url, debug_port)
-                async with websockets.connect(url, max_size=None) as cdp_ws:
-                    await _drive(DevTools(cdp_ws), server.port, screenshot)
-            finally:
-                _end_group(browser)
+        await _in_chromium(chromium, f"http://127.0.0.1:{server.port}/",
+                           lambda page: _drive(page, server.port, screenshot))
+
+
+async def _in_chromium(chromium: str, page: str,
+                       drive: Callable[[DevTools], Awaitable[None]]) -> None:
+    """Start headless Chromium on *page* and run *drive* on its DevTools session."""
+    debug_port = free_port()
+    # Chromium's helper processes may still touch the profile as it exits.
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
+        browser = subprocess.Popen(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+             "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", f"--remote-debugging-port={debug_port}",
+             "--remote-debugging-address=127.0.0.1", "--window-size=900,700", page],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)  # its own process group: helpers end with it
+        try:
+            url = await asyncio.to_thread(_page_ws_url, debug_port)
+            async with websockets.connect(url, max_size=None) as cdp_ws:
+                await drive(DevTools(cdp_ws))
+        finally:
+            _end_group(browser)
 
 
 async def _drive(page: DevTools, port: int, screenshot: Path) -> None:
@@ -173,3 +187,67 @@ def test_chat_page_in_chromium(tmp_path: Path) -> None:
     keep = os.environ.get("REINHARDT_WS_SCREENSHOT")
     if keep:
         shutil.copy(shot, keep)
+
+
+SECRET = "browser-test-secret-" + "q" * 16
+
+
+async def _token_chat_in_browser(chromium: str, screenshot: Path) -> None:
+    """The server as ``serve --token-secret`` runs it."""
+    signer = rw.TokenSigner(SECRET)
+    async with rw.serve(ChatHandler(rw.RoomManager(), policy=rw.ClaimsPolicy()),
+                        "127.0.0.1", 0, http_handler=make_chat_http_handler(signer),
+                        authenticate=rw.SignedTokenAuth(signer),
+                        subprotocols=(CHAT_SUBPROTOCOL,), ping_interval=None) as server:
+        await _in_chromium(chromium, f"http://127.0.0.1:{server.port}/?name=alice",
+                           lambda page: _drive_with_token(page, server, signer, screenshot))
+
+
+async def _drive_with_token(page: DevTools, server: rw.Server, signer: rw.TokenSigner,
+                            screenshot: Path) -> None:
+    port = server.port
+    await page.wait_for("document.getElementById('status').textContent === 'connected'")
+    who = await page.wait_for("document.getElementById('who').textContent")
+    assert "alice" in who and "DEMO" in who
+    (browser_conn,) = server.connections
+    assert browser_conn.user["sub"] == "alice"
+    assert browser_conn.subprotocol == CHAT_SUBPROTOCOL  # the token was never echoed
+    assert "token" not in browser_conn.path  # it rode in the subprotocol, not the URL
+    await page.js("document.getElementById('room').value = 'lobby';"
+                  "document.getElementById('joinform').requestSubmit(); true")
+    await page.wait_for("document.getElementById('log').textContent.includes('joined lobby')")
+    bob = signer.sign("bob", ttl=60, rooms=["lobby"])
+    async with rw.connect(f"ws://127.0.0.1:{port}/ws?token={bob}") as py:
+        await py.send_json({"type": "join", "room": "lobby"})
+        assert (await py.recv()).parse_json()["data"] == \
+            {"event": "joined", "room": "lobby", "size": 2}
+        # Bob's token names his rooms: the policy answers with an error event.
+        await py.send_json({"type": "join", "room": "elsewhere"})
+        assert (await py.recv()).parse_json()["data"] == \
+            {"event": "error", "error": "may not join room 'elsewhere'"}
+        await page.js("document.getElementById('text').value = 'hello from alice';"
+                      "document.getElementById('sendform').requestSubmit(); true")
+        heard = (await py.recv()).parse_json()["data"]
+        assert (heard["user"], heard["data"]) == ("alice", "hello from alice")
+        await py.send_json({"type": "message", "room": "lobby", "data": "hello from bob"})
+        await page.wait_for(
+            "document.getElementById('log').textContent.includes('bob: \"hello from bob\"')")
+    shot = await page.call("Page.captureScreenshot", format="png")
+    screenshot.write_bytes(base64.b64decode(shot["data"]))
+    # A page that brings a bad token (from its address' fragment) is refused, and
+    # says so.
+    forged = rw.TokenSigner("f" * 32).sign("mallory")
+    await page.call("Page.navigate", url=f"http://127.0.0.1:{port}/?again=1#token={forged}")
+    status = await page.wait_for(
+        "document.getElementById('status').textContent.startsWith('refused')"
+        " && document.getElementById('status').textContent")
+    assert status == "refused: bad token signature (3000)"
+    log = await page.js("document.getElementById('log').textContent")
+    assert log.count("refused this connection: bad token signature") == 1
+
+
+def test_chat_page_with_a_token_in_chromium(tmp_path: Path) -> None:
+    chromium = _need_chromium()
+    shot = tmp_path / "chat-token.png"
+    run_on("asyncio", _token_chat_in_browser(chromium, shot), timeout=90)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -15,17 +15,22 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+import websockets
 
 import reinhardt_ws as rw
+from reinhardt_ws.__main__ import TOKEN_SECRET_ENV
 from reinhardt_ws.apps.chat import (
+    CHAT_SUBPROTOCOL,
+    DEMO_NOTICE,
     MAX_ROOM_NAME,
     MAX_ROOMS_PER_CONNECTION,
     ChatHandler,
     chat_http_handler,
+    make_chat_http_handler,
 )
 
 from ..fixtures import RawClient, child_env, client_frame, free_port, run_on, running_server
-from ..peer_clients import KINDS, PeerClient, connected, open_client
+from ..peer_clients import KINDS, PeerClient, PeerClosed, connected, open_client
 
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
 
@@ -65,7 +70,8 @@ async def request(client: PeerClient, obj: Any) -> dict[str, Any]:
 async def chat_server(chat: dict[str, Any] | None = None, **options: Any) -> Any:
     """A chat server (*options* are the server's, *chat* the handler's)."""
     handler = ObservedChat(**(chat or {}))
-    async with running_server(handler, http_handler=chat_http_handler, **options) as server:
+    options.setdefault("http_handler", chat_http_handler)
+    async with running_server(handler, **options) as server:
         yield server, handler
 
 
@@ -323,7 +329,7 @@ def test_http_endpoints_share_the_websocket_port(run: Run) -> None:
 
 def test_chat_server_as_a_subprocess(implementation: str) -> None:
     """``python -m reinhardt_ws serve --port P``, on the implementation under test."""
-    env = child_env(implementation)
+    env = child_env(implementation, **{TOKEN_SECRET_ENV: None})
 
     async def main() -> None:
         port = free_port()
@@ -375,3 +381,212 @@ def test_chat_server_as_a_subprocess(implementation: str) -> None:
         assert proc.returncode == 0, err.decode(errors="replace")
 
     run_on("asyncio", main())
+
+
+# -- tokens and the policy ------------------------------------------------------------
+
+SECRET = "chat-test-secret-" + "x" * 16
+
+
+@contextlib.asynccontextmanager
+async def token_chat_server(signer: rw.TokenSigner) -> Any:
+    """The chat server as ``serve --token-secret`` runs it."""
+    async with chat_server({"policy": rw.ClaimsPolicy()},
+                           authenticate=rw.SignedTokenAuth(signer),
+                           subprotocols=(CHAT_SUBPROTOCOL,),
+                           http_handler=make_chat_http_handler(signer)) as pair:
+        yield pair
+
+
+async def demo_token(port: int, name: str = "") -> dict[str, Any]:
+    url = f"http://127.0.0.1:{port}/token" + (f"/{name}" if name else "")
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        assert response.status == 200
+        assert response.headers["Cache-Control"] == "no-store"
+        assert response.headers["Content-Type"] == "application/json"
+        body: dict[str, Any] = await response.json()
+        return body
+
+
+async def with_token(url: str, token: str, kind: str, via: str) -> PeerClient:
+    if via == "query":
+        return await open_client(f"{url}?token={token}", kind)
+    protocols = [CHAT_SUBPROTOCOL, rw.bearer_subprotocol(token)]
+    if kind == "websockets":
+        client = await open_client(url, kind, subprotocols=protocols)
+    else:
+        client = await open_client(url, kind, protocols=protocols)
+    return client
+
+
+@pytest.mark.parametrize("via", ["query", "subprotocol"])
+def test_signed_tokens_from_the_demo_endpoint(run: Run, via: str) -> None:
+    async def main() -> None:
+        signer = rw.TokenSigner(SECRET)
+        async with token_chat_server(signer) as (server, handler):
+            alice = await demo_token(server.port, "alice")
+            assert alice["user"] == "alice" and alice["demo"] == DEMO_NOTICE
+            assert "DEMO" in alice["demo"] and "anyone" in alice["demo"]
+            assert signer.verify(alice["token"])["sub"] == "alice"
+            guest = await demo_token(server.port)
+            assert guest["user"].startswith("guest-")
+            url = f"ws://127.0.0.1:{server.port}/ws"
+            ca = await with_token(url, alice["token"], "websockets", via)
+            cb = await with_token(url, guest["token"], "aiohttp", via)
+            try:
+                a = await asyncio.wait_for(handler.connected.get(), 5)
+                b = await asyncio.wait_for(handler.connected.get(), 5)
+                assert {a.user["sub"], b.user["sub"]} == {"alice", guest["user"]}
+                if a.user["sub"] != "alice":
+                    a, b = b, a
+                assert await request(ca, {"type": "join", "room": "lobby"}) == \
+                    {"event": "joined", "room": "lobby", "size": 1}
+                await request(cb, {"type": "join", "room": "lobby"})
+                said = {"event": "message", "room": "lobby", "from": a.id, "user": "alice",
+                        "data": "hi"}
+                assert await request(ca, {"type": "message", "room": "lobby",
+                                          "data": "hi"}) == said
+                assert event(await cb.recv()) == said
+            finally:
+                await ca.close()
+                await cb.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_connections_without_a_valid_token_are_refused(run: Run, kind: str) -> None:
+    async def main() -> None:
+        signer = rw.TokenSigner(SECRET)
+        expired = rw.TokenSigner(SECRET, clock=lambda: 0.0).sign("old", ttl=60)
+        async with token_chat_server(signer) as (server, handler):
+            url = f"ws://127.0.0.1:{server.port}/ws"
+            for path, reason in ((url, "token required"),
+                                 (f"{url}?token={expired}", "token expired"),
+                                 (f"{url}?token=forged.x", "malformed token"),
+                                 (f"{url}?token={rw.TokenSigner('y' * 32).sign('eve')}",
+                                  "bad token signature")):
+                client = await open_client(path, kind)
+                try:
+                    # The refusal may come before this is sent: the check is quick.
+                    with contextlib.suppress(websockets.ConnectionClosed, ConnectionError):
+                        await client.send(orjson.dumps({"type": "join",
+                                                        "room": "lobby"}).decode())
+                    with pytest.raises(PeerClosed) as refused:
+                        await client.recv()
+                    assert refused.value.code == 3000, reason
+                finally:
+                    await client.close()
+            assert handler.connected.empty()
+            assert await handler.rooms.list_rooms() == []
+
+    run(main())
+
+
+def test_the_policy_refuses_with_error_events(run: Run) -> None:
+    async def main() -> None:
+        signer = rw.TokenSigner(SECRET)
+        async with token_chat_server(signer) as (server, handler):
+            url = f"ws://127.0.0.1:{server.port}/ws"
+            reader = signer.sign("reader", rooms=["lobby", "team-*"], publish=["team-*"])
+            client = await with_token(url, reader, "websockets", "query")
+            conn = await asyncio.wait_for(handler.connected.get(), 5)
+            try:
+                assert await request(client, {"type": "join", "room": "secret"}) == \
+                    {"event": "error", "error": "may not join room 'secret'"}
+                assert (await request(client, {"type": "join", "room": "lobby"}))["event"] \
+                    == "joined"
+                assert await request(client, {"type": "message", "room": "lobby",
+                                              "data": 1}) == \
+                    {"event": "error", "error": "may not publish to room 'lobby'"}
+                await request(client, {"type": "join", "room": "team-a"})
+                said = await request(client, {"type": "message", "room": "team-a", "data": 2})
+                assert (said["event"], said["user"], said["data"]) == ("message", "reader", 2)
+                assert not conn.is_closed
+                assert await handler.rooms.rooms_of(conn) == {"lobby", "team-a"}
+            finally:
+                await client.close()
+
+    run(main())
+
+
+class GuardedRooms:
+    """An asynchronous policy with its own reasons: "vip-*" rooms need the vip
+    claim; nobody publishes to "announcements"."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, str]] = []
+
+    async def can_join(self, conn: rw.WebSocketConnection, room: str) -> bool:
+        self.asked.append(("join", room))
+        await asyncio.sleep(0.01)  # as a database lookup would
+        if room.startswith("vip-") and conn.user != "vip":
+            raise rw.PermissionDenied("vip rooms are for vip members")
+        return True
+
+    def can_publish(self, conn: rw.WebSocketConnection, room: str) -> bool:
+        self.asked.append(("publish", room))
+        return room != "announcements"
+
+
+def test_an_asynchronous_policy_with_its_own_reasons(run: Run) -> None:
+    async def main() -> None:
+        policy = GuardedRooms()
+        async with chat_server({"policy": policy}) as (server, handler), \
+                connected(server, handler, KINDS) as pairs:
+            for client, conn in pairs:
+                assert await request(client, {"type": "join", "room": "vip-lounge"}) == \
+                    {"event": "error", "error": "vip rooms are for vip members"}
+                await request(client, {"type": "join", "room": "announcements"})
+                assert await request(client, {"type": "message", "room": "announcements",
+                                              "data": 0}) == \
+                    {"event": "error", "error": "may not publish to room 'announcements'"}
+                assert not conn.is_closed
+            assert policy.asked == [("join", "vip-lounge"), ("join", "announcements"),
+                                    ("publish", "announcements")] * 2
+
+    run(main())
+
+
+class BrokenPolicy:
+    def can_join(self, conn: rw.WebSocketConnection, room: str) -> Any:
+        return "yes"  # not a bool: a bug, refused loudly
+
+    def can_publish(self, conn: rw.WebSocketConnection, room: str) -> bool:
+        return True
+
+
+def test_a_broken_policy_closes_with_1011(run: Run, caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        async with chat_server({"policy": BrokenPolicy()}) as (server, handler), \
+                connected(server, handler, ("websockets",)) as pairs:
+            ((client, conn),) = pairs
+            await client.send(orjson.dumps({"type": "join", "room": "x"}).decode())
+            with pytest.raises(PeerClosed) as closed:
+                await client.recv()
+            assert closed.value.code == 1011
+            assert await handler.rooms.rooms_of(conn) == set()
+
+    with caplog.at_level(logging.ERROR, logger="reinhardt_ws"):
+        run(main())
+    assert any("must return a bool" in r.getMessage() or
+               (r.exc_info and "must return a bool" in str(r.exc_info[1]))
+               for r in caplog.records)
+
+
+def test_token_endpoint_answers(run: Run) -> None:
+    async def main() -> None:
+        async with chat_server() as (server, _handler):  # no signer: no tokens
+            status, body = await http_get_raw(server.port, "/token/alice")
+            assert status == 404
+            assert orjson.loads(body) == {"error": "this server does not use tokens"}
+        async with token_chat_server(rw.TokenSigner(SECRET)) as (server, _handler):
+            status, body = await http_get_raw(server.port, "/token/" + "n" * 41)
+            assert status == 400
+            assert orjson.loads(body)["demo"] == DEMO_NOTICE
+            status, body = await http_get_raw(server.port, "/token/a%07b")
+            assert status == 400
+            status, body = await http_get_raw(server.port, "/token/bob%20smith")
+            assert status == 200 and orjson.loads(body)["user"] == "bob smith"
+
+    run(main())

@@ -111,3 +111,46 @@ def test_command_line_errors() -> None:
         assert "Traceback" not in bad.stderr
     assert "--max-rooms" not in cli("echo", "--help").stdout
     assert "--max-write-buffer" in cli("echo", "--help").stdout
+    short = cli("serve", "--token-secret", "too short")
+    assert short.returncode == 2
+    assert "at least 32 bytes" in short.stderr
+    assert cli("serve", "--token-secret", "s" * 32, "--token-ttl", "0").returncode == 2
+
+
+def test_serve_with_a_token_secret_from_the_environment(implementation: str,
+                                                        tmp_path: Path) -> None:
+    """``REINHARDT_WS_TOKEN_SECRET=... reinhardt-ws serve``: connections need a signed
+    token; the DEMO endpoint ``GET /token/<name>`` mints one; the 101 selects the
+    chat subprotocol, never the token."""
+    import json
+    import urllib.request
+
+    secret = "cli-secret-" + "z" * 32
+    env = child_env(implementation, REINHARDT_WS_TOKEN_SECRET=secret)
+
+    async def main() -> None:
+        proc, port = await start_cli(["serve", "--port", "0", "--log-level", "WARNING"], env,
+                                     tmp_path / "stderr.txt")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/token/alice",
+                                        timeout=10) as response:
+                minted = json.load(response)
+            assert "DEMO" in minted["demo"]
+            assert rw.TokenSigner(secret).verify(minted["token"])["sub"] == "alice"
+            async with ws_connect(f"ws://127.0.0.1:{port}/ws", subprotocols=[
+                    "reinhardt-chat", rw.bearer_subprotocol(minted["token"])]) as ws:
+                assert ws.subprotocol == "reinhardt-chat"
+                await ws.send(json.dumps({"type": "join", "room": "lobby"}))
+                joined = json.loads(await asyncio.wait_for(ws.recv(), 10))["data"]
+                assert joined == {"event": "joined", "room": "lobby", "size": 1}
+            async with ws_connect(f"ws://127.0.0.1:{port}/ws") as anonymous:
+                with pytest.raises(websockets.ConnectionClosed):
+                    await asyncio.wait_for(anonymous.recv(), 10)
+                assert anonymous.close_code == 3000
+                assert anonymous.close_reason == "token required"
+        finally:
+            proc.terminate()
+            assert await asyncio.wait_for(proc.wait(), 10) == 0
+        assert "Traceback" not in (tmp_path / "stderr.txt").read_text()
+
+    asyncio.run(main())

@@ -9,9 +9,9 @@ Client to server (JSON text)::
 Server to client, each a ``WebSocketMessage`` (``message_type`` "text"):
 ``{"event": "joined"|"left", "room": R, "size": N}`` to the one who joined or
 left; ``{"event": "message", "room": R, "from": <sender id>, "data": ...}`` to
-every member of R, the sender included; ``{"event": "error", "error": ...}`` for
-bad input, and the connection stays open.  ``GET /`` serves a browser client,
-``GET /healthz`` answers 200.
+every member of R, the sender included (with ``"user": <name>`` when the sender
+is authenticated); ``{"event": "error", "error": ...}`` for bad input and for
+what the policy refuses, and the connection stays open.
 
 Limits, each answered with an ``error`` event (nothing else changes):
 
@@ -24,33 +24,67 @@ Limits, each answered with an ``error`` event (nothing else changes):
   re-encodes as ``9000000000000000.0``, so a message that was accepted may grow
   past it;
 - a room name has at most :data:`MAX_ROOM_NAME` characters.
+
+With a :class:`~reinhardt_ws.TokenSigner` (``serve --token-secret``), clients
+must bring a signed token (``SignedTokenAuth``: in the query string, ``?token=``,
+or as a ``bearer.<token>`` subprotocol next to :data:`CHAT_SUBPROTOCOL`), and a
+:class:`~reinhardt_ws.ClaimsPolicy` reads the rooms they may join and publish to
+from the token's ``rooms`` and ``publish`` claims (every room when absent).
+
+HTTP on the same port: ``GET /`` serves a browser client, ``GET /healthz``
+answers 200, and with a signer ``GET /token`` (or ``/token/<name>``) mints a
+token.  That endpoint is a DEMO: anyone who can reach it gets a token for any
+name.  A real application mints tokens only after its own login.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import secrets
+from collections.abc import Callable, Mapping
 from importlib import resources
 from typing import Any
 
 import orjson
 
 from ..connection import WebSocketConnection
-from ..errors import ConnectionClosed, RoomLimitError
+from ..errors import ConnectionClosed, PermissionDenied, RoomLimitError
 from ..handler import WebSocketHandler
 from ..options import MiB
+from ..policy import AllowAll, Policy, authorize
+from ..protocol.auth import TokenSigner
 from ..protocol.messages import Message, MessageType, WebSocketMessage
 from ..rooms import RoomManager
 from ..server import HTTPResponse
 
-__all__ = ["MAX_ROOMS_PER_CONNECTION", "MAX_ROOM_NAME", "ChatHandler", "chat_http_handler"]
+__all__ = ["CHAT_SUBPROTOCOL", "MAX_ROOMS_PER_CONNECTION", "MAX_ROOM_NAME", "ChatHandler",
+           "chat_http_handler", "make_chat_http_handler"]
 
 MAX_ROOM_NAME = 200
 #: Rooms one connection may be in, unless the manager given says otherwise.
 MAX_ROOMS_PER_CONNECTION = 100
+MAX_USER_NAME = 40
+
+#: The subprotocol the chat server lists, so that a browser can offer it next to
+#: a ``bearer.<token>`` entry (the server selects this one, never the token).
+CHAT_SUBPROTOCOL = "reinhardt-chat"
+
+#: What the demo token endpoint says about itself, in every answer.
+DEMO_NOTICE = ("DEMO ONLY: anyone who can reach this endpoint gets a token for any name. "
+               "A real application mints tokens (TokenSigner.sign) only for users its own "
+               "login has authenticated.")
 
 
 def _event(data: dict[str, Any]) -> WebSocketMessage:
     return WebSocketMessage.text(data).with_timestamp()
+
+
+def user_name(user: object) -> str | None:
+    """The name to show for an identity: a claims mapping's ``"sub"``, a string
+    as is, else None (anonymous, or an identity with no obvious name)."""
+    if isinstance(user, Mapping):
+        sub = user.get("sub")
+        return sub if isinstance(sub, str) else None
+    return user if isinstance(user, str) else None
 
 
 class ChatHandler(WebSocketHandler):
@@ -60,16 +94,19 @@ class ChatHandler(WebSocketHandler):
     :data:`MAX_ROOMS_PER_CONNECTION`.  *max_message_size* (bytes; None: no check)
     is the largest event this handler broadcasts: give it the server's
     ``max_message_size``.  Per message, the work does not depend on the number
-    of rooms the sender is in.
+    of rooms the sender is in.  *policy* (default :class:`~reinhardt_ws.AllowAll`)
+    is asked on every join and every message; what it refuses gets an ``error``
+    event naming the room.
     """
 
     def __init__(self, rooms: RoomManager | None = None, *,
-                 max_message_size: int | None = MiB) -> None:
+                 max_message_size: int | None = MiB, policy: Policy | None = None) -> None:
         if max_message_size is not None and max_message_size < 1:
             raise ValueError("max_message_size must be positive or None")
         self.rooms = rooms if rooms is not None else RoomManager(
             max_rooms_per_connection=MAX_ROOMS_PER_CONNECTION)
         self.max_message_size = max_message_size
+        self.policy: Policy = policy if policy is not None else AllowAll()
 
     async def _error(self, conn: WebSocketConnection, error: str) -> None:
         await conn.send(_event({"event": "error", "error": error}))
@@ -108,6 +145,11 @@ class ChatHandler(WebSocketHandler):
         rooms = self.rooms
         if kind == "join":
             try:
+                await authorize(self.policy, "join", conn, room)
+            except PermissionDenied as exc:
+                await self._error(conn, exc.reason)
+                return
+            try:
                 await rooms.join(room, conn)
             except RoomLimitError as exc:
                 await self._error(conn, f"room limit reached: at most {exc.limit} rooms "
@@ -128,8 +170,16 @@ class ChatHandler(WebSocketHandler):
             if not await rooms.is_member(room, conn):
                 await self._error(conn, f"not in room {room!r}")
                 return
-            encoded = _event({"event": "message", "room": room, "from": conn.id,
-                              "data": request["data"]}).to_json()
+            try:
+                await authorize(self.policy, "publish", conn, room)
+            except PermissionDenied as exc:
+                await self._error(conn, exc.reason)
+                return
+            event = {"event": "message", "room": room, "from": conn.id, "data": request["data"]}
+            name = user_name(conn.user)
+            if name is not None:
+                event["user"] = name
+            encoded = _event(event).to_json()
             limit = self.max_message_size
             if limit is not None and len(encoded) > limit:
                 # What the members could not take is not sent to any of them.
@@ -143,10 +193,43 @@ def _page() -> bytes:
     return resources.files("reinhardt_ws.apps").joinpath("static/chat.html").read_bytes()
 
 
-def chat_http_handler(path: str, headers: Mapping[str, str]) -> HTTPResponse | None:
-    """``GET /`` -> the chat page; ``GET /healthz`` -> 200; else not handled."""
-    if path == "/healthz":
-        return HTTPResponse(200, b"ok\n")
-    if path in ("/", "/index.html"):
-        return HTTPResponse(200, _page(), "text/html; charset=utf-8")
-    return None
+def make_chat_http_handler(signer: TokenSigner | None = None, *, token_ttl: float = 600.0
+                           ) -> Callable[[str, Mapping[str, str]], HTTPResponse | None]:
+    """The chat server's HTTP side: ``GET /`` the page, ``GET /healthz`` 200, and,
+    given a *signer*, the DEMO token endpoint ``GET /token`` (a random guest
+    name) or ``GET /token/<name>``: JSON ``{"token", "user", "expires_in",
+    "demo"}``, never cached.  Without a signer ``/token`` is 404 (the page then
+    connects without a token).  A name longer than 40 characters, or with
+    control characters, gets 400.  Other paths are not handled (None).
+    """
+
+    def handler(path: str, headers: Mapping[str, str]) -> HTTPResponse | None:
+        if path == "/healthz":
+            return HTTPResponse(200, b"ok\n")
+        if path in ("/", "/index.html"):
+            return HTTPResponse(200, _page(), "text/html; charset=utf-8")
+        if path == "/token" or path.startswith("/token/"):
+            return _mint(signer, path[len("/token/"):], token_ttl)
+        return None
+
+    return handler
+
+
+def _json(status: int, body: dict[str, Any]) -> HTTPResponse:
+    return HTTPResponse(status, orjson.dumps(body) + b"\n", "application/json",
+                        {"Cache-Control": "no-store"})
+
+
+def _mint(signer: TokenSigner | None, name: str, ttl: float) -> HTTPResponse:
+    if signer is None:
+        return _json(404, {"error": "this server does not use tokens"})
+    name = name or f"guest-{secrets.token_hex(3)}"
+    if len(name) > MAX_USER_NAME or not name.isprintable():
+        return _json(400, {"error": f"a name is 1 to {MAX_USER_NAME} printable characters",
+                           "demo": DEMO_NOTICE})
+    return _json(200, {"token": signer.sign(name, ttl=ttl), "user": name,
+                       "expires_in": ttl, "demo": DEMO_NOTICE})
+
+
+#: ``GET /`` -> the chat page; ``GET /healthz`` -> 200; no tokens (``/token`` is 404).
+chat_http_handler = make_chat_http_handler()
