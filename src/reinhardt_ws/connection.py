@@ -29,7 +29,7 @@ from ._logging import client_fault
 from .errors import AuthenticationFailed, ConnectionClosed, ProtocolError, SendError
 from .options import ConnectionOptions
 from .protocol.assembler import MessageAssembler
-from .protocol.closing import ClosingHandshake, PeerClose
+from .protocol.closing import ClosingHandshake, PeerClose, fit_reason
 from .protocol.limits import TokenBucket
 from .protocol.messages import (
     OPCODE_CLOSE,
@@ -366,7 +366,7 @@ class WebSocketConnection:
         """Fail the connection (RFC 6455 section 7.1.7) with *code*."""
         if self._closing.is_open:
             client_fault(logger, "closing %s with %d: %s", self, code, reason)
-        self._start_close(code, reason[:120], read_on=read_on)
+        self._start_close(code, fit_reason(reason), read_on=read_on)
 
     def _abort(self) -> None:
         """Drop TCP now (the close timeout ran out, or the server is shutting down)."""
@@ -566,14 +566,13 @@ class WebSocketConnection:
             logger.exception("authenticate of %s raised; closing it with 1011", self)
             self._refuse(CloseCode.INTERNAL_ERROR, "authentication failed")
             return False
-        # -- auth: a connection that closed while the verdict was pending (the
-        # client left, or server shutdown) was never accepted: what it sent
-        # meanwhile is dropped, not dispatched.
+        # A connection that closed while the verdict was pending (the client
+        # left, or server shutdown) was never accepted: what it sent meanwhile is
+        # dropped, not dispatched.
         if not self._closing.is_open:
             self._dispatch_stopped = True
             self._drop_inbox()
             return False
-        # -- end auth
         if identity is not None:
             self.user = identity
         return True
@@ -582,10 +581,7 @@ class WebSocketConnection:
         """Close without dispatching anything the client sent."""
         self._dispatch_stopped = True
         self._drop_inbox()
-        # -- auth: the reason is the application's; cut it to what a close frame
-        # holds (123 UTF-8 bytes), on a character boundary.
-        self._start_close(code, reason.encode("utf-8")[:123].decode("utf-8", "ignore"))
-        # -- end auth
+        self._start_close(code, fit_reason(reason))
 
     async def _run_on_disconnect(self, handler: WebSocketHandler) -> None:
         self._disconnect_done = True

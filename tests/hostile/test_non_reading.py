@@ -33,10 +33,13 @@ pytestmark = pytest.mark.slow
 CLIENTS = 10
 MAX_QUEUE = 16  # the server's default
 MESSAGE = 1 * MiB  # the default max_message_size
-#: The documented worst case of one connection whose handler does not keep up:
-#: the inbox byte bound (~ max_message_size) plus the message being handled,
-#: the read buffer and some slack.  Adjust with the documentation.
-PER_CLIENT_BOUND = 4 * MiB
+#: The documented worst case of one connection whose handler does not keep up
+#: (docs/security.md, "Memory per connection"), with the default 1 MiB limits:
+#: the message being handled (1 MiB), the inbox (max_queue_bytes, 1 MiB, plus the
+#: one message that crossed it), a message being assembled (1 MiB) and picows'
+#: read buffer (up to twice the largest frame): 8 MiB.  Before the inbox had a
+#: byte bound, such a client pinned about 21 MiB (16 queued 1 MiB messages).
+PER_CLIENT_BOUND = 8 * MiB
 #: A client stops sending when the server has not read for this long.
 STALL = 2.0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reinhardt_ws.protocol.closing import CloseState, ClosingHandshake, PeerClose
+from reinhardt_ws.protocol.closing import CloseState, ClosingHandshake, PeerClose, fit_reason
 
 
 def test_we_close_first_then_the_peer_answers() -> None:
@@ -46,10 +46,18 @@ def test_an_invalid_close_code_is_answered_with_1002(code: int) -> None:
     assert hs.code == 1002
 
 
-def test_the_echo_reason_is_cut_to_fit_a_control_frame() -> None:
+def test_the_echo_reason_fits_a_control_frame() -> None:
     hs = ClosingHandshake()
     _action, _code, reason = hs.receive(1000, "x" * 123)
-    assert len(reason) == 120
+    assert reason == "x" * 123
+
+
+@pytest.mark.parametrize("reason", ["x" * 200, "é" * 100, "€" * 60, "a" + "😀" * 40])
+def test_fit_reason_cuts_on_a_character_boundary(reason: str) -> None:
+    fitted = fit_reason(reason)
+    assert len(fitted.encode("utf-8")) <= 123
+    assert reason.startswith(fitted)
+    assert len(fitted.encode("utf-8")) > 119  # nothing cut that fitted
 
 
 def test_picows_closing_by_itself_counts_as_our_decision() -> None:

@@ -13,7 +13,14 @@ import enum
 
 from .messages import CloseCode, is_valid_close_code
 
-__all__ = ["CloseState", "ClosingHandshake", "PeerClose"]
+__all__ = ["CloseState", "ClosingHandshake", "PeerClose", "fit_reason"]
+
+
+def fit_reason(reason: str) -> str:
+    """*reason* cut to what a close frame holds (123 UTF-8 bytes), on a character
+    boundary."""
+    raw = reason.encode("utf-8")
+    return reason if len(raw) <= 123 else raw[:123].decode("utf-8", "ignore")
 
 
 class CloseState(enum.IntEnum):
@@ -101,7 +108,7 @@ class ClosingHandshake:
             return PeerClose.FINISH, 0, ""
         self._record(code if code is not None else CloseCode.NO_STATUS_RCVD, reason)
         # Echo the peer's code (RFC 6455 section 5.5.1); 1000 for an empty close.
-        return PeerClose.ECHO, code if code is not None else CloseCode.NORMAL, reason[:120]
+        return PeerClose.ECHO, code if code is not None else CloseCode.NORMAL, fit_reason(reason)
 
     def lost(self, code: int, reason: str) -> bool:
         """The socket is gone; *code* is what to report if no close frame crossed.
