@@ -37,6 +37,16 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--max-write-buffer", type=int, default=MiB,
                          help="bytes a connection may have waiting to be written before "
                               "it counts as a slow consumer (1 MiB)")
+        cmd.add_argument("--max-queue-bytes", type=int, default=None,
+                         help="bytes of received messages waiting for the handler before the "
+                              "server stops reading that connection (default: "
+                              "--max-message-size)")
+        cmd.add_argument("--message-rate", type=float, default=None, metavar="PER_SECOND",
+                         help="messages a second one connection may send on average; over "
+                              "it the connection is closed with 1008 (default: no limit)")
+        cmd.add_argument("--message-burst", type=float, default=None, metavar="COUNT",
+                         help="messages one connection may send at once within "
+                              "--message-rate (default: the rate, at least 1)")
         cmd.add_argument("--log-level", default="INFO")
         cmd.add_argument("--reuse-port", action="store_true",
                          help="bind with SO_REUSEPORT, so that several processes share the "
@@ -98,6 +108,8 @@ async def _run(args: argparse.Namespace) -> None:
     server = await serve(handler, args.host, args.port,  # type: ignore[arg-type]
                          max_message_size=args.max_message_size,
                          max_write_buffer=args.max_write_buffer, http_handler=http_handler,
+                         max_queue_bytes=args.max_queue_bytes, message_rate=args.message_rate,
+                         message_burst=args.message_burst,
                          reuse_port=args.reuse_port, **settings)
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_quiet_accept_errors)
@@ -160,9 +172,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _configure_logging(args)
     _raise_file_limit()
-    for flag in ("max_message_size", "max_write_buffer", "max_rooms"):
-        if getattr(args, flag, 1) < 1:
-            print(f"reinhardt-ws: --{flag.replace('_', '-')} must be at least 1", file=sys.stderr)
+    for flag in ("max_message_size", "max_write_buffer", "max_rooms", "max_queue_bytes",
+                 "message_rate", "message_burst"):
+        value = getattr(args, flag, None)
+        if value is not None and not value >= (1 if flag != "message_rate" else 1e-9):
+            what = "positive" if flag == "message_rate" else "at least 1"
+            print(f"reinhardt-ws: --{flag.replace('_', '-')} must be {what}", file=sys.stderr)
             return 2
     workers = getattr(args, "workers", 1)
     if workers < 1:

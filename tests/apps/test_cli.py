@@ -104,11 +104,14 @@ def test_command_line_errors() -> None:
     assert refused.returncode == 2
     assert "--redis" in refused.stderr
     for args in (("serve", "--max-rooms", "0"), ("echo", "--max-write-buffer", "0"),
-                 ("serve", "--max-write-buffer", "-5"), ("echo", "--max-message-size", "0")):
+                 ("serve", "--max-write-buffer", "-5"), ("echo", "--max-message-size", "0"),
+                 ("echo", "--max-queue-bytes", "0"), ("serve", "--message-burst", "0.5")):
         bad = cli(*args)
         assert bad.returncode == 2, args
         assert f"{args[1]} must be at least 1" in bad.stderr, bad.stderr
         assert "Traceback" not in bad.stderr
+    slow = cli("echo", "--message-rate", "0")
+    assert slow.returncode == 2 and "--message-rate must be positive" in slow.stderr
     assert "--max-rooms" not in cli("echo", "--help").stdout
     assert "--max-write-buffer" in cli("echo", "--help").stdout
     short = cli("serve", "--token-secret", "too short")
@@ -152,5 +155,29 @@ def test_serve_with_a_token_secret_from_the_environment(implementation: str,
             proc.terminate()
             assert await asyncio.wait_for(proc.wait(), 10) == 0
         assert "Traceback" not in (tmp_path / "stderr.txt").read_text()
+
+    asyncio.run(main())
+
+
+def test_message_rate_flag_closes_a_flooding_client(implementation: str, tmp_path: Path) -> None:
+    """``echo --message-rate 5 --message-burst 5``: a client that sends 50 messages at
+    once is closed with 1008; a polite one is echoed."""
+
+    async def main() -> None:
+        proc, port = await start_cli(
+            ["echo", "--port", "0", "--message-rate", "5", "--message-burst", "5"],
+            child_env(implementation), tmp_path / "stderr.txt")
+        try:
+            async with ws_connect(f"ws://127.0.0.1:{port}/") as polite:
+                await polite.send("hi")
+                assert await polite.recv() == "hi"
+            flood = await ws_connect(f"ws://127.0.0.1:{port}/")
+            for i in range(50):
+                await flood.send(f"m{i}")
+            await asyncio.wait_for(flood.wait_closed(), 10)
+            assert flood.close_code == 1008
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(proc.wait(), 20)
 
     asyncio.run(main())
