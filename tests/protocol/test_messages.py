@@ -8,6 +8,7 @@ import pytest
 
 import reinhardt_ws as rw
 from reinhardt_ws import CloseCode, Message, MessageType, WebSocketMessage
+from reinhardt_ws.protocol.messages import frame_parts
 
 # -- Message -------------------------------------------------------------------
 
@@ -198,10 +199,11 @@ def test_envelope_round_trip() -> None:
         assert WebSocketMessage.from_json(bytearray(raw)) == envelope
 
 
-def test_envelope_to_message() -> None:
+def test_envelope_goes_out_as_its_json_text() -> None:
     envelope = WebSocketMessage.text({"n": 1}).with_timestamp(7)
-    message = envelope.to_message()
-    assert message.type is MessageType.TEXT
+    opcode, payload = frame_parts(envelope)
+    assert opcode == 0x1
+    message = Message(MessageType.TEXT, payload.decode("utf-8"))
     assert message.parse_json() == {"message_type": "text", "data": {"n": 1}, "timestamp": 7}
     assert WebSocketMessage.from_json(message.data) == envelope
 

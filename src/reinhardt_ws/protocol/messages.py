@@ -279,11 +279,6 @@ class WebSocketMessage:
              "timestamp": self.timestamp}
         )
 
-    def to_message(self) -> Message:
-        """A text :class:`Message` carrying :meth:`to_json`."""
-        raw = self.to_json()
-        return Message(MessageType.TEXT, raw.decode("utf-8"), _payload=raw)
-
     @classmethod
     def from_json(cls, raw: bytes | bytearray | memoryview | str) -> WebSocketMessage:
         """Parse the wire format; ``ProtocolError`` saying what is wrong otherwise.
