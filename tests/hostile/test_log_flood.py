@@ -121,4 +121,8 @@ def test_malformed_frames_do_not_flood_the_log(implementation: str, tmp_path: Pa
     assert logged < MAX_LOG, (
         f"{logged} bytes of log in {flood_s:.1f} s of malformed frames (bound {MAX_LOG}); "
         f"first lines: {lines[:3]}")
+    # A client's misbehaviour is INFO at most, never a traceback (item 9: the echo
+    # server logged an ERROR traceback for a client that sends and resets).
+    assert "Traceback" not in text, lines[:5]
+    assert not [line for line in lines if " ERROR " in line], lines[:5]
     assert not bystander.check(), bystander.check()
