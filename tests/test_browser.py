@@ -26,7 +26,7 @@ import pytest
 import websockets
 
 import reinhardt_ws as rw
-from reinhardt_ws.apps.chat import ChatHandler, chat_http_handler
+from reinhardt_ws.apps.chat import ChatHandler, chat_router
 
 from .fixtures import free_port, run_on
 
@@ -109,8 +109,10 @@ def _page_ws_url(port: int, timeout: float = 20.0) -> str:
 
 async def _chat_in_browser(chromium: str, screenshot: Path) -> None:
     rooms = rw.RoomManager()
-    async with rw.serve(ChatHandler(rooms), "127.0.0.1", 0, http_handler=chat_http_handler,
-                        ping_interval=None) as server:
+    # Same origin: the page's Origin is the server's own, which the CLI's default
+    # policy admits (the test uses that policy).
+    async with rw.serve(chat_router(ChatHandler(rooms)), "127.0.0.1", 0,
+                        origins=[rw.SAME_ORIGIN, None], ping_interval=None) as server:
         page = f"http://127.0.0.1:{server.port}/"
         debug_port = free_port()
         # Chromium's helper processes may still touch the profile as it exits.

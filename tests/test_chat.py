@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 import reinhardt_ws as rw
-from reinhardt_ws.apps.chat import MAX_ROOM_NAME, ChatHandler, chat_http_handler
+from reinhardt_ws.apps.chat import MAX_ROOM_NAME, ChatHandler, chat_router
 
 from .fixtures import RawClient, client_frame, free_port, run_on, running_server
 from .peer_clients import KINDS, PeerClient, connected, open_client
@@ -60,7 +60,7 @@ async def request(client: PeerClient, obj: Any) -> dict[str, Any]:
 @contextlib.asynccontextmanager
 async def chat_server(**options: Any) -> Any:
     handler = ObservedChat()
-    async with running_server(handler, http_handler=chat_http_handler, **options) as server:
+    async with running_server(chat_router(handler), **options) as server:
         yield server, handler
 
 

@@ -28,14 +28,17 @@ from .options import (
     ClientOptions,
     ConnectionOptions,
     HTTPHandler,
+    ProcessRequest,
     ServerOptions,
 )
 from .protocol.messages import CloseCode, Message, MessageType, WebSocketMessage
 from .rooms import BroadcastResult, InMemoryBackend, RoomManager
-from .server import HTTPResponse, Server, serve
+from .server import SAME_ORIGIN, Accept, HTTPResponse, Request, Router, Server, serve
 
 __all__ = [
     "IMPLEMENTATION",
+    "SAME_ORIGIN",
+    "Accept",
     "Authenticate",
     "AuthenticationFailed",
     "BroadcastResult",
@@ -50,9 +53,12 @@ __all__ = [
     "Message",
     "MessageType",
     "PermissionDenied",
+    "ProcessRequest",
     "ProtocolError",
     "ReceiveError",
+    "Request",
     "RoomManager",
+    "Router",
     "SendError",
     "Server",
     "ServerOptions",

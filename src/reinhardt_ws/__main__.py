@@ -13,8 +13,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .options import MiB
-from .server import serve
+from .options import MiB, ServerOptions
+from .server import SAME_ORIGIN, serve
 
 __all__ = ["main"]
 
@@ -30,6 +30,19 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--max-message-size", type=int, default=MiB,
                          help="largest message accepted, in bytes (1 MiB)")
         cmd.add_argument("--log-level", default="INFO")
+        cmd.add_argument("--max-connections", type=int, default=10_000, metavar="N",
+                         help="open connections allowed; more get 503 (10000; 0: no limit)")
+        cmd.add_argument("--max-connections-per-ip", type=int, default=256, metavar="N",
+                         help="open connections allowed from one address; more get 429 "
+                              "(256; 0: no limit)")
+        cmd.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                         help="admit browser pages from ORIGIN (https://app.example.com "
+                              "or https://*.example.com); repeatable.  By default only "
+                              "pages this server served (same origin) and clients that "
+                              "send no Origin are admitted")
+        cmd.add_argument("--allow-any-origin", action="store_true",
+                         help="admit pages from any site (no Origin check: only for "
+                              "servers whose every action is public)")
         cmd.add_argument("--reuse-port", action="store_true",
                          help="bind with SO_REUSEPORT, so that several processes share the "
                               "port (--workers sets it)")
@@ -46,29 +59,38 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _admission_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The handshake limits and the Origin policy from the command line."""
+    # Same-origin pages and non-browser clients (no Origin), plus the listed ones.
+    origins: list[str | None] | None = (
+        None if args.allow_any_origin else [SAME_ORIGIN, None, *args.allow_origin])
+    return {"origins": origins,
+            "max_connections": args.max_connections or None,
+            "max_connections_per_ip": args.max_connections_per_ip or None}
+
+
 def _redis_options(args: argparse.Namespace) -> dict[str, Any]:
     ttl = float(args.redis_ttl)
     return {"prefix": args.redis_prefix, "ttl": ttl, "heartbeat_interval": ttl / 3}
 
 
 async def _run(args: argparse.Namespace) -> None:
-    http_handler = None
     rooms = None
+    target: Any
     if args.command == "echo":
         from .apps.echo import EchoHandler
 
-        handler: object = EchoHandler()
+        target = EchoHandler()
     else:
-        from .apps.chat import ChatHandler, chat_http_handler
+        from .apps.chat import ChatHandler, chat_router
         from .rooms import RoomManager
 
         rooms = (RoomManager.from_url(args.redis, **_redis_options(args)) if args.redis
                  else RoomManager())
-        handler = ChatHandler(rooms)
-        http_handler = chat_http_handler
-    server = await serve(handler, args.host, args.port,  # type: ignore[arg-type]
-                         max_message_size=args.max_message_size, http_handler=http_handler,
-                         reuse_port=args.reuse_port)
+        target = chat_router(ChatHandler(rooms))
+    server = await serve(target, args.host, args.port,
+                         max_message_size=args.max_message_size,
+                         reuse_port=args.reuse_port, **_admission_options(args))
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -97,6 +119,15 @@ def _configure_logging(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _configure_logging(args)
+    if args.max_connections < 0 or args.max_connections_per_ip < 0:
+        print("reinhardt-ws: --max-connections and --max-connections-per-ip must not be "
+              "negative", file=sys.stderr)
+        return 2
+    try:
+        ServerOptions(**_admission_options(args))
+    except ValueError as exc:
+        print(f"reinhardt-ws: {exc}", file=sys.stderr)
+        return 2
     workers = getattr(args, "workers", 1)
     if workers < 1:
         print("reinhardt-ws: --workers must be at least 1", file=sys.stderr)

@@ -11,21 +11,31 @@ from __future__ import annotations
 
 import logging
 import ssl as ssl_module
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .connection import WebSocketConnection
-    from .protocol.handshake import HTTPResponse
+    from .protocol.handshake import Accept, HTTPResponse, Request
 
-__all__ = ["Authenticate", "ClientOptions", "ConnectionOptions", "HTTPHandler", "ServerOptions"]
+__all__ = ["Authenticate", "ClientOptions", "ConnectionOptions", "HTTPHandler",
+           "ProcessRequest", "ServerOptions"]
 
 MiB = 1024 * 1024
 
 #: ``http_handler(path, headers)`` answers plain HTTP requests, or returns None
 #: (then the request must be a WebSocket upgrade, else it gets 400).
 HTTPHandler = Callable[[str, Mapping[str, str]], "HTTPResponse | None"]
+
+#: ``process_request(request)`` runs during the opening handshake (synchronously,
+#: before the 101): None admits, an :class:`~reinhardt_ws.HTTPResponse` refuses
+#: with that response, an :class:`~reinhardt_ws.Accept` admits with an identity.
+ProcessRequest = Callable[["Request"], "HTTPResponse | Accept | None"]
+
+#: picows drops (without an answer) a request head of 16 KiB or more; our own
+#: limits stay below, so that the client gets 414 / 431 instead.
+_PICOWS_HEAD_CAP = 16 * 1024 - 1
 
 #: ``await authenticate(conn)`` runs after the 101 and before ``on_connect``: it
 #: returns the connection's identity (stored as ``conn.user``) or raises
@@ -88,7 +98,22 @@ class ServerOptions(ConnectionOptions):
     - ``ssl``: a server-side ``SSLContext`` for ``wss://``.
     - ``subprotocols``: the server's subprotocols, in its order of preference.
     - ``reuse_port``: bind with ``SO_REUSEPORT``.
-    - ``http_handler(path, headers)``: answers plain HTTP requests on the same port.
+    - ``http_handler(path, headers)``: answers plain HTTP requests on the same port
+      (kept for compatibility; a :class:`~reinhardt_ws.Router` with ``.http()``
+      routes is the better way).  Returning None means "not handled": 404.
+    - ``origins``: the ``Origin`` headers admitted (see
+      :class:`~reinhardt_ws.protocol.handshake.OriginPolicy`): exact origins,
+      ``"https://*.example.com"`` patterns, ``SAME_ORIGIN``, and ``None`` for "no
+      Origin header".  Others get 403 before any connection object exists.
+      ``origins=None`` (the default) admits every origin.
+    - ``process_request(request)``: a synchronous handshake hook
+      (:data:`ProcessRequest`), run after the route and Origin checks.
+    - ``max_connections`` / ``max_connections_per_ip``: open WebSocket connections
+      allowed in total (over: 503) and from one remote address (over: 429), counted
+      from the 101 to the end of the connection.  ``None``: unlimited.
+    - ``max_request_line``: bytes of request target allowed (over: 414);
+      ``max_request_head``: bytes of request line plus headers (over: 431).  Both
+      below 16 KiB, where picows drops the connection without an answer.
     - ``backlog``: the listening socket's accept queue.
     - ``read_buffer_size``: initial read buffer per connection (it grows as needed);
       small keeps idle connections cheap.
@@ -111,10 +136,33 @@ class ServerOptions(ConnectionOptions):
     read_buffer_size: int = 2048
     use_aiofastnet: bool = False
     authenticate: Authenticate | None = None
+    origins: Sequence[str | None] | None = None
+    process_request: ProcessRequest | None = None
+    max_connections: int | None = None
+    max_connections_per_ip: int | None = None
+    max_request_line: int = 4096
+    max_request_head: int = 8192
 
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "subprotocols", tuple(self.subprotocols))
+        if self.origins is not None:
+            if isinstance(self.origins, str):
+                raise TypeError("origins must be a list of origins, not one string")
+            object.__setattr__(self, "origins", tuple(self.origins))
+            from .protocol.handshake import OriginPolicy
+
+            OriginPolicy(self.origins)  # raises on a malformed entry
+        for name in ("max_connections", "max_connections_per_ip"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, or None")
+        if not 64 <= self.max_request_line <= self.max_request_head:
+            raise ValueError("max_request_line must be at least 64 and at most "
+                             "max_request_head")
+        if self.max_request_head > _PICOWS_HEAD_CAP:
+            raise ValueError(f"max_request_head must be at most {_PICOWS_HEAD_CAP}: "
+                             "picows drops larger requests without an answer")
         if self.backlog < 1:
             raise ValueError("backlog must be at least 1")
         if self.read_buffer_size < 1:

@@ -5,25 +5,69 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
+from functools import partial
 from http import HTTPStatus
 from types import TracebackType
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import picows
 from picows import WSUpgradeResponse, WSUpgradeResponseWithListener
+from picows.picows import WSProtocol  # type: ignore[attr-defined]
 
 from ._listener import ConnectionListener
 from .connection import WebSocketConnection
 from .handler import WebSocketHandler
 from .options import ServerOptions, picows_options
-from .protocol.handshake import HTTPResponse, is_upgrade, negotiate_subprotocol
+from .protocol.handshake import (
+    SAME_ORIGIN,
+    Accept,
+    ConnectionLimiter,
+    HTTPResponse,
+    OriginPolicy,
+    Request,
+    check_request,
+    check_upgrade,
+    error_response,
+    negotiate_subprotocol,
+    offered_subprotocols,
+)
 from .protocol.messages import CloseCode, encode_close_payload
+from .protocol.routing import Router
 
-__all__ = ["HTTPResponse", "Server", "serve"]
+__all__ = ["SAME_ORIGIN", "Accept", "HTTPResponse", "Request", "Router", "Server", "serve"]
 
 logger = logging.getLogger("reinhardt_ws")
+
+try:
+    import aiofastnet
+except ImportError:  # pragma: no cover - a hard dependency of picows 2.3
+    aiofastnet = None  # type: ignore[assignment]
+
+
+class _ServerProtocol(WSProtocol):  # type: ignore[misc]
+    """picows' protocol, plus the one thing its listener factory cannot see: the
+    peer's address, noted once in ``connection_made`` for the handshake hooks."""
+
+    __slots__ = ("gate",)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.gate.peer = transport.get_extra_info("peername")
+        super().connection_made(transport)
+
+
+class _Gate:
+    """The listener factory of one TCP connection (picows calls it once, with the
+    parsed request; it holds no reference to the protocol, so no cycle)."""
+
+    __slots__ = ("peer", "server")
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.peer: Any = None
+
+    def __call__(self, upgrade: picows.WSUpgradeRequest) -> Any:
+        return self.server._listener_for(upgrade, self.peer)
 
 
 class Server:
@@ -33,13 +77,29 @@ class Server:
     manager; leaving the context closes it with 1001 (Going Away).
     """
 
-    def __init__(self, handler: WebSocketHandler, host: str | None, port: int,
-                 options: ServerOptions) -> None:
-        if not isinstance(handler, WebSocketHandler):
-            raise TypeError("handler must be a WebSocketHandler instance")
-        self.handler = handler
+    def __init__(self, handler: WebSocketHandler | Router | Mapping[str, WebSocketHandler],
+                 host: str | None, port: int, options: ServerOptions) -> None:
+        if isinstance(handler, Mapping):
+            handler = Router.from_mapping(handler)
+        if isinstance(handler, Router):
+            for route in handler.websocket_routes:
+                if not isinstance(route.handler, WebSocketHandler):
+                    raise TypeError(f"route {route.pattern!r}: handler must be a "
+                                    "WebSocketHandler instance")
+            self.router: Router | None = handler
+            self.handler: WebSocketHandler | None = None
+        elif isinstance(handler, WebSocketHandler):
+            self.router = None
+            self.handler = handler
+        else:
+            raise TypeError("handler must be a WebSocketHandler instance, a Router or a "
+                            "{path: handler} mapping")
         self.host = host
         self.options = options
+        self._origins = OriginPolicy(options.origins)
+        self._limits = ConnectionLimiter(options.max_connections,
+                                         options.max_connections_per_ip)
+        self._http_answered = 0
         self._requested_port = port
         self._server: asyncio.Server | None = None
         self._connections: dict[str, WebSocketConnection] = {}
@@ -58,16 +118,35 @@ class Server:
             kwargs["ssl"] = opts.ssl
         if opts.reuse_port:
             kwargs["reuse_port"] = True
-        self._server = await picows.ws_create_server(
-            self._listener_for,
-            self.host,
-            self._requested_port,
-            backlog=opts.backlog,
-            websocket_handshake_timeout=opts.handshake_timeout,
-            read_buffer_init_size=opts.read_buffer_size,
-            use_aiofastnet=opts.use_aiofastnet,
-            **kwargs,
+        # What picows.ws_create_server does, but with a listener factory per TCP
+        # connection that knows the peer's address (process_request, per-IP limits).
+        protocol_args = (
+            None, None, False,  # host+port, path, is_client_side
+            kwargs.pop("logger_name"),
+            True,  # disconnect_on_exception
+            opts.handshake_timeout,
+            kwargs.pop("enable_auto_ping"), kwargs.pop("auto_ping_idle_timeout"),
+            kwargs.pop("auto_ping_reply_timeout"), picows.WSAutoPingStrategy.PING_WHEN_IDLE,
+            kwargs.pop("enable_auto_pong"), kwargs.pop("max_frame_size"),
+            None,  # extra_headers
+            opts.read_buffer_size,
         )
+
+        def protocol_factory() -> _ServerProtocol:
+            gate = _Gate(self)
+            proto = _ServerProtocol(*protocol_args[:3], gate, *protocol_args[3:])
+            proto.gate = gate
+            return proto
+
+        loop = asyncio.get_running_loop()
+        if opts.use_aiofastnet:
+            if aiofastnet is None:
+                raise RuntimeError("use_aiofastnet=True, but aiofastnet is not installed")
+            create_server: Any = partial(aiofastnet.create_server, loop)
+        else:
+            create_server = loop.create_server
+        self._server = await create_server(protocol_factory, self.host, self._requested_port,
+                                           backlog=opts.backlog, **kwargs)
         return self
 
     def __await__(self) -> Generator[Any, None, Server]:
@@ -90,6 +169,25 @@ class Server:
     @property
     def sockets(self) -> tuple[Any, ...]:
         return tuple(self._server.sockets) if self._server is not None else ()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of the handshake gate, read at call time (a fresh dict)::
+
+            {"connections": open WebSocket connections (adopted after the 101),
+             "hosts": distinct remote addresses among them,
+             "refused": {reason: handshakes refused}, "refused_total": N,
+             "http_responses": plain HTTP requests answered by a route}
+
+        Refusal reasons: ``request_too_large`` (414/431), ``bad_request`` (400),
+        ``unsupported_version`` (426), ``not_found`` (404), ``method_not_allowed``
+        (405), ``origin`` (403), ``process_request`` (the hook's own status),
+        ``shutting_down``, ``max_connections`` (503), ``max_connections_per_ip``
+        (429), ``error`` (500: a hook raised).  Requests picows refuses itself
+        after us (an invalid ``Sec-WebSocket-Key``: 400) are not counted.
+        """
+        out = self._limits.stats()
+        out["http_responses"] = self._http_answered
+        return out
 
     @property
     def connections(self) -> frozenset[WebSocketConnection]:
@@ -149,25 +247,78 @@ class Server:
             self._closed.set()
 
     # -- connections ------------------------------------------------------------
-    def _listener_for(self, request: picows.WSUpgradeRequest) -> Any:
-        headers = request.headers
-        raw_path = request.path.decode("latin-1")
-        path = unquote(urlsplit(raw_path).path) or "/"
-        http_handler = self.options.http_handler
-        if not is_upgrade(headers) and http_handler is not None:
-            answer = http_handler(path, headers)
-            if answer is not None:
-                return _http_answer(answer)
-        # Anything else must be a valid upgrade: picows answers 400 otherwise.
-        if self._closing:
-            return _http_answer(HTTPResponse(503, b"server shutting down\n"))
+    def _listener_for(self, upgrade: picows.WSUpgradeRequest, peer: Any) -> Any:
+        """picows' listener factory: every decision of the opening handshake, in the
+        order docs/security.md ("Admission") gives.  Synchronous, and called before
+        picows validates the upgrade headers, which it may still refuse (400)."""
+        opts = self.options
+        headers = upgrade.headers
+        request = Request(upgrade.method.decode("latin-1"), upgrade.path.decode("latin-1"),
+                          headers, peer)
+        refusal = check_request(request, max_request_line=opts.max_request_line,
+                                max_request_head=opts.max_request_head)
+        if refusal is not None:
+            return self._refuse(refusal, "bad_request" if refusal.status == 400
+                                else "request_too_large")
+        if not request.is_upgrade:
+            return self._plain_http(request)
+        refusal = check_upgrade(request)
+        if refusal is not None:
+            return self._refuse(refusal, "unsupported_version" if refusal.status == 426
+                                else "bad_request")
+        # picows wants the whole Connection value to be "upgrade"; Firefox sends
+        # "keep-alive, Upgrade".  check_upgrade() found the token: say just that.
+        headers["Connection"] = "Upgrade"
+        handler = self.handler
+        if self.router is not None:
+            match = self.router.match_websocket(request.encoded_path)
+            if match.route is None:
+                return self._refuse(error_response(404, "Not Found"), "not_found")
+            handler = match.route.handler
+            request.path_params = dict(match.params)
+        if not self._origins.allows(headers.get("origin"), headers.get("host")):
+            return self._refuse(error_response(403, "Forbidden: origin not allowed"), "origin")
+        user: Any = None
         subprotocol = negotiate_subprotocol(headers.get("sec-websocket-protocol"),
-                                            self.options.subprotocols)
-        conn = WebSocketConnection(path=raw_path, headers=headers, subprotocol=subprotocol,
-                                   opts=self.options, is_client=False,
-                                   handler=self.handler, server=self)
-        # Registered by _adopt() once the upgrade succeeds: picows may still refuse
-        # the request (400), and then the connection never opens nor closes.
+                                            opts.subprotocols)
+        if opts.process_request is not None:
+            try:
+                verdict = opts.process_request(request)
+                if isinstance(verdict, Accept):
+                    user = verdict.user
+                    if verdict.subprotocol is not None:
+                        if verdict.subprotocol not in offered_subprotocols(
+                                headers.get("sec-websocket-protocol")):
+                            raise ValueError(f"process_request chose subprotocol "
+                                             f"{verdict.subprotocol!r}, which the client "
+                                             "did not offer")
+                        subprotocol = verdict.subprotocol
+                elif isinstance(verdict, HTTPResponse):
+                    if verdict.status < 400:
+                        raise ValueError("process_request refused with status "
+                                         f"{verdict.status}: use a 4xx or 5xx status")
+                    return self._refuse(verdict, "process_request")
+                elif verdict is not None:
+                    raise TypeError("process_request must return None, an Accept or an "
+                                    f"HTTPResponse, not {type(verdict).__name__}")
+            except Exception:
+                logger.exception("process_request failed for %r", request)
+                return self._refuse(error_response(500, "Internal Server Error"), "error")
+        if self._closing:
+            return self._refuse(error_response(503, "Service Unavailable: shutting down"),
+                                "shutting_down")
+        refusal = self._limits.refusal(request.remote_host)
+        if refusal is not None:
+            return self._refuse(refusal, "max_connections" if refusal.status == 503
+                                else "max_connections_per_ip")
+        conn = WebSocketConnection(path=request.raw_path, headers=headers,
+                                   subprotocol=subprotocol, opts=opts, is_client=False,
+                                   handler=handler, server=self)
+        conn.user = user
+        conn.path_params = request.path_params
+        # Counted and registered by _adopt() once picows sends the 101 (in this same
+        # call from picows, so no other handshake runs in between): picows may still
+        # refuse the request (400), and then the connection never opens nor closes.
         listener = ConnectionListener(conn)
         if subprotocol is None:
             return listener
@@ -175,11 +326,54 @@ class Server:
             extra_headers={"Sec-WebSocket-Protocol": subprotocol})
         return WSUpgradeResponseWithListener(response, listener)
 
+    def _plain_http(self, request: Request) -> WSUpgradeResponseWithListener:
+        """A request without ``Upgrade: websocket``: an HTTP route, or 404/405/426."""
+        answer: HTTPResponse | None = None
+        try:
+            if self.router is not None:
+                match = self.router.match_http(request.method, request.encoded_path)
+                if match.route is not None:
+                    request.path_params = dict(match.params)
+                    answer = match.route.fn(request)
+                    if not isinstance(answer, HTTPResponse):
+                        raise TypeError(f"HTTP route {match.route.pattern!r} returned "
+                                        f"{type(answer).__name__}, not an HTTPResponse")
+                elif match.allowed:
+                    return self._refuse(error_response(
+                        405, "Method Not Allowed",
+                        {"Allow": ", ".join(sorted(match.allowed))}), "method_not_allowed")
+            if answer is None and self.options.http_handler is not None:
+                answer = self.options.http_handler(request.path, request.headers)
+        except Exception:
+            logger.exception("HTTP handler failed for %r", request)
+            return self._refuse(error_response(500, "Internal Server Error"), "error")
+        if answer is None:
+            router = self.router
+            if router is not None and router.match_websocket(request.encoded_path).route:
+                return self._refuse(error_response(
+                    426, "Upgrade Required: this is a WebSocket endpoint",
+                    {"Upgrade": "websocket", "Sec-WebSocket-Version": "13"}), "bad_request")
+            return self._refuse(error_response(404, "Not Found"), "not_found")
+        self._http_answered += 1
+        return _http_answer(answer)
+
+    def _refuse(self, answer: HTTPResponse, reason: str) -> WSUpgradeResponseWithListener:
+        self._limits.refused(reason)
+        return _http_answer(answer)
+
     def _adopt(self, conn: WebSocketConnection) -> None:
         self._connections[conn.id] = conn
+        self._limits.opened(_host_of(conn.remote_address))
 
     def _forget(self, conn: WebSocketConnection) -> None:
-        self._connections.pop(conn.id, None)
+        if self._connections.pop(conn.id, None) is not None:
+            self._limits.closed(_host_of(conn.remote_address))
+
+
+def _host_of(address: Any) -> str | None:
+    if isinstance(address, (tuple, list)) and address:
+        return str(address[0])
+    return None if address is None else str(address)
 
 
 def _http_answer(answer: HTTPResponse) -> WSUpgradeResponseWithListener:
@@ -194,10 +388,15 @@ def _http_answer(answer: HTTPResponse) -> WSUpgradeResponseWithListener:
     return WSUpgradeResponseWithListener(response, None)
 
 
-def serve(handler: WebSocketHandler, host: str | None = "127.0.0.1", port: int = 8765, *,
+def serve(handler: WebSocketHandler | Router | Mapping[str, WebSocketHandler],
+          host: str | None = "127.0.0.1", port: int = 8765, *,
           options: ServerOptions | None = None, **settings: Any) -> Server:
     """Create a WebSocket server running *handler*; ``await`` it to start listening
     (or use ``async with``).
+
+    *handler* is one :class:`~reinhardt_ws.WebSocketHandler` (every path), a
+    :class:`~reinhardt_ws.Router` (WebSocket and plain-HTTP routes; an unknown
+    WebSocket path gets 404 at the handshake) or ``{pattern: handler}``.
 
     The settings are the fields of :class:`~reinhardt_ws.ServerOptions`, as keyword
     arguments (``max_message_size=...``, ``ping_interval=...``), or a ready

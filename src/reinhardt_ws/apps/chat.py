@@ -10,13 +10,13 @@ Server to client, each a ``WebSocketMessage`` (``message_type`` "text"):
 ``{"event": "joined"|"left", "room": R, "size": N}`` to the one who joined or
 left; ``{"event": "message", "room": R, "from": <sender id>, "data": ...}`` to
 every member of R, the sender included; ``{"event": "error", "error": ...}`` for
-bad input, and the connection stays open.  ``GET /`` serves a browser client,
+bad input, and the connection stays open.  :func:`chat_router` puts it on a
+port: WebSocket upgrades on ``/`` and ``/ws``; ``GET /`` serves a browser client,
 ``GET /healthz`` answers 200.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
@@ -25,11 +25,12 @@ import orjson
 from ..connection import WebSocketConnection
 from ..errors import ConnectionClosed
 from ..handler import WebSocketHandler
+from ..protocol.handshake import HTTPResponse, Request
 from ..protocol.messages import Message, MessageType, WebSocketMessage
+from ..protocol.routing import Router
 from ..rooms import RoomManager
-from ..server import HTTPResponse
 
-__all__ = ["ChatHandler", "chat_http_handler"]
+__all__ = ["ChatHandler", "chat_router"]
 
 MAX_ROOM_NAME = 200
 
@@ -104,10 +105,21 @@ def _page() -> bytes:
     return resources.files("reinhardt_ws.apps").joinpath("static/chat.html").read_bytes()
 
 
-def chat_http_handler(path: str, headers: Mapping[str, str]) -> HTTPResponse | None:
-    """``GET /`` -> the chat page; ``GET /healthz`` -> 200; else not handled."""
-    if path == "/healthz":
-        return HTTPResponse(200, b"ok\n")
-    if path in ("/", "/index.html"):
-        return HTTPResponse(200, _page(), "text/html; charset=utf-8")
-    return None
+def _page_response(request: Request) -> HTTPResponse:
+    return HTTPResponse(200, _page(), "text/html; charset=utf-8")
+
+
+def _health(request: Request) -> HTTPResponse:
+    return HTTPResponse(200, b"ok\n")
+
+
+def chat_router(handler: ChatHandler) -> Router:
+    """The chat server's routes: WebSocket upgrades on ``/`` and ``/ws`` (named
+    ``"chat"``) run *handler*; ``GET /`` and ``/index.html`` serve the page,
+    ``GET /healthz`` answers ``200 ok``; anything else is 404."""
+    return (Router()
+            .websocket("/ws", handler, name="chat")
+            .websocket("/", handler)
+            .http("/", _page_response, name="page")
+            .http("/index.html", _page_response)
+            .http("/healthz", _health, name="health"))
