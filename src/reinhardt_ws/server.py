@@ -266,9 +266,6 @@ class Server:
         if refusal is not None:
             return self._refuse(refusal, "unsupported_version" if refusal.status == 426
                                 else "bad_request")
-        # picows wants the whole Connection value to be "upgrade"; Firefox sends
-        # "keep-alive, Upgrade".  check_upgrade() found the token: say just that.
-        headers["Connection"] = "Upgrade"
         handler = self.handler
         if self.router is not None:
             match = self.router.match_websocket(request.encoded_path)
@@ -311,6 +308,10 @@ class Server:
         if refusal is not None:
             return self._refuse(refusal, "max_connections" if refusal.status == 503
                                 else "max_connections_per_ip")
+        # picows wants the whole Connection value to be "upgrade"; Firefox sends
+        # "keep-alive, Upgrade".  check_upgrade() found the token: say just that
+        # (after the hooks, which see what the client sent).
+        headers["Connection"] = "Upgrade"
         conn = WebSocketConnection(path=request.raw_path, headers=headers,
                                    subprotocol=subprotocol, opts=opts, is_client=False,
                                    handler=handler, server=self)
