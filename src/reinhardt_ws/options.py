@@ -113,7 +113,7 @@ class ServerOptions(ConnectionOptions):
       from the 101 to the end of the connection.  ``None``: unlimited.
     - ``max_request_line``: bytes of request target allowed (over: 414);
       ``max_request_head``: bytes of request line plus headers (over: 431).  Both
-      below 16 KiB, where picows drops the connection without an answer.
+      below 16 KiB: picows, which reads upgrades after us, drops heads that big.
     - ``backlog``: the listening socket's accept queue.
     - ``read_buffer_size``: initial read buffer per connection (it grows as needed);
       small keeps idle connections cheap.

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import logging
-from collections.abc import Generator, Mapping
+from collections.abc import Awaitable, Generator, Mapping
 from functools import partial
 from http import HTTPStatus
 from types import TracebackType
@@ -15,6 +16,7 @@ import picows
 from picows import WSUpgradeResponse, WSUpgradeResponseWithListener
 from picows.picows import WSProtocol  # type: ignore[attr-defined]
 
+from ._http import RequestReader
 from ._listener import ConnectionListener
 from .connection import WebSocketConnection
 from .handler import WebSocketHandler
@@ -45,26 +47,15 @@ except ImportError:  # pragma: no cover - a hard dependency of picows 2.3
     aiofastnet = None  # type: ignore[assignment]
 
 
-class _ServerProtocol(WSProtocol):  # type: ignore[misc]
-    """picows' protocol, plus the one thing its listener factory cannot see: the
-    peer's address, noted once in ``connection_made`` for the handshake hooks."""
-
-    __slots__ = ("gate",)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.gate.peer = transport.get_extra_info("peername")
-        super().connection_made(transport)
-
-
 class _Gate:
     """The listener factory of one TCP connection (picows calls it once, with the
     parsed request; it holds no reference to the protocol, so no cycle)."""
 
     __slots__ = ("peer", "server")
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, peer: Any) -> None:
         self.server = server
-        self.peer: Any = None
+        self.peer = peer
 
     def __call__(self, upgrade: picows.WSUpgradeRequest) -> Any:
         return self.server._listener_for(upgrade, self.peer)
@@ -118,8 +109,9 @@ class Server:
             kwargs["ssl"] = opts.ssl
         if opts.reuse_port:
             kwargs["reuse_port"] = True
-        # What picows.ws_create_server does, but with a listener factory per TCP
-        # connection that knows the peer's address (process_request, per-IP limits).
+        # What picows.ws_create_server does, but each connection is first read by a
+        # RequestReader (plain HTTP, limits), which hands upgrades to a picows
+        # protocol whose listener factory knows the peer's address.
         protocol_args = (
             None, None, False,  # host+port, path, is_client_side
             kwargs.pop("logger_name"),
@@ -132,11 +124,11 @@ class Server:
             opts.read_buffer_size,
         )
 
-        def protocol_factory() -> _ServerProtocol:
-            gate = _Gate(self)
-            proto = _ServerProtocol(*protocol_args[:3], gate, *protocol_args[3:])
-            proto.gate = gate
-            return proto
+        def ws_protocol(peer: Any) -> WSProtocol:
+            return WSProtocol(*protocol_args[:3], _Gate(self, peer), *protocol_args[3:])
+
+        def protocol_factory() -> RequestReader:
+            return RequestReader(self, ws_protocol)
 
         loop = asyncio.get_running_loop()
         if opts.use_aiofastnet:
@@ -178,12 +170,14 @@ class Server:
              "refused": {reason: handshakes refused}, "refused_total": N,
              "http_responses": plain HTTP requests answered by a route}
 
-        Refusal reasons: ``request_too_large`` (414/431), ``bad_request`` (400),
+        Refusal reasons: ``request_too_large`` (414, 431, 413), ``bad_request``
+        (400, 505, and 426 for a plain GET on a WebSocket route),
         ``unsupported_version`` (426), ``not_found`` (404), ``method_not_allowed``
         (405), ``origin`` (403), ``process_request`` (the hook's own status),
         ``shutting_down``, ``max_connections`` (503), ``max_connections_per_ip``
-        (429), ``error`` (500: a hook raised).  Requests picows refuses itself
-        after us (an invalid ``Sec-WebSocket-Key``: 400) are not counted.
+        (429), ``error`` (500: a hook or HTTP handler raised).  Requests picows
+        refuses itself after us (an invalid ``Sec-WebSocket-Key``: 400) and
+        clients that time out before finishing their request are not counted.
         """
         out = self._limits.stats()
         out["http_responses"] = self._http_answered
@@ -261,7 +255,10 @@ class Server:
             return self._refuse(refusal, "bad_request" if refusal.status == 400
                                 else "request_too_large")
         if not request.is_upgrade:
-            return self._plain_http(request)
+            # RequestReader answers plain HTTP before picows sees it; what it hands
+            # over is an upgrade, so this is a guard, not a route.
+            return self._refuse(error_response(400, "Bad Request: not a WebSocket upgrade"),
+                                "bad_request")
         refusal = check_upgrade(request)
         if refusal is not None:
             return self._refuse(refusal, "unsupported_version" if refusal.status == 426
@@ -327,36 +324,52 @@ class Server:
             extra_headers={"Sec-WebSocket-Protocol": subprotocol})
         return WSUpgradeResponseWithListener(response, listener)
 
-    def _plain_http(self, request: Request) -> WSUpgradeResponseWithListener:
-        """A request without ``Upgrade: websocket``: an HTTP route, or 404/405/426."""
-        answer: HTTPResponse | None = None
+    def _http_response(self, request: Request, has_body: bool
+                       ) -> tuple[HTTPResponse | Awaitable[HTTPResponse], str | None]:
+        """The answer to a plain HTTP request (no ``Upgrade: websocket``), and the
+        refusal reason to count (None: answered by a route or ``http_handler``).
+
+        An HTTP route of the request's method (HEAD where GET is) answers; a path
+        whose routes take other methods gets 405 with ``Allow``; else, for GET and
+        HEAD, ``http_handler`` if set; a method other than GET and HEAD gets 405
+        (``Allow: GET, HEAD``); a WebSocket route's path gets 426; else 404.  The
+        answer may be awaitable (a coroutine route handler).
+        """
+        method = request.method
         try:
             if self.router is not None:
-                match = self.router.match_http(request.method, request.encoded_path)
+                match = self.router.match_http(method, request.encoded_path)
                 if match.route is not None:
+                    if has_body:
+                        return error_response(413, "Content Too Large: request bodies are "
+                                                   "not supported"), "request_too_large"
                     request.path_params = dict(match.params)
                     answer = match.route.fn(request)
+                    if inspect.isawaitable(answer):
+                        return answer, None
                     if not isinstance(answer, HTTPResponse):
                         raise TypeError(f"HTTP route {match.route.pattern!r} returned "
                                         f"{type(answer).__name__}, not an HTTPResponse")
-                elif match.allowed:
-                    return self._refuse(error_response(
-                        405, "Method Not Allowed",
-                        {"Allow": ", ".join(sorted(match.allowed))}), "method_not_allowed")
-            if answer is None and self.options.http_handler is not None:
-                answer = self.options.http_handler(request.path, request.headers)
+                    return answer, None
+                if match.allowed:
+                    return error_response(405, "Method Not Allowed", {
+                        "Allow": ", ".join(sorted(match.allowed))}), "method_not_allowed"
+            if method not in ("GET", "HEAD"):
+                return error_response(405, "Method Not Allowed",
+                                      {"Allow": "GET, HEAD"}), "method_not_allowed"
+            if self.options.http_handler is not None:
+                legacy = self.options.http_handler(request.path, request.headers)
+                if legacy is not None:
+                    return legacy, None
         except Exception:
             logger.exception("HTTP handler failed for %r", request)
-            return self._refuse(error_response(500, "Internal Server Error"), "error")
-        if answer is None:
-            router = self.router
-            if router is not None and router.match_websocket(request.encoded_path).route:
-                return self._refuse(error_response(
-                    426, "Upgrade Required: this is a WebSocket endpoint",
-                    {"Upgrade": "websocket", "Sec-WebSocket-Version": "13"}), "bad_request")
-            return self._refuse(error_response(404, "Not Found"), "not_found")
-        self._http_answered += 1
-        return _http_answer(answer)
+            return error_response(500, "Internal Server Error"), "error"
+        router = self.router
+        if router is not None and router.match_websocket(request.encoded_path).route:
+            return error_response(426, "Upgrade Required: this is a WebSocket endpoint",
+                                  {"Upgrade": "websocket", "Sec-WebSocket-Version": "13"}
+                                  ), "bad_request"
+        return error_response(404, "Not Found"), "not_found"
 
     def _refuse(self, answer: HTTPResponse, reason: str) -> WSUpgradeResponseWithListener:
         self._limits.refused(reason)

@@ -228,6 +228,13 @@ def test_unsupported_versions_get_426_with_version_13(run: Run) -> None:
             answer = await exchange(server.port, raw(*no_version))
             assert_refused(answer, 426, b"version none")
             assert server.stats()["refused"] == {"unsupported_version": 5}
+            # An upgrade must be a GET over HTTP/1.1: anything else is plain HTTP.
+            post = [line.replace("GET ", "POST ", 1) for line in upgrade_lines(server.port)]
+            answer = await exchange(server.port, raw(*post))
+            assert_refused(answer, 405, b"Method Not Allowed")
+            assert answer.headers["allow"] == "GET, HEAD"
+            old = [line.replace("HTTP/1.1", "HTTP/1.0") for line in upgrade_lines(server.port)]
+            assert_refused(await exchange(server.port, raw(*old)), 404, b"Not Found")
             assert nothing_created()
             await echo_round_trip(server)
 
@@ -345,17 +352,122 @@ def test_unknown_plain_path_is_404_and_http_routes(run: Run) -> None:
     run(main())
 
 
-def test_picows_refuses_other_methods_before_any_hook(run: Run) -> None:
-    """A limitation, pinned: picows 2.3 parses GET only, so HEAD and POST get its
-    400 before our factory runs (no 405, no HEAD); see docs/security.md."""
+def test_head_405_and_coroutine_handlers(run: Run) -> None:
+    """Plain HTTP is read before picows (which parses GET only): HEAD works where
+    GET does, other methods get 405 with Allow, and handlers may be coroutines."""
 
     async def main() -> None:
-        router = rw.Router().http("/healthz", lambda r: rw.HTTPResponse(200, b"ok\n"))
+        async def slow_status(request: rw.Request) -> rw.HTTPResponse:
+            await asyncio.sleep(0.05)
+            return rw.HTTPResponse(200, b'{"ok": true}', "application/json")
+
+        async def broken(request: rw.Request) -> rw.HTTPResponse:
+            raise RuntimeError("handler bug")
+
+        router = (rw.Router()
+                  .http("/healthz", lambda r: rw.HTTPResponse(200, b"ok\n"))
+                  .http("/status", slow_status)
+                  .http("/broken", broken)
+                  .http("/upload", lambda r: rw.HTTPResponse(204), methods=("PUT",)))
         async with running_server(router) as server:
-            for method in ("HEAD", "POST", "PUT"):
+            get = await exchange(server.port, raw("GET /healthz HTTP/1.1", "Host: x"))
+            head = await exchange(server.port, raw("HEAD /healthz HTTP/1.1", "Host: x"))
+            assert (get.status, get.body) == (200, b"ok\n")
+            assert head.status_line == "HTTP/1.1 200 OK" and head.body == b""
+            assert head.headers["content-length"] == "3"  # what GET would send
+            for method in ("POST", "DELETE", "OPTIONS"):
                 answer = await exchange(server.port, raw(f"{method} /healthz HTTP/1.1",
                                                          "Host: x"))
-                assert answer.status == 400 and b"Unsupported HTTP method" in answer.body
+                assert_refused(answer, 405, b"405 Method Not Allowed")
+                assert answer.headers["allow"] == "GET, HEAD"
+            answer = await exchange(server.port, raw("GET /upload HTTP/1.1", "Host: x"))
+            assert_refused(answer, 405, b"Method Not Allowed")
+            assert answer.headers["allow"] == "PUT"
+            answer = await exchange(server.port, raw("POST /nowhere HTTP/1.1", "Host: x"))
+            assert answer.status == 405 and answer.headers["allow"] == "GET, HEAD"
+            status = await exchange(server.port, raw("GET /status HTTP/1.1", "Host: x"))
+            assert (status.status, status.body) == (200, b'{"ok": true}')
+            assert status.headers["content-type"] == "application/json"
+            head = await exchange(server.port, raw("HEAD /status HTTP/1.1", "Host: x"))
+            assert head.status == 200 and head.body == b""
+            assert_refused(await exchange(server.port, raw("GET /broken HTTP/1.1", "Host: x")),
+                           500, b"500 Internal Server Error")
+            body = await exchange(server.port, raw("PUT /upload HTTP/1.1", "Host: x",
+                                                   "Content-Length: 5") + b"hello")
+            assert_refused(body, 413, b"request bodies are not supported")
+            # HTTP/1.0 needs no Host; other versions are 505; garbage is 400.
+            old = await exchange(server.port, raw("GET /healthz HTTP/1.0"))
+            assert (old.status, old.body) == (200, b"ok\n")
+            assert (await exchange(server.port, raw("GET /healthz HTTP/2.0"))).status == 505
+            assert (await exchange(server.port, raw("GET  /healthz HTTP/1.1",
+                                                    "Host: x"))).status == 400
+            assert (await exchange(server.port, raw("GET /healthz HTTP/1.1",
+                                                    "Host x"))).status == 400
+            async with aiohttp.ClientSession() as session:
+                async with session.head(f"http://127.0.0.1:{server.port}/healthz") as r:
+                    assert r.status == 200 and await r.read() == b""
+                async with session.post(f"http://127.0.0.1:{server.port}/healthz") as r:
+                    assert r.status == 405 and r.headers["Allow"] == "GET, HEAD"
+                async with session.get(f"http://127.0.0.1:{server.port}/status") as r:
+                    assert r.status == 200 and await r.json() == {"ok": True}
+            assert server.stats()["http_responses"] == 7
+            assert nothing_created()
+
+    run(main())
+
+
+def test_heads_over_picows_cap_get_431_not_a_reset(run: Run) -> None:
+    async def main() -> None:
+        async with running_server(Recorder(echo=True)) as server:
+            for size in (20_000, 70_000):  # picows alone would drop these silently
+                big = [*upgrade_lines(server.port), f"X-Filler: {'v' * size}"]
+                assert_refused(await exchange(server.port, raw(*big)), 431, b"431")
+            # A request line that never ends: 414.
+            answer = await exchange(server.port, b"GET /" + b"a" * 20_000)
+            assert_refused(answer, 414, b"414 URI Too Long")
+            assert server.stats()["refused"] == {"request_too_large": 3}
+            assert nothing_created()
+
+    run(main())
+
+
+def test_upgrade_in_pieces_and_with_early_frames(run: Run) -> None:
+    """The hand-over to picows keeps every byte: a head sent a few bytes at a
+    time, a large head (beyond picows' initial buffer), and frames sent right
+    behind the head all arrive."""
+
+    async def main() -> None:
+        handler = Recorder(echo=True)
+        async with running_server(handler) as server:
+            lines = [*upgrade_lines(server.port), f"X-Filler: {'f' * 6000}"]
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            try:
+                data = raw(*lines)
+                for i in range(0, 63, 7):
+                    writer.write(data[i:i + 7])
+                    await writer.drain()
+                    await asyncio.sleep(0.01)
+                writer.write(data[63:] + client_frame(TEXT, b"one") + client_frame(TEXT, b"two"))
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+                assert Answer(head).status == 101
+                for expected in (b"one", b"two"):
+                    b0, b1 = await asyncio.wait_for(reader.readexactly(2), 5)
+                    assert (b0, await reader.readexactly(b1)) == (0x81, expected)
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+
+    run(main())
+
+
+def test_silent_client_is_dropped_after_handshake_timeout(run: Run) -> None:
+    async def main() -> None:
+        async with running_server(Recorder(echo=True), handshake_timeout=0.3) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            writer.close()
 
     run(main())
 
@@ -579,3 +691,20 @@ def test_limits_are_validated() -> None:
             rw.ServerOptions(**bad)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         rw.ServerOptions(origins="https://x.example")
+
+
+@pytest.mark.parametrize("use_aiofastnet", [False, True], ids=["loop-transport", "aiofastnet"])
+def test_hand_over_on_each_transport(run: Run, use_aiofastnet: bool) -> None:
+    async def main() -> None:
+        router = (rw.Router().websocket("/", Recorder(echo=True))
+                  .http("/healthz", lambda r: rw.HTTPResponse(200, b"ok\n")))
+        async with running_server(router, use_aiofastnet=use_aiofastnet) as server:
+            await echo_round_trip(server)
+            head = await exchange(server.port, raw("HEAD /healthz HTTP/1.1", "Host: x"))
+            assert head.status == 200 and head.body == b""
+            async with aiohttp.ClientSession() as session, session.ws_connect(
+                    url_of(server)) as ws:
+                await ws.send_bytes(b"\x00" * 100_000)
+                assert (await ws.receive(timeout=5)).data == b"\x00" * 100_000
+
+    run(main())

@@ -205,6 +205,8 @@ def test_router_matches_and_reverses() -> None:
     assert router.match_websocket("/nowhere").route is None
     h = router.match_http("GET", "/healthz")
     assert h.route is not None and h.route.fn is health
+    assert router.match_http("HEAD", "/healthz").route is h.route  # HEAD where GET is
+    assert router.match_http("POST", "/healthz").allowed == {"GET", "HEAD"}
     other = router.match_http("GET", "/submit")
     assert other.route is None and other.allowed == {"POST"}
     missing = router.match_http("GET", "/nowhere")
@@ -221,11 +223,8 @@ def test_router_matches_and_reverses() -> None:
 
 
 def test_router_refuses_bad_definitions() -> None:
-    async def coro(req: Request) -> None:
-        return None
-
-    with pytest.raises(TypeError, match="synchronous"):
-        Router().http("/x", coro)
+    with pytest.raises(ValueError):
+        Router().http("/x", lambda r: None, methods=())
     with pytest.raises(ValueError):
         Router().websocket("rooms", object())
     with pytest.raises(ValueError):
@@ -234,3 +233,35 @@ def test_router_refuses_bad_definitions() -> None:
         Router().websocket("/{rest:path}/x", object())
     with pytest.raises(ValueError):
         Router().websocket("/x", object(), name="n").websocket("/y", object(), name="n")
+
+
+def test_parse_request_head() -> None:
+    from reinhardt_ws.protocol.handshake import (
+        HeadError,
+        HTTPResponse,
+        parse_request_head,
+        render_response,
+    )
+
+    head = parse_request_head(b"HEAD /x?y=1 HTTP/1.1\r\nHost: h\r\nX-A:  b \r\nContent-Length: 0")
+    assert (head.method, head.target, head.version) == ("HEAD", "/x?y=1", "HTTP/1.1")
+    assert head.headers == (("Host", "h"), ("X-A", "b"), ("Content-Length", "0"))
+    assert not head.has_body
+    assert parse_request_head(b"PUT / HTTP/1.1\r\nContent-Length: 3").has_body
+    assert parse_request_head(b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked").has_body
+    for bad, status in ((b"GET /", 400), (b"GET  / HTTP/1.1", 400), (b"G(T / HTTP/1.1", 400),
+                        (b"GET / HTTP/2", 505), (b"GET / FTP/1", 400),
+                        (b"GET / HTTP/1.1\r\nNo colon", 400),
+                        (b"GET / HTTP/1.1\r\n folded: x", 400),
+                        (b"GET / HTTP/1.1" + b"\r\nA: b" * 129, 431)):
+        with pytest.raises(HeadError) as info:
+            parse_request_head(bad)
+        assert info.value.response.status == status, bad
+    rendered = render_response(HTTPResponse(404, b"gone", headers={"X-Y": "z",
+                                                                  "Connection": "keep"}))
+    assert rendered == (b"HTTP/1.1 404 Not Found\r\nX-Y: z\r\n"
+                        b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: 4\r\n"
+                        b"Connection: close\r\n\r\ngone")
+    assert render_response(HTTPResponse(200, b"body"), head_only=True).endswith(
+        b"Content-Length: 4\r\nConnection: close\r\n\r\n")
+    assert render_response(HTTPResponse(599)).startswith(b"HTTP/1.1 599 Unknown\r\n")

@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -23,13 +24,17 @@ __all__ = [
     "Accept",
     "ConnectionLimiter",
     "HTTPResponse",
+    "HeadError",
     "OriginPolicy",
+    "ParsedHead",
     "Request",
     "check_request",
     "connection_has_upgrade",
     "error_response",
     "is_upgrade",
     "negotiate_subprotocol",
+    "parse_request_head",
+    "render_response",
 ]
 
 #: Marker for ``origins=[...]``: an ``Origin`` whose host and port equal the
@@ -83,7 +88,8 @@ class Accept:
 class Request:
     """The opening request as the handshake hooks see it (read-only).
 
-    ``method`` (always ``"GET"``: picows refuses other methods before any hook),
+    ``method`` (``"GET"`` for every WebSocket upgrade; any method for plain
+    HTTP routes),
     ``raw_path`` (the request target as sent), ``path`` (its path, %-decoded),
     ``query_string`` (undecoded, without ``?``), ``query`` (``{name: [values]}``),
     ``headers`` (case-insensitive), ``remote_address`` (the peer's
@@ -123,6 +129,88 @@ class Request:
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.raw_path!r} from {self.remote_address!r}>"
+
+
+class HeadError(ValueError):
+    """A request head that cannot be parsed: answer :attr:`response`."""
+
+    def __init__(self, response: HTTPResponse) -> None:
+        super().__init__(response.body.decode("latin-1").strip())
+        self.response = response
+
+
+#: As many header lines as picows accepts.
+MAX_HEADERS = 128
+
+
+@dataclass(frozen=True)
+class ParsedHead:
+    """A request head as :func:`parse_request_head` read it."""
+
+    method: str
+    target: str
+    version: str
+    headers: tuple[tuple[str, str], ...]
+    has_body: bool
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def parse_request_head(head: bytes) -> ParsedHead:
+    """Parse an HTTP/1.x request head (without its final blank line).
+
+    Raises :class:`HeadError` carrying 400 for a malformed request line or
+    header, 505 for an HTTP version other than 1.0 and 1.1, and 431 for more
+    than :data:`MAX_HEADERS` header lines.  Obsolete line folding is malformed.
+    """
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or not parts[1]:
+        raise HeadError(error_response(400, "Bad Request: malformed request line"))
+    method, target, version = (part.decode("latin-1") for part in parts)
+    if _TOKEN.fullmatch(method) is None:
+        raise HeadError(error_response(400, "Bad Request: malformed method"))
+    if version not in ("HTTP/1.1", "HTTP/1.0"):
+        if not version.startswith("HTTP/"):
+            raise HeadError(error_response(400, "Bad Request: malformed request line"))
+        raise HeadError(error_response(505, "HTTP Version Not Supported"))
+    if len(lines) - 1 > MAX_HEADERS:
+        raise HeadError(error_response(431, "Request Header Fields Too Large"))
+    headers = []
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        text = name.decode("latin-1")
+        if not sep or _TOKEN.fullmatch(text) is None:
+            raise HeadError(error_response(400, "Bad Request: malformed header"))
+        headers.append((text, value.strip(b" \t").decode("latin-1")))
+    has_body = False
+    for field_name, field_value in headers:
+        lowered = field_name.lower()
+        if lowered == "transfer-encoding" or (lowered == "content-length"
+                                              and field_value.strip("0") != ""):
+            has_body = True
+    return ParsedHead(method, target, version, tuple(headers), has_body)
+
+
+def render_response(answer: HTTPResponse, *, head_only: bool = False) -> bytes:
+    """The bytes of *answer* with ``Content-Type``, ``Content-Length`` and
+    ``Connection: close``; without the body when *head_only* (a HEAD request)."""
+    try:
+        phrase = HTTPStatus(answer.status).phrase
+    except ValueError:
+        phrase = "Unknown"
+    lines = [f"HTTP/1.1 {answer.status} {phrase}"]
+    given = {name.lower() for name in answer.headers}
+    for name, value in answer.headers.items():
+        if name.lower() not in ("content-length", "connection"):
+            lines.append(f"{name}: {value}")
+    if "content-type" not in given:
+        lines.append(f"Content-Type: {answer.content_type}")
+    lines.append(f"Content-Length: {len(answer.body)}")
+    lines.append("Connection: close")
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return head if head_only else head + answer.body
 
 
 def is_upgrade(headers: Mapping[str, str]) -> bool:

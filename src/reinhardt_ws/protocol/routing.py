@@ -11,7 +11,6 @@ in the order routes were added.
 
 from __future__ import annotations
 
-import inspect
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -130,10 +129,9 @@ class Router:
 
     A WebSocket upgrade whose path matches no WebSocket route is refused with
     404 at the handshake; a plain request whose path matches no HTTP route gets
-    404 (426 if a WebSocket route has that path), and a GET on a path whose
-    routes take other methods only gets 405 with ``Allow``.  HTTP handlers are
-    synchronous (picows answers plain HTTP from its synchronous handshake
-    callback): a coroutine function is refused with ``TypeError`` when added.
+    404 (426 if a WebSocket route has that path), and a method a path's routes
+    do not take gets 405 with ``Allow``.  HTTP handlers may be plain functions
+    or coroutine functions.
     """
 
     def __init__(self) -> None:
@@ -160,18 +158,15 @@ class Router:
     def http(self, pattern: str, fn: Callable[[Any], Any], *,
              methods: Iterable[str] = ("GET",), name: str | None = None) -> Router:
         """Answer plain HTTP on *pattern* with ``fn(request) -> HTTPResponse``
-        (``request.path_params`` holds the parameters).  Returns the router.
-
-        picows 2.3 parses only ``GET`` requests: any other method (``HEAD``
-        included) is answered 400 by picows before a route is consulted, so
-        *methods* other than ``GET`` are accepted here but never reached today."""
-        if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-                type(fn).__call__):
-            raise TypeError("HTTP route handlers must be synchronous: picows answers plain "
-                            "HTTP from its synchronous handshake callback")
+        (``request.path_params`` holds the parameters); *fn* may be a coroutine
+        function.  ``HEAD`` is allowed wherever ``GET`` is (the body is then not
+        sent).  Requests with a body get 413: handlers see no body.  Returns the
+        router."""
         wanted = frozenset(m.upper() for m in methods)
         if not wanted:
             raise ValueError("an HTTP route needs at least one method")
+        if "GET" in wanted:
+            wanted |= {"HEAD"}
         regex, params = _compile(pattern)
         route = HTTPRoute(pattern, name, regex, params, fn, wanted)
         self._name(name, route)
