@@ -44,7 +44,7 @@ LINGER = 2.0
 class RequestReader(asyncio.Protocol):
     """Reads one request head; answers it, or hands the connection to picows."""
 
-    __slots__ = ("_buffer", "_make_ws_protocol", "_peer", "_server", "_task", "_timer",
+    __slots__ = ("_buffer", "_eof", "_make_ws_protocol", "_peer", "_server", "_task", "_timer",
                  "_transport")
 
     def __init__(self, server: Server, make_ws_protocol: Callable[[Any], Any]) -> None:
@@ -55,6 +55,7 @@ class RequestReader(asyncio.Protocol):
         self._buffer: bytearray | None = bytearray()
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
+        self._eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
@@ -151,6 +152,9 @@ class RequestReader(asyncio.Protocol):
         if transport.is_closing():
             return
         transport.write(render_response(answer, head_only=head_only))
+        if self._eof:
+            transport.close()  # the client has sent everything: nothing to drain
+            return
         # A lingering close: closing a socket with unread input sends a reset,
         # which can destroy the answer in flight (a client still sending a 20 KiB
         # head would see a reset, not our 431).  So stop writing, keep reading
@@ -160,7 +164,10 @@ class RequestReader(asyncio.Protocol):
         self._timer = asyncio.get_running_loop().call_later(LINGER, transport.abort)
 
     def eof_received(self) -> bool:
-        return False  # the client is done: close our side too
+        # A client may half-close once its request is sent: keep the connection
+        # open while a coroutine handler prepares the answer; otherwise close.
+        self._eof = True
+        return self._task is not None and not self._task.done()
 
     def _hand_over(self) -> None:
         """Give the connection, and every byte read so far, to a picows protocol."""

@@ -28,9 +28,20 @@ MiB = 1024 * 1024
 #: (then the request must be a WebSocket upgrade, else it gets 400).
 HTTPHandler = Callable[[str, Mapping[str, str]], "HTTPResponse | None"]
 
-#: ``process_request(request)`` runs during the opening handshake (synchronously,
-#: before the 101): None admits, an :class:`~reinhardt_ws.HTTPResponse` refuses
-#: with that response, an :class:`~reinhardt_ws.Accept` admits with an identity.
+#: ``process_request(request)``, the handshake hook (named after python-websockets'):
+#: called for every WebSocket upgrade that passed the HTTP checks, the route and
+#: the Origin policy, synchronously, on the event loop, before the 101 and before
+#: any connection object exists.  *request* is a :class:`~reinhardt_ws.Request`
+#: (``method``, ``path``, ``query_string``, ``query``, ``headers``,
+#: ``remote_address``, ``path_params``).  Return None to admit; an
+#: :class:`~reinhardt_ws.HTTPResponse` with a 4xx/5xx status (and headers such as
+#: ``WWW-Authenticate``) to refuse with exactly that response; or
+#: :class:`~reinhardt_ws.Accept` to admit with ``conn.user`` set to its ``user``
+#: and, optionally, its ``subprotocol`` (one the client offered) answered.  A
+#: hook that raises, or returns anything else (a 1xx-3xx response, another
+#: type, a subprotocol the client did not offer), refuses with 500 and is logged.
+#: It cannot await (picows' handshake callback is synchronous): checks needing
+#: I/O belong in ``authenticate``, which runs after the 101.
 ProcessRequest = Callable[["Request"], "HTTPResponse | Accept | None"]
 
 #: picows drops (without an answer) a request head of 16 KiB or more; our own

@@ -390,6 +390,14 @@ def test_head_405_and_coroutine_handlers(run: Run) -> None:
             assert status.headers["content-type"] == "application/json"
             head = await exchange(server.port, raw("HEAD /status HTTP/1.1", "Host: x"))
             assert head.status == 200 and head.body == b""
+            # A client that half-closes after its request still gets the answer.
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(raw("GET /status HTTP/1.1", "Host: x"))
+            writer.write_eof()
+            half = Answer(await asyncio.wait_for(reader.read(), 5))
+            writer.close()
+            await writer.wait_closed()
+            assert (half.status, half.body) == (200, b'{"ok": true}')
             assert_refused(await exchange(server.port, raw("GET /broken HTTP/1.1", "Host: x")),
                            500, b"500 Internal Server Error")
             body = await exchange(server.port, raw("PUT /upload HTTP/1.1", "Host: x",
@@ -410,7 +418,7 @@ def test_head_405_and_coroutine_handlers(run: Run) -> None:
                     assert r.status == 405 and r.headers["Allow"] == "GET, HEAD"
                 async with session.get(f"http://127.0.0.1:{server.port}/status") as r:
                     assert r.status == 200 and await r.json() == {"ok": True}
-            assert server.stats()["http_responses"] == 7
+            assert server.stats()["http_responses"] == 8
             assert nothing_created()
 
     run(main())
