@@ -25,7 +25,7 @@ __all__ = ["Authenticate", "ClientOptions", "ConnectionOptions", "HTTPHandler",
 MiB = 1024 * 1024
 
 #: ``http_handler(path, headers)`` answers plain HTTP requests, or returns None
-#: (then the request must be a WebSocket upgrade, else it gets 400).
+#: (then it gets 404).
 HTTPHandler = Callable[[str, Mapping[str, str]], "HTTPResponse | None"]
 
 #: ``process_request(request)``, the handshake hook (named after python-websockets'):
