@@ -7,6 +7,8 @@ import ast
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import reinhardt_ws.protocol
 from reinhardt_ws.protocol.handshake import (
@@ -265,3 +267,29 @@ def test_parse_request_head() -> None:
     assert render_response(HTTPResponse(200, b"body"), head_only=True).endswith(
         b"Content-Length: 4\r\nConnection: close\r\n\r\n")
     assert render_response(HTTPResponse(599)).startswith(b"HTTP/1.1 599 Unknown\r\n")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600))
+def test_fuzz_request_head_raises_only_head_error(data: bytes) -> None:
+    from reinhardt_ws.protocol.handshake import HeadError, parse_request_head
+
+    try:
+        head = parse_request_head(data)
+    except HeadError as exc:
+        assert 400 <= exc.response.status < 600
+    else:
+        assert head.method and head.target
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=80), st.one_of(st.none(), st.text(max_size=40)),
+       st.text(max_size=120))
+def test_fuzz_origin_and_routes_never_raise(origin: str, host: str | None, path: str) -> None:
+    policy = OriginPolicy([SAME_ORIGIN, "https://*.example.com", "http://a.test:81", None])
+    assert policy.allows(origin, host) in (True, False)
+    router = Router().websocket("/rooms/{room}", object()).websocket("/f/{rest:path}", object())
+    match = router.match_websocket("/" + path)
+    assert match.route is None or all(match.params.values())
+    request = Request("GET", "/" + path, CI({"host": host or ""}), None)
+    check_request(request, max_request_line=100, max_request_head=500)
