@@ -24,15 +24,13 @@ from .options import ServerOptions, picows_options
 from .protocol.handshake import (
     SAME_ORIGIN,
     Accept,
+    Admission,
     ConnectionLimiter,
     HTTPResponse,
     OriginPolicy,
+    Refused,
     Request,
-    check_request,
-    check_upgrade,
     error_response,
-    negotiate_subprotocol,
-    offered_subprotocols,
 )
 from .protocol.messages import CloseCode, encode_close_payload
 from .protocol.routing import Router
@@ -91,6 +89,11 @@ class Server:
         self._limits = ConnectionLimiter(options.max_connections,
                                          options.max_connections_per_ip)
         self._http_answered = 0
+        self._admission = Admission(
+            handler=self.handler, router=self.router, origins=self._origins,
+            process_request=options.process_request, subprotocols=options.subprotocols,
+            limits=self._limits, max_request_line=options.max_request_line,
+            max_request_head=options.max_request_head)
         self._requested_port = port
         self._server: asyncio.Server | None = None
         self._connections: dict[str, WebSocketConnection] = {}
@@ -245,75 +248,25 @@ class Server:
         """picows' listener factory: every decision of the opening handshake, in the
         order docs/security.md ("Admission") gives.  Synchronous, and called before
         picows validates the upgrade headers, which it may still refuse (400)."""
-        opts = self.options
         headers = upgrade.headers
         request = Request(upgrade.method.decode("latin-1"), upgrade.path.decode("latin-1"),
                           headers, peer)
-        refusal = check_request(request, max_request_line=opts.max_request_line,
-                                max_request_head=opts.max_request_head)
-        if refusal is not None:
-            return self._refuse(refusal, "bad_request" if refusal.status == 400
-                                else "request_too_large")
-        if not request.is_upgrade:
-            # RequestReader answers plain HTTP before picows sees it; what it hands
-            # over is an upgrade, so this is a guard, not a route.
-            return self._refuse(error_response(400, "Bad Request: not a WebSocket upgrade"),
-                                "bad_request")
-        refusal = check_upgrade(request)
-        if refusal is not None:
-            return self._refuse(refusal, "unsupported_version" if refusal.status == 426
-                                else "bad_request")
-        handler = self.handler
-        if self.router is not None:
-            match = self.router.match_websocket(request.encoded_path)
-            if match.route is None:
-                return self._refuse(error_response(404, "Not Found"), "not_found")
-            handler = match.route.handler
-            request.path_params = dict(match.params)
-        if not self._origins.allows(headers.get("origin"), headers.get("host")):
-            return self._refuse(error_response(403, "Forbidden: origin not allowed"), "origin")
-        user: Any = None
-        subprotocol = negotiate_subprotocol(headers.get("sec-websocket-protocol"),
-                                            opts.subprotocols)
-        if opts.process_request is not None:
-            try:
-                verdict = opts.process_request(request)
-                if isinstance(verdict, Accept):
-                    user = verdict.user
-                    if verdict.subprotocol is not None:
-                        if verdict.subprotocol not in offered_subprotocols(
-                                headers.get("sec-websocket-protocol")):
-                            raise ValueError(f"process_request chose subprotocol "
-                                             f"{verdict.subprotocol!r}, which the client "
-                                             "did not offer")
-                        subprotocol = verdict.subprotocol
-                elif isinstance(verdict, HTTPResponse):
-                    if verdict.status < 400:
-                        raise ValueError("process_request refused with status "
-                                         f"{verdict.status}: use a 4xx or 5xx status")
-                    return self._refuse(verdict, "process_request")
-                elif verdict is not None:
-                    raise TypeError("process_request must return None, an Accept or an "
-                                    f"HTTPResponse, not {type(verdict).__name__}")
-            except Exception:
-                logger.exception("process_request failed for %r", request)
-                return self._refuse(error_response(500, "Internal Server Error"), "error")
-        if self._closing:
-            return self._refuse(error_response(503, "Service Unavailable: shutting down"),
-                                "shutting_down")
-        refusal = self._limits.refusal(request.remote_host)
-        if refusal is not None:
-            return self._refuse(refusal, "max_connections" if refusal.status == 503
-                                else "max_connections_per_ip")
+        verdict = self._admission.decide(request, closing=self._closing)
+        if isinstance(verdict, Refused):
+            if verdict.error is not None:
+                logger.error("process_request failed for %r", request,
+                             exc_info=verdict.error)
+            return self._refuse(verdict.response, verdict.reason)
         # picows wants the whole Connection value to be "upgrade"; Firefox sends
         # "keep-alive, Upgrade".  check_upgrade() found the token: say just that
         # (after the hooks, which see what the client sent).
         headers["Connection"] = "Upgrade"
+        subprotocol = verdict.subprotocol
         conn = WebSocketConnection(path=request.raw_path, headers=headers,
-                                   subprotocol=subprotocol, opts=opts, is_client=False,
-                                   handler=handler, server=self)
-        conn.user = user
-        conn.path_params = request.path_params
+                                   subprotocol=subprotocol, opts=self.options,
+                                   is_client=False, handler=verdict.handler, server=self)
+        conn.user = verdict.user
+        conn.path_params = verdict.path_params
         # Counted and registered by _adopt() once picows sends the 101 (in this same
         # call from picows, so no other handshake runs in between): picows may still
         # refuse the request (400), and then the connection never opens nor closes.

@@ -293,3 +293,39 @@ def test_fuzz_origin_and_routes_never_raise(origin: str, host: str | None, path:
     assert match.route is None or all(match.params.values())
     request = Request("GET", "/" + path, CI({"host": host or ""}), None)
     check_request(request, max_request_line=100, max_request_head=500)
+
+
+def test_admission_order() -> None:
+    """Route, then Origin, then the hook, then shutdown and limits: a refusal
+    earlier in the order means the later checks never run."""
+    from reinhardt_ws.protocol.handshake import Accept, Admission, Admitted, Refused
+
+    calls: list[str] = []
+
+    def hook(req: Request) -> Accept:
+        calls.append(req.path)
+        return Accept(user="u")
+
+    room = object()
+    limits = ConnectionLimiter(1, None)
+    admission = Admission(handler=None, router=Router().websocket("/r/{id}", room),
+                          origins=OriginPolicy(["https://ok.example", None]),
+                          process_request=hook, subprotocols=("v1",), limits=limits,
+                          max_request_line=100, max_request_head=1000)
+
+    def decide(path: str, closing: bool = False, **headers: str) -> Admitted | Refused:
+        return admission.decide(request(path, **headers), closing=closing)
+
+    def status(verdict: Admitted | Refused) -> int:
+        return verdict.response.status if isinstance(verdict, Refused) else 101
+
+    assert status(decide("/nope", origin="http://evil.example")) == 404
+    assert status(decide("/r/1", origin="http://evil.example")) == 403
+    assert calls == []
+    ok = decide("/r/7", origin="https://ok.example", sec_websocket_protocol="v0, v1")
+    assert ok == Admitted(room, "u", {"id": "7"}, "v1")
+    assert status(decide("/r/1", closing=True)) == 503
+    limits.opened("10.1.2.3")
+    full = decide("/r/1")
+    assert isinstance(full, Refused) and full.reason == "max_connections"
+    assert calls == ["/r/7", "/r/1", "/r/1"]

@@ -22,11 +22,14 @@ from urllib.parse import parse_qs, unquote, urlsplit
 __all__ = [
     "SAME_ORIGIN",
     "Accept",
+    "Admission",
+    "Admitted",
     "ConnectionLimiter",
     "HTTPResponse",
     "HeadError",
     "OriginPolicy",
     "ParsedHead",
+    "Refused",
     "Request",
     "check_request",
     "connection_has_upgrade",
@@ -450,3 +453,117 @@ class ConnectionLimiter:
         return {"connections": self.open, "hosts": len(self._per_host),
                 "refused": dict(self._refusals),
                 "refused_total": sum(self._refusals.values())}
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """An upgrade the server should answer with 101: which handler runs it, who
+    the client is (``conn.user``), the path parameters and the subprotocol."""
+
+    handler: Any
+    user: Any
+    path_params: dict[str, str]
+    subprotocol: str | None
+
+
+@dataclass(frozen=True)
+class Refused:
+    """An upgrade refused with *response*; *reason* is the ``stats()`` key and
+    *error* the exception of a faulty hook (to be logged), if any."""
+
+    response: HTTPResponse
+    reason: str
+    error: BaseException | None = None
+
+
+class Admission:
+    """Every decision about a WebSocket upgrade request, in the documented order
+    (docs/security.md, "Admission"): size limits and ``Host``, version and
+    ``Connection``, route, Origin, the ``process_request`` hook, shutdown, and
+    connection limits.  Pure: the server feeds it requests and its counters.
+
+    *target* is the server's one handler, or a router (anything with
+    ``match_websocket(encoded_path)``, see :class:`~reinhardt_ws.Router`).
+    """
+
+    __slots__ = (
+        "handler",
+        "limits",
+        "max_request_head",
+        "max_request_line",
+        "origins",
+        "process_request",
+        "router",
+        "subprotocols",
+    )
+
+    def __init__(self, *, handler: Any, router: Any, origins: OriginPolicy,
+                 process_request: Any, subprotocols: tuple[str, ...],
+                 limits: ConnectionLimiter, max_request_line: int,
+                 max_request_head: int) -> None:
+        self.handler = handler
+        self.router = router
+        self.origins = origins
+        self.process_request = process_request
+        self.subprotocols = subprotocols
+        self.limits = limits
+        self.max_request_line = max_request_line
+        self.max_request_head = max_request_head
+
+    def decide(self, request: Request, *, closing: bool = False) -> Admitted | Refused:
+        """Admit or refuse the upgrade *request* (``request.path_params`` is set
+        from the route).  Never raises: a hook's exception becomes a 500."""
+        refusal = check_request(request, max_request_line=self.max_request_line,
+                                max_request_head=self.max_request_head)
+        if refusal is not None:
+            return Refused(refusal, "bad_request" if refusal.status == 400
+                           else "request_too_large")
+        if not request.is_upgrade:
+            return Refused(error_response(400, "Bad Request: not a WebSocket upgrade"),
+                           "bad_request")
+        refusal = check_upgrade(request)
+        if refusal is not None:
+            return Refused(refusal, "unsupported_version" if refusal.status == 426
+                           else "bad_request")
+        headers = request.headers
+        handler = self.handler
+        if self.router is not None:
+            match = self.router.match_websocket(request.encoded_path)
+            if match.route is None:
+                return Refused(error_response(404, "Not Found"), "not_found")
+            handler = match.route.handler
+            request.path_params = dict(match.params)
+        if not self.origins.allows(headers.get("origin"), headers.get("host")):
+            return Refused(error_response(403, "Forbidden: origin not allowed"), "origin")
+        offered = headers.get("sec-websocket-protocol")
+        user: Any = None
+        subprotocol = negotiate_subprotocol(offered, self.subprotocols)
+        if self.process_request is not None:
+            try:
+                verdict = self.process_request(request)
+                if isinstance(verdict, HTTPResponse):
+                    if verdict.status < 400:
+                        raise ValueError("process_request refused with status "
+                                         f"{verdict.status}: use a 4xx or 5xx status")
+                    return Refused(verdict, "process_request")
+                if isinstance(verdict, Accept):
+                    user = verdict.user
+                    if verdict.subprotocol is not None:
+                        if verdict.subprotocol not in offered_subprotocols(offered):
+                            raise ValueError(f"process_request chose subprotocol "
+                                             f"{verdict.subprotocol!r}, which the client "
+                                             "did not offer")
+                        subprotocol = verdict.subprotocol
+                elif verdict is not None:
+                    raise TypeError("process_request must return None, an Accept or an "
+                                    f"HTTPResponse, not {type(verdict).__name__}")
+            except Exception as exc:
+                return Refused(error_response(500, "Internal Server Error"), "error", exc)
+        if closing:
+            return Refused(error_response(503, "Service Unavailable: shutting down"),
+                           "shutting_down")
+        refusal = self.limits.refusal(request.remote_host)
+        if refusal is not None:
+            return Refused(refusal, "max_connections" if refusal.status == 503
+                           else "max_connections_per_ip")
+        return Admitted(handler, user, request.path_params, subprotocol)
