@@ -30,6 +30,7 @@ from .options import (
     ClientOptions,
     ConnectionOptions,
     HTTPHandler,
+    ProcessRequest,
     ServerOptions,
 )
 from .policy import AllowAll, ClaimsPolicy, Policy, authorize
@@ -44,11 +45,13 @@ from .protocol.auth import (
 )
 from .protocol.messages import CloseCode, Message, MessageType, WebSocketMessage
 from .rooms import BroadcastResult, InMemoryBackend, RoomManager
-from .server import HTTPResponse, Server, serve
+from .server import SAME_ORIGIN, Accept, HTTPResponse, Request, Router, Server, serve
 
 __all__ = [
     "IMPLEMENTATION",
+    "SAME_ORIGIN",
     "TOKEN_SUBPROTOCOL_PREFIX",
+    "Accept",
     "AllowAll",
     "Authenticate",
     "AuthenticationFailed",
@@ -67,10 +70,13 @@ __all__ = [
     "MessageType",
     "PermissionDenied",
     "Policy",
+    "ProcessRequest",
     "ProtocolError",
     "ReceiveError",
+    "Request",
     "RoomLimitError",
     "RoomManager",
+    "Router",
     "SendError",
     "SendTypeError",
     "Server",

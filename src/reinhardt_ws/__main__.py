@@ -15,8 +15,8 @@ from typing import Any
 
 from ._logging import client_fault
 from .apps.chat import MAX_ROOMS_PER_CONNECTION
-from .options import MiB
-from .server import serve
+from .options import MiB, ServerOptions
+from .server import SAME_ORIGIN, serve
 
 __all__ = ["main"]
 
@@ -48,6 +48,19 @@ def _parser() -> argparse.ArgumentParser:
                          help="messages one connection may send at once within "
                               "--message-rate (default: the rate, at least 1)")
         cmd.add_argument("--log-level", default="INFO")
+        cmd.add_argument("--max-connections", type=int, default=10_000, metavar="N",
+                         help="open connections allowed; more get 503 (10000; 0: no limit)")
+        cmd.add_argument("--max-connections-per-ip", type=int, default=256, metavar="N",
+                         help="open connections allowed from one address; more get 429 "
+                              "(256; 0: no limit)")
+        cmd.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                         help="admit browser pages from ORIGIN (https://app.example.com "
+                              "or https://*.example.com); repeatable.  By default only "
+                              "pages this server served (same origin) and clients that "
+                              "send no Origin are admitted")
+        cmd.add_argument("--allow-any-origin", action="store_true",
+                         help="admit pages from any site (no Origin check: only for "
+                              "servers whose every action is public)")
         cmd.add_argument("--reuse-port", action="store_true",
                          help="bind with SO_REUSEPORT, so that several processes share the "
                               "port (--workers sets it)")
@@ -75,21 +88,31 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _admission_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The handshake limits and the Origin policy from the command line."""
+    # Same-origin pages and non-browser clients (no Origin), plus the listed ones.
+    origins: list[str | None] | None = (
+        None if args.allow_any_origin else [SAME_ORIGIN, None, *args.allow_origin])
+    return {"origins": origins,
+            "max_connections": args.max_connections or None,
+            "max_connections_per_ip": args.max_connections_per_ip or None}
+
+
 def _redis_options(args: argparse.Namespace) -> dict[str, Any]:
     ttl = float(args.redis_ttl)
     return {"prefix": args.redis_prefix, "ttl": ttl, "heartbeat_interval": ttl / 3}
 
 
 async def _run(args: argparse.Namespace) -> None:
-    http_handler = None
     rooms = None
     settings: dict[str, Any] = {}
+    target: Any
     if args.command == "echo":
         from .apps.echo import EchoHandler
 
-        handler: object = EchoHandler()
+        target = EchoHandler()
     else:
-        from .apps.chat import CHAT_SUBPROTOCOL, ChatHandler, make_chat_http_handler
+        from .apps.chat import CHAT_SUBPROTOCOL, ChatHandler, chat_router
         from .policy import ClaimsPolicy
         from .protocol.auth import SignedTokenAuth, TokenSigner
         from .rooms import RoomManager
@@ -101,16 +124,16 @@ async def _run(args: argparse.Namespace) -> None:
         signer = TokenSigner(args.token_secret) if args.token_secret else None
         handler = ChatHandler(rooms, max_message_size=args.max_message_size,
                               policy=ClaimsPolicy() if signer is not None else None)
-        http_handler = make_chat_http_handler(signer, token_ttl=args.token_ttl)
+        target = chat_router(handler, signer=signer, token_ttl=args.token_ttl)
         settings["subprotocols"] = (CHAT_SUBPROTOCOL,)
         if signer is not None:
             settings["authenticate"] = SignedTokenAuth(signer, source=("query", "subprotocol"))
-    server = await serve(handler, args.host, args.port,  # type: ignore[arg-type]
+    server = await serve(target, args.host, args.port,
                          max_message_size=args.max_message_size,
-                         max_write_buffer=args.max_write_buffer, http_handler=http_handler,
+                         max_write_buffer=args.max_write_buffer,
                          max_queue_bytes=args.max_queue_bytes, message_rate=args.message_rate,
-                         message_burst=args.message_burst,
-                         reuse_port=args.reuse_port, **settings)
+                         message_burst=args.message_burst, reuse_port=args.reuse_port,
+                         **_admission_options(args), **settings)
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_quiet_accept_errors)
     stop = asyncio.Event()
@@ -179,6 +202,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             what = "positive" if flag == "message_rate" else "at least 1"
             print(f"reinhardt-ws: --{flag.replace('_', '-')} must be {what}", file=sys.stderr)
             return 2
+    if args.max_connections < 0 or args.max_connections_per_ip < 0:
+        print("reinhardt-ws: --max-connections and --max-connections-per-ip must not be "
+              "negative", file=sys.stderr)
+        return 2
+    try:
+        ServerOptions(**_admission_options(args))
+    except ValueError as exc:
+        print(f"reinhardt-ws: {exc}", file=sys.stderr)
+        return 2
     workers = getattr(args, "workers", 1)
     if workers < 1:
         print("reinhardt-ws: --workers must be at least 1", file=sys.stderr)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import ssl as ssl_module
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -19,15 +19,36 @@ from ._logging import PicowsLogAdapter
 
 if TYPE_CHECKING:
     from .connection import WebSocketConnection
-    from .protocol.handshake import HTTPResponse
+    from .protocol.handshake import Accept, HTTPResponse, Request
 
-__all__ = ["Authenticate", "ClientOptions", "ConnectionOptions", "HTTPHandler", "ServerOptions"]
+__all__ = ["Authenticate", "ClientOptions", "ConnectionOptions", "HTTPHandler",
+           "ProcessRequest", "ServerOptions"]
 
 MiB = 1024 * 1024
 
 #: ``http_handler(path, headers)`` answers plain HTTP requests, or returns None
-#: (then the request must be a WebSocket upgrade, else it gets 400).
+#: (then it gets 404).
 HTTPHandler = Callable[[str, Mapping[str, str]], "HTTPResponse | None"]
+
+#: ``process_request(request)``, the handshake hook (named after python-websockets'):
+#: called for every WebSocket upgrade that passed the HTTP checks, the route and
+#: the Origin policy, synchronously, on the event loop, before the 101 and before
+#: any connection object exists.  *request* is a :class:`~reinhardt_ws.Request`
+#: (``method``, ``path``, ``query_string``, ``query``, ``headers``,
+#: ``remote_address``, ``path_params``).  Return None to admit; an
+#: :class:`~reinhardt_ws.HTTPResponse` with a 4xx/5xx status (and headers such as
+#: ``WWW-Authenticate``) to refuse with exactly that response; or
+#: :class:`~reinhardt_ws.Accept` to admit with ``conn.user`` set to its ``user``
+#: and, optionally, its ``subprotocol`` (one the client offered) answered.  A
+#: hook that raises, or returns anything else (a 1xx-3xx response, another
+#: type, a subprotocol the client did not offer), refuses with 500 and is logged.
+#: It cannot await (picows' handshake callback is synchronous): checks needing
+#: I/O belong in ``authenticate``, which runs after the 101.
+ProcessRequest = Callable[["Request"], "HTTPResponse | Accept | None"]
+
+#: picows drops (without an answer) a request head of 16 KiB or more; our own
+#: limits stay below, so that the client gets 414 / 431 instead.
+_PICOWS_HEAD_CAP = 16 * 1024 - 1
 
 #: ``await authenticate(conn)`` runs after the 101 and before ``on_connect``: it
 #: returns the connection's identity (stored as ``conn.user``) or raises
@@ -99,7 +120,22 @@ class ServerOptions(ConnectionOptions):
     - ``ssl``: a server-side ``SSLContext`` for ``wss://``.
     - ``subprotocols``: the server's subprotocols, in its order of preference.
     - ``reuse_port``: bind with ``SO_REUSEPORT``.
-    - ``http_handler(path, headers)``: answers plain HTTP requests on the same port.
+    - ``http_handler(path, headers)``: answers plain HTTP requests on the same port
+      (kept for compatibility; a :class:`~reinhardt_ws.Router` with ``.http()``
+      routes is the better way).  Returning None means "not handled": 404.
+    - ``origins``: the ``Origin`` headers admitted (see
+      :class:`~reinhardt_ws.protocol.handshake.OriginPolicy`): exact origins,
+      ``"https://*.example.com"`` patterns, ``SAME_ORIGIN``, and ``None`` for "no
+      Origin header".  Others get 403 before any connection object exists.
+      ``origins=None`` (the default) admits every origin.
+    - ``process_request(request)``: a synchronous handshake hook
+      (:data:`ProcessRequest`), run after the route and Origin checks.
+    - ``max_connections`` / ``max_connections_per_ip``: open WebSocket connections
+      allowed in total (over: 503) and from one remote address (over: 429), counted
+      from the 101 to the end of the connection.  ``None``: unlimited.
+    - ``max_request_line``: bytes of request target allowed (over: 414);
+      ``max_request_head``: bytes of request line plus headers (over: 431).  Both
+      below 16 KiB: picows, which reads upgrades after us, drops heads that big.
     - ``backlog``: the listening socket's accept queue.
     - ``read_buffer_size``: initial read buffer per connection (it grows as needed);
       small keeps idle connections cheap.
@@ -128,6 +164,12 @@ class ServerOptions(ConnectionOptions):
     authenticate: Authenticate | None = None
     message_rate: float | None = None
     message_burst: float | None = None
+    origins: Sequence[str | None] | None = None
+    process_request: ProcessRequest | None = None
+    max_connections: int | None = None
+    max_connections_per_ip: int | None = None
+    max_request_line: int = 4096
+    max_request_head: int = 8192
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -139,6 +181,23 @@ class ServerOptions(ConnectionOptions):
                 object.__setattr__(self, "message_burst", max(1.0, float(self.message_rate)))
             elif self.message_burst < 1:
                 raise ValueError("message_burst must be at least 1")
+        if self.origins is not None:
+            if isinstance(self.origins, str):
+                raise TypeError("origins must be a list of origins, not one string")
+            object.__setattr__(self, "origins", tuple(self.origins))
+            from .protocol.handshake import OriginPolicy
+
+            OriginPolicy(self.origins)  # raises on a malformed entry
+        for name in ("max_connections", "max_connections_per_ip"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, or None")
+        if not 64 <= self.max_request_line <= self.max_request_head:
+            raise ValueError("max_request_line must be at least 64 and at most "
+                             "max_request_head")
+        if self.max_request_head > _PICOWS_HEAD_CAP:
+            raise ValueError(f"max_request_head must be at most {_PICOWS_HEAD_CAP}: "
+                             "picows drops larger requests without an answer")
         if self.backlog < 1:
             raise ValueError("backlog must be at least 1")
         if self.read_buffer_size < 1:

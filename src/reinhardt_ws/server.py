@@ -4,26 +4,59 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import logging
-from collections.abc import Generator
+from collections.abc import Awaitable, Generator, Mapping
+from functools import partial
 from http import HTTPStatus
 from types import TracebackType
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import picows
 from picows import WSUpgradeResponse, WSUpgradeResponseWithListener
+from picows.picows import WSProtocol  # type: ignore[attr-defined]
 
+from ._http import RequestReader
 from ._listener import ConnectionListener
 from .connection import WebSocketConnection
 from .handler import WebSocketHandler
 from .options import ServerOptions, picows_options
-from .protocol.handshake import HTTPResponse, is_upgrade, negotiate_subprotocol
+from .protocol.handshake import (
+    SAME_ORIGIN,
+    Accept,
+    Admission,
+    ConnectionLimiter,
+    HTTPResponse,
+    OriginPolicy,
+    Refused,
+    Request,
+    error_response,
+)
 from .protocol.messages import CloseCode, encode_close_payload
+from .protocol.routing import Router
 
-__all__ = ["HTTPResponse", "Server", "serve"]
+__all__ = ["SAME_ORIGIN", "Accept", "HTTPResponse", "Request", "Router", "Server", "serve"]
 
 logger = logging.getLogger("reinhardt_ws")
+
+try:
+    import aiofastnet
+except ImportError:  # pragma: no cover - a hard dependency of picows 2.3
+    aiofastnet = None  # type: ignore[assignment]
+
+
+class _Gate:
+    """The listener factory of one TCP connection (picows calls it once, with the
+    parsed request; it holds no reference to the protocol, so no cycle)."""
+
+    __slots__ = ("peer", "server")
+
+    def __init__(self, server: Server, peer: Any) -> None:
+        self.server = server
+        self.peer = peer
+
+    def __call__(self, upgrade: picows.WSUpgradeRequest) -> Any:
+        return self.server._listener_for(upgrade, self.peer)
 
 
 class Server:
@@ -33,13 +66,34 @@ class Server:
     manager; leaving the context closes it with 1001 (Going Away).
     """
 
-    def __init__(self, handler: WebSocketHandler, host: str | None, port: int,
-                 options: ServerOptions) -> None:
-        if not isinstance(handler, WebSocketHandler):
-            raise TypeError("handler must be a WebSocketHandler instance")
-        self.handler = handler
+    def __init__(self, handler: WebSocketHandler | Router | Mapping[str, WebSocketHandler],
+                 host: str | None, port: int, options: ServerOptions) -> None:
+        if isinstance(handler, Mapping):
+            handler = Router.from_mapping(handler)
+        if isinstance(handler, Router):
+            for route in handler.websocket_routes:
+                if not isinstance(route.handler, WebSocketHandler):
+                    raise TypeError(f"route {route.pattern!r}: handler must be a "
+                                    "WebSocketHandler instance")
+            self.router: Router | None = handler
+            self.handler: WebSocketHandler | None = None
+        elif isinstance(handler, WebSocketHandler):
+            self.router = None
+            self.handler = handler
+        else:
+            raise TypeError("handler must be a WebSocketHandler instance, a Router or a "
+                            "{path: handler} mapping")
         self.host = host
         self.options = options
+        self._origins = OriginPolicy(options.origins)
+        self._limits = ConnectionLimiter(options.max_connections,
+                                         options.max_connections_per_ip)
+        self._http_answered = 0
+        self._admission = Admission(
+            handler=self.handler, router=self.router, origins=self._origins,
+            process_request=options.process_request, subprotocols=options.subprotocols,
+            limits=self._limits, max_request_line=options.max_request_line,
+            max_request_head=options.max_request_head)
         self._requested_port = port
         self._server: asyncio.Server | None = None
         self._connections: dict[str, WebSocketConnection] = {}
@@ -58,16 +112,36 @@ class Server:
             kwargs["ssl"] = opts.ssl
         if opts.reuse_port:
             kwargs["reuse_port"] = True
-        self._server = await picows.ws_create_server(
-            self._listener_for,
-            self.host,
-            self._requested_port,
-            backlog=opts.backlog,
-            websocket_handshake_timeout=opts.handshake_timeout,
-            read_buffer_init_size=opts.read_buffer_size,
-            use_aiofastnet=opts.use_aiofastnet,
-            **kwargs,
+        # What picows.ws_create_server does, but each connection is first read by a
+        # RequestReader (plain HTTP, limits), which hands upgrades to a picows
+        # protocol whose listener factory knows the peer's address.
+        protocol_args = (
+            None, None, False,  # host+port, path, is_client_side
+            kwargs.pop("logger_name"),
+            True,  # disconnect_on_exception
+            opts.handshake_timeout,
+            kwargs.pop("enable_auto_ping"), kwargs.pop("auto_ping_idle_timeout"),
+            kwargs.pop("auto_ping_reply_timeout"), picows.WSAutoPingStrategy.PING_WHEN_IDLE,
+            kwargs.pop("enable_auto_pong"), kwargs.pop("max_frame_size"),
+            None,  # extra_headers
+            opts.read_buffer_size,
         )
+
+        def ws_protocol(peer: Any) -> WSProtocol:
+            return WSProtocol(*protocol_args[:3], _Gate(self, peer), *protocol_args[3:])
+
+        def protocol_factory() -> RequestReader:
+            return RequestReader(self, ws_protocol)
+
+        loop = asyncio.get_running_loop()
+        if opts.use_aiofastnet:
+            if aiofastnet is None:
+                raise RuntimeError("use_aiofastnet=True, but aiofastnet is not installed")
+            create_server: Any = partial(aiofastnet.create_server, loop)
+        else:
+            create_server = loop.create_server
+        self._server = await create_server(protocol_factory, self.host, self._requested_port,
+                                           backlog=opts.backlog, **kwargs)
         return self
 
     def __await__(self) -> Generator[Any, None, Server]:
@@ -90,6 +164,27 @@ class Server:
     @property
     def sockets(self) -> tuple[Any, ...]:
         return tuple(self._server.sockets) if self._server is not None else ()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of the handshake gate, read at call time (a fresh dict)::
+
+            {"connections": open WebSocket connections (adopted after the 101),
+             "hosts": distinct remote addresses among them,
+             "refused": {reason: handshakes refused}, "refused_total": N,
+             "http_responses": plain HTTP requests answered by a route}
+
+        Refusal reasons: ``request_too_large`` (414, 431, 413), ``bad_request``
+        (400, 505, and 426 for a plain GET on a WebSocket route),
+        ``unsupported_version`` (426), ``not_found`` (404), ``method_not_allowed``
+        (405), ``origin`` (403), ``process_request`` (the hook's own status),
+        ``shutting_down``, ``max_connections`` (503), ``max_connections_per_ip``
+        (429), ``error`` (500: a hook or HTTP handler raised).  Requests picows
+        refuses itself after us (an invalid ``Sec-WebSocket-Key``: 400) and
+        clients that time out before finishing their request are not counted.
+        """
+        out = self._limits.stats()
+        out["http_responses"] = self._http_answered
+        return out
 
     @property
     def connections(self) -> frozenset[WebSocketConnection]:
@@ -138,25 +233,32 @@ class Server:
             self._closed.set()
 
     # -- connections ------------------------------------------------------------
-    def _listener_for(self, request: picows.WSUpgradeRequest) -> Any:
-        headers = request.headers
-        raw_path = request.path.decode("latin-1")
-        path = unquote(urlsplit(raw_path).path) or "/"
-        http_handler = self.options.http_handler
-        if not is_upgrade(headers) and http_handler is not None:
-            answer = http_handler(path, headers)
-            if answer is not None:
-                return _http_answer(answer)
-        # Anything else must be a valid upgrade: picows answers 400 otherwise.
-        if self._closing:
-            return _http_answer(HTTPResponse(503, b"server shutting down\n"))
-        subprotocol = negotiate_subprotocol(headers.get("sec-websocket-protocol"),
-                                            self.options.subprotocols)
-        conn = WebSocketConnection(path=raw_path, headers=headers, subprotocol=subprotocol,
-                                   opts=self.options, is_client=False,
-                                   handler=self.handler, server=self)
-        # Registered by _adopt() once the upgrade succeeds: picows may still refuse
-        # the request (400), and then the connection never opens nor closes.
+    def _listener_for(self, upgrade: picows.WSUpgradeRequest, peer: Any) -> Any:
+        """picows' listener factory: every decision of the opening handshake, in the
+        order docs/security.md ("Admission") gives.  Synchronous, and called before
+        picows validates the upgrade headers, which it may still refuse (400)."""
+        headers = upgrade.headers
+        request = Request(upgrade.method.decode("latin-1"), upgrade.path.decode("latin-1"),
+                          headers, peer)
+        verdict = self._admission.decide(request, closing=self._closing)
+        if isinstance(verdict, Refused):
+            if verdict.error is not None:
+                logger.error("process_request failed for %r", request,
+                             exc_info=verdict.error)
+            return self._refuse(verdict.response, verdict.reason)
+        # picows wants the whole Connection value to be "upgrade"; Firefox sends
+        # "keep-alive, Upgrade".  check_upgrade() found the token: say just that
+        # (after the hooks, which see what the client sent).
+        headers["Connection"] = "Upgrade"
+        subprotocol = verdict.subprotocol
+        conn = WebSocketConnection(path=request.raw_path, headers=headers,
+                                   subprotocol=subprotocol, opts=self.options,
+                                   is_client=False, handler=verdict.handler, server=self)
+        conn.user = verdict.user
+        conn.path_params = verdict.path_params
+        # Counted and registered by _adopt() once picows sends the 101 (in this same
+        # call from picows, so no other handshake runs in between): picows may still
+        # refuse the request (400), and then the connection never opens nor closes.
         listener = ConnectionListener(conn)
         if subprotocol is None:
             return listener
@@ -164,11 +266,70 @@ class Server:
             extra_headers={"Sec-WebSocket-Protocol": subprotocol})
         return WSUpgradeResponseWithListener(response, listener)
 
+    def _http_response(self, request: Request, has_body: bool
+                       ) -> tuple[HTTPResponse | Awaitable[HTTPResponse], str | None]:
+        """The answer to a plain HTTP request (no ``Upgrade: websocket``), and the
+        refusal reason to count (None: answered by a route or ``http_handler``).
+
+        An HTTP route of the request's method (HEAD where GET is) answers; a path
+        whose routes take other methods gets 405 with ``Allow``; else, for GET and
+        HEAD, ``http_handler`` if set; a method other than GET and HEAD gets 405
+        (``Allow: GET, HEAD``); a WebSocket route's path gets 426; else 404.  The
+        answer may be awaitable (a coroutine route handler).
+        """
+        method = request.method
+        try:
+            if self.router is not None:
+                match = self.router.match_http(method, request.encoded_path)
+                if match.route is not None:
+                    if has_body:
+                        return error_response(413, "Content Too Large: request bodies are "
+                                                   "not supported"), "request_too_large"
+                    request.path_params = dict(match.params)
+                    answer = match.route.fn(request)
+                    if inspect.isawaitable(answer):
+                        return answer, None
+                    if not isinstance(answer, HTTPResponse):
+                        raise TypeError(f"HTTP route {match.route.pattern!r} returned "
+                                        f"{type(answer).__name__}, not an HTTPResponse")
+                    return answer, None
+                if match.allowed:
+                    return error_response(405, "Method Not Allowed", {
+                        "Allow": ", ".join(sorted(match.allowed))}), "method_not_allowed"
+            if method not in ("GET", "HEAD"):
+                return error_response(405, "Method Not Allowed",
+                                      {"Allow": "GET, HEAD"}), "method_not_allowed"
+            if self.options.http_handler is not None:
+                legacy = self.options.http_handler(request.path, request.headers)
+                if legacy is not None:
+                    return legacy, None
+        except Exception:
+            logger.exception("HTTP handler failed for %r", request)
+            return error_response(500, "Internal Server Error"), "error"
+        router = self.router
+        if router is not None and router.match_websocket(request.encoded_path).route:
+            return error_response(426, "Upgrade Required: this is a WebSocket endpoint",
+                                  {"Upgrade": "websocket", "Sec-WebSocket-Version": "13"}
+                                  ), "bad_request"
+        return error_response(404, "Not Found"), "not_found"
+
+    def _refuse(self, answer: HTTPResponse, reason: str) -> WSUpgradeResponseWithListener:
+        self._limits.refused(reason)
+        return _http_answer(answer)
+
     def _adopt(self, conn: WebSocketConnection) -> None:
         self._connections[conn.id] = conn
+        self._limits.opened(_host_of(conn.remote_address))
 
     def _forget(self, conn: WebSocketConnection) -> None:
-        self._connections.pop(conn.id, None)
+        if self._connections.pop(conn.id, None) is not None:
+            self._limits.closed(_host_of(conn.remote_address))
+
+
+def _host_of(address: Any) -> str | None:
+    if isinstance(address, (tuple, list)) and address:
+        return str(address[0])
+    return None if address is None else str(address)
 
 
 def _http_answer(answer: HTTPResponse) -> WSUpgradeResponseWithListener:
@@ -183,10 +344,15 @@ def _http_answer(answer: HTTPResponse) -> WSUpgradeResponseWithListener:
     return WSUpgradeResponseWithListener(response, None)
 
 
-def serve(handler: WebSocketHandler, host: str | None = "127.0.0.1", port: int = 8765, *,
+def serve(handler: WebSocketHandler | Router | Mapping[str, WebSocketHandler],
+          host: str | None = "127.0.0.1", port: int = 8765, *,
           options: ServerOptions | None = None, **settings: Any) -> Server:
     """Create a WebSocket server running *handler*; ``await`` it to start listening
     (or use ``async with``).
+
+    *handler* is one :class:`~reinhardt_ws.WebSocketHandler` (every path), a
+    :class:`~reinhardt_ws.Router` (WebSocket and plain-HTTP routes; an unknown
+    WebSocket path gets 404 at the handshake) or ``{pattern: handler}``.
 
     The settings are the fields of :class:`~reinhardt_ws.ServerOptions`, as keyword
     arguments (``max_message_size=...``, ``ping_interval=...``), or a ready

@@ -31,10 +31,11 @@ or as a ``bearer.<token>`` subprotocol next to :data:`CHAT_SUBPROTOCOL`), and a
 :class:`~reinhardt_ws.ClaimsPolicy` reads the rooms they may join and publish to
 from the token's ``rooms`` and ``publish`` claims (every room when absent).
 
-HTTP on the same port: ``GET /`` serves a browser client, ``GET /healthz``
-answers 200, and with a signer ``GET /token`` (or ``/token/<name>``) mints a
-token.  That endpoint is a DEMO: anyone who can reach it gets a token for any
-name.  A real application mints tokens only after its own login.
+:func:`chat_router` puts it on a port: WebSocket upgrades on ``/`` and ``/ws``;
+``GET /`` serves a browser client, ``GET /healthz`` answers 200, and with a signer
+``GET /token`` (or ``/token/<name>``) mints a token.  That endpoint is a DEMO:
+anyone who can reach it gets a token for any name.  A real application mints
+tokens only after its own login.
 """
 
 from __future__ import annotations
@@ -52,12 +53,13 @@ from ..handler import WebSocketHandler
 from ..options import MiB
 from ..policy import AllowAll, Policy, authorize
 from ..protocol.auth import TokenSigner
+from ..protocol.handshake import HTTPResponse, Request
 from ..protocol.messages import Message, MessageType, WebSocketMessage
+from ..protocol.routing import Router
 from ..rooms import RoomManager
-from ..server import HTTPResponse
 
 __all__ = ["CHAT_SUBPROTOCOL", "MAX_ROOMS_PER_CONNECTION", "MAX_ROOM_NAME", "ChatHandler",
-           "chat_http_handler", "make_chat_http_handler"]
+           "chat_http_handler", "chat_router", "make_chat_http_handler"]
 
 MAX_ROOM_NAME = 200
 #: Rooms one connection may be in, unless the manager given says otherwise.
@@ -233,3 +235,27 @@ def _mint(signer: TokenSigner | None, name: str, ttl: float) -> HTTPResponse:
 
 #: ``GET /`` -> the chat page; ``GET /healthz`` -> 200; no tokens (``/token`` is 404).
 chat_http_handler = make_chat_http_handler()
+
+
+def chat_router(handler: ChatHandler, *, signer: TokenSigner | None = None,
+                token_ttl: float = 600.0) -> Router:
+    """The chat server's routes: WebSocket upgrades on ``/`` and ``/ws`` (named
+    ``"chat"``) run *handler*; ``GET /`` and ``/index.html`` serve the page,
+    ``GET /healthz`` answers ``200 ok``, ``GET /token`` and ``/token/{name}`` are
+    the DEMO token endpoint of :func:`make_chat_http_handler` (404 without a
+    *signer*); anything else is 404."""
+    http = make_chat_http_handler(signer, token_ttl=token_ttl)
+
+    def answer(request: Request) -> HTTPResponse:
+        response = http(request.path, request.headers)
+        assert response is not None  # every route below is one it answers
+        return response
+
+    return (Router()
+            .websocket("/ws", handler, name="chat")
+            .websocket("/", handler)
+            .http("/", answer, name="page")
+            .http("/index.html", answer)
+            .http("/healthz", answer, name="health")
+            .http("/token", answer, name="token")
+            .http("/token/{name}", answer))
