@@ -194,7 +194,6 @@ def _quiet_accept_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _configure_logging(args)
-    _raise_file_limit()
     for flag in ("max_message_size", "max_write_buffer", "max_rooms", "max_queue_bytes",
                  "message_rate", "message_burst"):
         value = getattr(args, flag, None)
@@ -248,6 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "lacks", file=sys.stderr)
             return 2
         return _run_workers(workers, list(argv if argv is not None else sys.argv[1:]))
+    _raise_file_limit()
     try:
         asyncio.run(_run(args))
     except KeyboardInterrupt:

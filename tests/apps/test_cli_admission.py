@@ -15,8 +15,8 @@ import pytest
 import websockets
 from websockets.asyncio.client import connect as ws_connect
 
-from tests.fixtures import free_port
-from tests.test_cli import child_env, start_cli
+from tests.apps.test_cli import start_cli
+from tests.fixtures import child_env, free_port
 
 
 @contextlib.asynccontextmanager
