@@ -27,6 +27,7 @@ from .options import (
     Authenticate,
     ClientOptions,
     ConnectionOptions,
+    DeflateSettings,
     HTTPHandler,
     ServerOptions,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "CloseCode",
     "ConnectionClosed",
     "ConnectionOptions",
+    "DeflateSettings",
     "HTTPHandler",
     "HTTPResponse",
     "HandshakeError",

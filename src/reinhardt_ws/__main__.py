@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--max-message-size", type=int, default=MiB,
                          help="largest message accepted, in bytes (1 MiB)")
         cmd.add_argument("--log-level", default="INFO")
+        cmd.add_argument("--no-compression", action="store_true",
+                         help="decline permessage-deflate (negotiated by default)")
         cmd.add_argument("--reuse-port", action="store_true",
                          help="bind with SO_REUSEPORT, so that several processes share the "
                               "port (--workers sets it)")
@@ -68,7 +70,8 @@ async def _run(args: argparse.Namespace) -> None:
         http_handler = chat_http_handler
     server = await serve(handler, args.host, args.port,  # type: ignore[arg-type]
                          max_message_size=args.max_message_size, http_handler=http_handler,
-                         reuse_port=args.reuse_port)
+                         reuse_port=args.reuse_port,
+                         compression=None if args.no_compression else "deflate")
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

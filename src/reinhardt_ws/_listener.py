@@ -35,7 +35,7 @@ class ConnectionListener(WSListener):
         if transport.is_close_frame_sent and not conn._close_sent:
             conn._on_picows_close()
         op = frame.msg_type
-        rsv = frame.rsv1 | frame.rsv2 | frame.rsv3
+        rsv = frame.rsv1 << 2 | frame.rsv2 << 1 | frame.rsv3  # RSV1 = 4: permessage-deflate
         if op is _TEXT or op is _BINARY or op is _CONT:
             if conn._close_sent:
                 return  # closing: data is discarded (RFC 6455 section 1.4)

@@ -26,6 +26,7 @@ from . import _fanout
 from .errors import AuthenticationFailed, ConnectionClosed, SendError
 from .options import ConnectionOptions
 from .protocol.assembler import MessageAssembler
+from .protocol.extensions.permessage_deflate import PerMessageDeflate, build_compressed_frame
 from .protocol.messages import (
     OPCODE_BINARY,
     OPCODE_PING,
@@ -77,6 +78,7 @@ class WebSocketConnection:
         "_disconnect_watch",
         "_done",
         "_drain_waiters",
+        "_extension",
         "_handler",
         "_handler_failed",
         "_inbox",
@@ -118,7 +120,8 @@ class WebSocketConnection:
 
     def __init__(self, *, path: str, headers: Mapping[str, str], subprotocol: str | None,
                  opts: ConnectionOptions, is_client: bool,
-                 handler: WebSocketHandler | None = None, server: Any = None) -> None:
+                 handler: WebSocketHandler | None = None, server: Any = None,
+                 extension: PerMessageDeflate | None = None) -> None:
         self.id = uuid.uuid4().hex
         self.path = path
         self.headers = headers
@@ -139,7 +142,8 @@ class WebSocketConnection:
         self._ws: Any = None
         self._peer: Peer | None = None
         self._state = _OPEN
-        self._assembler = MessageAssembler(opts.max_message_size)
+        self._extension = extension  # permessage-deflate, when negotiated
+        self._assembler = MessageAssembler(opts.max_message_size, extension)
         self._close_sent = False
         self._close_received = False
         self._close_handle: asyncio.TimerHandle | None = None
@@ -169,6 +173,12 @@ class WebSocketConnection:
     def __repr__(self) -> str:
         state = ("open", "closing", "closed")[self._state]
         return f"<WebSocketConnection {self.id[:8]} {self.path!r} {state}>"
+
+    @property
+    def extension(self) -> PerMessageDeflate | None:
+        """The negotiated permessage-deflate codec (its ``params`` say what was
+        agreed), or None when the connection sends and receives uncompressed."""
+        return self._extension
 
     # -- the package-internal interface of rooms ---------------------------------
     def _room_peer(self) -> Peer | None:
@@ -248,6 +258,17 @@ class WebSocketConnection:
         if self._state != _OPEN:
             raise ConnectionClosed(self._code_or_abnormal(), self.close_reason)
         peer = self._peer
+        # -- permessage-deflate: data frames go compressed when that pays ---------
+        extension = self._extension
+        if extension is not None and opcode <= OPCODE_BINARY:
+            wire = extension.encode(payload)
+            if wire is not None:
+                if peer is None:
+                    self._ws.send(WSMsgType(opcode), wire, rsv1=True)
+                elif peer.push(build_compressed_frame(opcode, wire)) != 0:
+                    raise ConnectionClosed(self._code_or_abnormal(), self.close_reason)
+                return
+        # -- end permessage-deflate -----------------------------------------------
         if peer is not None:
             if peer.push(_fanout.impl.build_frame(opcode, payload)) != 0:
                 raise ConnectionClosed(self._code_or_abnormal(), self.close_reason)

@@ -17,7 +17,8 @@ from picows import WSUpgradeResponse, WSUpgradeResponseWithListener
 from ._listener import ConnectionListener
 from .connection import WebSocketConnection
 from .handler import WebSocketHandler
-from .options import ServerOptions, picows_options
+from .options import ServerOptions, deflate_settings, picows_options
+from .protocol.extensions.permessage_deflate import PerMessageDeflate, negotiate
 from .protocol.handshake import HTTPResponse, is_upgrade, negotiate_subprotocol
 from .protocol.messages import CloseCode, encode_close_payload
 
@@ -163,16 +164,27 @@ class Server:
             return _http_answer(HTTPResponse(503, b"server shutting down\n"))
         subprotocol = negotiate_subprotocol(headers.get("sec-websocket-protocol"),
                                             self.options.subprotocols)
+        extra: dict[str, str] = {}
+        if subprotocol is not None:
+            extra["Sec-WebSocket-Protocol"] = subprotocol
+        # -- permessage-deflate (RFC 7692) -------------------------------------
+        extension = None
+        deflate = deflate_settings(self.options)
+        if deflate is not None:
+            params = negotiate(_joined(headers, "sec-websocket-extensions"), deflate)
+            if params is not None:
+                extension = PerMessageDeflate(params, deflate, is_client=False)
+                extra["Sec-WebSocket-Extensions"] = extension.response_header()
+        # -- end permessage-deflate ---------------------------------------------
         conn = WebSocketConnection(path=raw_path, headers=headers, subprotocol=subprotocol,
                                    opts=self.options, is_client=False,
-                                   handler=self.handler, server=self)
+                                   handler=self.handler, server=self, extension=extension)
         # Registered by _adopt() once the upgrade succeeds: picows may still refuse
         # the request (400), and then the connection never opens nor closes.
         listener = ConnectionListener(conn)
-        if subprotocol is None:
+        if not extra:
             return listener
-        response = WSUpgradeResponse.create_101_response(
-            extra_headers={"Sec-WebSocket-Protocol": subprotocol})
+        response = WSUpgradeResponse.create_101_response(extra_headers=extra)
         return WSUpgradeResponseWithListener(response, listener)
 
     def _adopt(self, conn: WebSocketConnection) -> None:
@@ -180,6 +192,16 @@ class Server:
 
     def _forget(self, conn: WebSocketConnection) -> None:
         self._connections.pop(conn.id, None)
+
+
+def _joined(headers: Any, name: str) -> str | None:
+    """Every *name* header of a request, joined with commas (RFC 9110 5.3)."""
+    getall = getattr(headers, "getall", None)
+    if getall is None:
+        value = headers.get(name)
+        return str(value) if value is not None else None
+    values = getall(name, ())
+    return ", ".join(values) if values else None
 
 
 def _http_answer(answer: HTTPResponse) -> WSUpgradeResponseWithListener:
