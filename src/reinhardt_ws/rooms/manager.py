@@ -30,6 +30,7 @@ from ..protocol.messages import (
     MessageType,
     WebSocketMessage,
 )
+from ._compression import CompressionGroups, compressed_frame
 
 if TYPE_CHECKING:
     from .._fastbroadcast_py import Hub, Peer
@@ -165,6 +166,8 @@ class RoomManager:
         self._conns: dict[str, WebSocketConnection] = {}
         self._rooms_of: dict[str, set[str]] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        # permessage-deflate: members by shared compressor (rooms/_compression.py)
+        self._deflate_groups = CompressionGroups()
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RoomManager:
@@ -194,6 +197,7 @@ class RoomManager:
                 self._everyone.clear()
                 self._conns.clear()
                 self._rooms_of.clear()
+                self._deflate_groups.clear()
             self._loop = loop
             self._hub = _fanout.get_hub(loop)
             self._backend.bind(self, loop)
@@ -231,11 +235,13 @@ class RoomManager:
         elif conn.id in members:
             return False
         members[conn.id] = peer
+        self._deflate_groups.add(room, conn, peer)
         rooms = self._rooms_of.get(conn.id)
         if rooms is None:
             rooms = self._rooms_of[conn.id] = set()
             self._conns[conn.id] = conn
             self._everyone[conn.id] = peer
+            self._deflate_groups.add(None, conn, peer)
             conn.add_close_listener(self._forget)
         rooms.add(room)
         if self._backend.distributed:
@@ -259,6 +265,7 @@ class RoomManager:
         members = self._rooms.get(room)
         if members is None or members.pop(conn_id, None) is None:
             return None
+        self._deflate_groups.remove(room, conn_id)
         last = not members
         if last:
             del self._rooms[room]
@@ -272,6 +279,7 @@ class RoomManager:
     def _drop_conn(self, conn_id: str) -> None:
         self._rooms_of.pop(conn_id, None)
         self._everyone.pop(conn_id, None)
+        self._deflate_groups.remove(None, conn_id)
         conn = self._conns.pop(conn_id, None)
         if conn is not None:
             conn.remove_close_listener(self._forget)
@@ -340,6 +348,20 @@ class RoomManager:
         if not members:
             return BroadcastResult()
         assert self._hub is not None
+        # -- permessage-deflate: one compressed frame per group, the plain one to the rest
+        groups = self._deflate_groups.of(room)
+        if groups is not None:
+            delivered = dropped = 0
+            failed: list[str] = []
+            for compressor, group in list(groups.items()):
+                out = frame if compressor is None else compressed_frame(frame, compressor)
+                d, n, f = self._hub.fanout(group, out, exclude or None)
+                delivered, dropped = delivered + d, dropped + n
+                failed.extend(f)
+            for conn_id in failed:
+                self._remove_everywhere(conn_id)
+            return BroadcastResult(delivered, dropped, tuple(failed))
+        # -- end permessage-deflate
         delivered, dropped, failed = self._hub.fanout(members, frame, exclude or None)
         for conn_id in failed:
             self._remove_everywhere(conn_id)
