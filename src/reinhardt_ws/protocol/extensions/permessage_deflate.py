@@ -241,7 +241,8 @@ def check_response(header: str | None, settings: DeflateSettings) -> DeflatePara
     ``None`` when the server declined (no header).  Raises
     :class:`NegotiationError` when the answer is not one RFC 7692 allows for our
     offer: another extension (we offered none), more than one answer, unknown or
-    repeated parameters, a window above the one we asked for or allowed.
+    repeated parameters, a window above the one we asked for or allowed, no
+    ``server_no_context_takeover`` when we asked for it.
     """
     if not header:
         return None
@@ -257,6 +258,8 @@ def check_response(header: str | None, settings: DeflateSettings) -> DeflatePara
         snct, cnct, smwb, cmwb = _read_params(answers[0].params, bare_client_bits=False)
     except _Refused as exc:
         raise NegotiationError(str(exc)) from None
+    if settings.server_no_context_takeover and not snct:
+        raise NegotiationError("server ignored our server_no_context_takeover")
     asked = settings.server_max_window_bits
     if asked is not None and (smwb is None or smwb > asked):
         raise NegotiationError(f"server_max_window_bits={smwb} does not honour our {asked}")
