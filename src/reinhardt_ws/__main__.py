@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--allow-any-origin", action="store_true",
                          help="admit pages from any site (no Origin check: only for "
                               "servers whose every action is public)")
+        cmd.add_argument("--no-compression", action="store_true",
+                         help="decline permessage-deflate (negotiated by default)")
         cmd.add_argument("--reuse-port", action="store_true",
                          help="bind with SO_REUSEPORT, so that several processes share the "
                               "port (--workers sets it)")
@@ -133,6 +135,7 @@ async def _run(args: argparse.Namespace) -> None:
                          max_write_buffer=args.max_write_buffer,
                          max_queue_bytes=args.max_queue_bytes, message_rate=args.message_rate,
                          message_burst=args.message_burst, reuse_port=args.reuse_port,
+                         compression=None if args.no_compression else "deflate",
                          **_admission_options(args), **settings)
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_quiet_accept_errors)

@@ -41,7 +41,7 @@ class ConnectionListener(WSListener):
         if transport.is_close_frame_sent and not closing.sent:
             conn._on_transport_close()
         op = frame.msg_type
-        rsv = frame.rsv1 | frame.rsv2 | frame.rsv3
+        rsv = frame.rsv1 << 2 | frame.rsv2 << 1 | frame.rsv3  # RSV1 = 4: permessage-deflate
         if op is _TEXT or op is _BINARY or op is _CONT:
             conn._on_data_frame(op.value, frame.fin, rsv, frame.get_payload_as_bytes())
         elif rsv:

@@ -14,7 +14,13 @@ import picows
 from ._listener import ConnectionListener
 from .connection import WebSocketConnection
 from .errors import HandshakeError
-from .options import ClientOptions, picows_options
+from .options import ClientOptions, deflate_settings, picows_options
+from .protocol.extensions.permessage_deflate import (
+    NegotiationError,
+    PerMessageDeflate,
+    check_response,
+    client_offer,
+)
 
 __all__ = ["connect"]
 
@@ -38,14 +44,32 @@ class _Connect:
         headers = dict(opts.extra_headers)
         if opts.subprotocols:
             headers["Sec-WebSocket-Protocol"] = ", ".join(opts.subprotocols)
+        deflate = deflate_settings(opts)
+        if deflate is not None:
+            headers["Sec-WebSocket-Extensions"] = client_offer(deflate)
 
         def factory(request: Any, response: Any) -> ConnectionListener:
             offered = response.headers.get("sec-websocket-protocol")
             if offered is not None and offered not in opts.subprotocols:
                 raise HandshakeError(f"server chose a subprotocol we did not offer: {offered!r}",
                                      int(response.status))
+            answer = response.headers.get("sec-websocket-extensions")
+            extension = None
+            if deflate is None:
+                if answer:
+                    raise HandshakeError(f"server accepted extensions we did not offer: "
+                                         f"{answer!r}", int(response.status))
+            else:
+                try:
+                    params = check_response(answer, deflate)
+                except NegotiationError as exc:
+                    raise HandshakeError(f"invalid permessage-deflate answer: {exc}",
+                                         int(response.status)) from None
+                if params is not None:
+                    extension = PerMessageDeflate(params, deflate, is_client=True)
             conn = WebSocketConnection(path=path, headers=response.headers,
-                                       subprotocol=offered, opts=opts, is_client=True)
+                                       subprotocol=offered, opts=opts, is_client=True,
+                                       extension=extension)
             return ConnectionListener(conn)
 
         try:

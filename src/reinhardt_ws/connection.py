@@ -30,8 +30,10 @@ from .errors import AuthenticationFailed, ConnectionClosed, ProtocolError, SendE
 from .options import ConnectionOptions
 from .protocol.assembler import MessageAssembler
 from .protocol.closing import ClosingHandshake, PeerClose, fit_reason
+from .protocol.extensions.permessage_deflate import PerMessageDeflate, build_compressed_frame
 from .protocol.limits import TokenBucket
 from .protocol.messages import (
+    OPCODE_BINARY,
     OPCODE_CLOSE,
     OPCODE_PING,
     OPCODE_PONG,
@@ -87,6 +89,7 @@ class WebSocketConnection:
         "_dispatch_stopped",
         "_done",
         "_drain_waiters",
+        "_extension",
         "_handler",
         "_inbox",
         "_inbox_bytes",
@@ -126,7 +129,8 @@ class WebSocketConnection:
     def __init__(self, *, path: str, headers: Mapping[str, str], subprotocol: str | None,
                  opts: ConnectionOptions, is_client: bool,
                  handler: WebSocketHandler | None = None,
-                 server: ConnectionOwner | None = None) -> None:
+                 server: ConnectionOwner | None = None,
+                 extension: PerMessageDeflate | None = None) -> None:
         self.id = uuid.uuid4().hex
         self.path = path
         self.headers = headers
@@ -146,7 +150,8 @@ class WebSocketConnection:
         self._peer: Peer | None = None
         self._peer_loop: asyncio.AbstractEventLoop | None = None  # rooms: the peer's loop
         self._closing = ClosingHandshake()
-        self._assembler = MessageAssembler(opts.max_message_size)
+        self._extension = extension  # permessage-deflate, when negotiated
+        self._assembler = MessageAssembler(opts.max_message_size, extension)
         self._close_handle: asyncio.TimerHandle | None = None
         self._closed_fut: asyncio.Future[None] | None = None
         self._close_listeners: list[Callable[[WebSocketConnection], object]] = []
@@ -194,6 +199,12 @@ class WebSocketConnection:
         code = self._closing.code
         return ConnectionClosed(code if code is not None else CloseCode.ABNORMAL_CLOSURE,
                                 self._closing.reason)
+
+    @property
+    def extension(self) -> PerMessageDeflate | None:
+        """The negotiated permessage-deflate codec (its ``params`` say what was
+        agreed), or None when the connection sends and receives uncompressed."""
+        return self._extension
 
     # -- the package-internal interface of rooms ---------------------------------
     def _room_peer(self) -> Peer | None:
@@ -271,6 +282,16 @@ class WebSocketConnection:
         if not self._closing.is_open:
             raise self._closed_error()
         peer = self._peer
+        # permessage-deflate: data frames go compressed when that pays.
+        extension = self._extension
+        if extension is not None and opcode <= OPCODE_BINARY:
+            wire = extension.encode(payload)
+            if wire is not None:
+                if peer is None:
+                    self._ws.send(WSMsgType(opcode), wire, rsv1=True)
+                elif peer.push(build_compressed_frame(opcode, wire)) != 0:
+                    raise self._closed_error()
+                return
         if peer is not None:
             if peer.push(_fanout.build_frame(opcode, payload)) != 0:
                 raise self._closed_error()

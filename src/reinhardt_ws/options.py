@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ._logging import PicowsLogAdapter
+from .protocol.extensions.permessage_deflate import DeflateSettings
 
 if TYPE_CHECKING:
     from .connection import WebSocketConnection
     from .protocol.handshake import Accept, HTTPResponse, Request
 
-__all__ = ["Authenticate", "ClientOptions", "ConnectionOptions", "HTTPHandler",
-           "ProcessRequest", "ServerOptions"]
+__all__ = ["Authenticate", "ClientOptions", "ConnectionOptions", "DeflateSettings",
+           "HTTPHandler", "ProcessRequest", "ServerOptions"]
 
 MiB = 1024 * 1024
 
@@ -146,6 +147,12 @@ class ServerOptions(ConnectionOptions):
     - ``authenticate``: an async hook run for each connection after the opening
       handshake and before ``on_connect``; messages the client sends meanwhile are
       held, and dropped if it refuses (see :data:`Authenticate`).
+    - ``compression``: ``"deflate"`` (the default) negotiates permessage-deflate
+      (RFC 7692) with clients that offer it, with :class:`DeflateSettings`' server
+      defaults: no context takeover on our side (so that a room broadcast is
+      compressed once for every member), a 12-bit window, zlib memLevel 5,
+      messages under 128 bytes sent plain; a :class:`DeflateSettings` tunes it;
+      ``None`` declines every extension.
     - ``use_aiofastnet``: run the connections on picows' aiofastnet transports
       instead of the event loop's own.  They read faster and keep a reference
       instead of a copy when a backlogged client must buffer a frame, but cost
@@ -170,6 +177,7 @@ class ServerOptions(ConnectionOptions):
     max_connections_per_ip: int | None = None
     max_request_line: int = 4096
     max_request_head: int = 8192
+    compression: str | DeflateSettings | None = "deflate"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -198,6 +206,7 @@ class ServerOptions(ConnectionOptions):
         if self.max_request_head > _PICOWS_HEAD_CAP:
             raise ValueError(f"max_request_head must be at most {_PICOWS_HEAD_CAP}: "
                              "picows drops larger requests without an answer")
+        _check_compression(self.compression)
         if self.backlog < 1:
             raise ValueError("backlog must be at least 1")
         if self.read_buffer_size < 1:
@@ -210,6 +219,9 @@ class ClientOptions(ConnectionOptions):
 
     Clients do not ping unless asked (``ping_interval=None``) and never drop their
     own sends (``slow_consumer`` does not apply: a client has no rooms).
+    ``compression``: ``"deflate"`` (the default) offers permessage-deflate as
+    python-websockets does (``permessage-deflate; client_max_window_bits``), a
+    :class:`DeflateSettings` tunes the offer, ``None`` offers nothing.
     """
 
     ping_interval: float | None = None
@@ -218,11 +230,26 @@ class ClientOptions(ConnectionOptions):
     ssl: ssl_module.SSLContext | None = None
     open_timeout: float | None = 10.0
     extra_headers: Mapping[str, str] = field(default_factory=dict)
+    compression: str | DeflateSettings | None = "deflate"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "subprotocols", tuple(self.subprotocols))
         object.__setattr__(self, "extra_headers", dict(self.extra_headers or {}))
+        _check_compression(self.compression)
+
+
+def _check_compression(value: object) -> None:
+    if value is not None and value != "deflate" and not isinstance(value, DeflateSettings):
+        raise ValueError("compression must be 'deflate', a DeflateSettings or None")
+
+
+def deflate_settings(opts: ServerOptions | ClientOptions) -> DeflateSettings | None:
+    """The permessage-deflate settings *opts* ask for (None: no compression)."""
+    value = opts.compression
+    if value is None or isinstance(value, DeflateSettings):
+        return value
+    return DeflateSettings() if isinstance(opts, ServerOptions) else DeflateSettings.client()
 
 
 def picows_options(opts: ConnectionOptions, logger_name: str) -> dict[str, Any]:

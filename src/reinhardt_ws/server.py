@@ -20,7 +20,8 @@ from ._http import RequestReader
 from ._listener import ConnectionListener
 from .connection import WebSocketConnection
 from .handler import WebSocketHandler
-from .options import ServerOptions, picows_options
+from .options import ServerOptions, deflate_settings, picows_options
+from .protocol.extensions.permessage_deflate import PerMessageDeflate, negotiate
 from .protocol.handshake import (
     SAME_ORIGIN,
     Accept,
@@ -251,19 +252,30 @@ class Server:
         # (after the hooks, which see what the client sent).
         headers["Connection"] = "Upgrade"
         subprotocol = verdict.subprotocol
+        extra: dict[str, str] = {}
+        if subprotocol is not None:
+            extra["Sec-WebSocket-Protocol"] = subprotocol
+        # permessage-deflate (RFC 7692): negotiated from the offers, answered in the 101.
+        extension = None
+        deflate = deflate_settings(self.options)
+        if deflate is not None:
+            params = negotiate(_joined(headers, "sec-websocket-extensions"), deflate)
+            if params is not None:
+                extension = PerMessageDeflate(params, deflate, is_client=False)
+                extra["Sec-WebSocket-Extensions"] = extension.response_header()
         conn = WebSocketConnection(path=request.raw_path, headers=headers,
                                    subprotocol=subprotocol, opts=self.options,
-                                   is_client=False, handler=verdict.handler, server=self)
+                                   is_client=False, handler=verdict.handler, server=self,
+                                   extension=extension)
         conn.user = verdict.user
         conn.path_params = verdict.path_params
         # Counted and registered by _adopt() once picows sends the 101 (in this same
         # call from picows, so no other handshake runs in between): picows may still
         # refuse the request (400), and then the connection never opens nor closes.
         listener = ConnectionListener(conn)
-        if subprotocol is None:
+        if not extra:
             return listener
-        response = WSUpgradeResponse.create_101_response(
-            extra_headers={"Sec-WebSocket-Protocol": subprotocol})
+        response = WSUpgradeResponse.create_101_response(extra_headers=extra)
         return WSUpgradeResponseWithListener(response, listener)
 
     def _http_response(self, request: Request, has_body: bool
@@ -330,6 +342,16 @@ def _host_of(address: Any) -> str | None:
     if isinstance(address, (tuple, list)) and address:
         return str(address[0])
     return None if address is None else str(address)
+
+
+def _joined(headers: Any, name: str) -> str | None:
+    """Every *name* header of a request, joined with commas (RFC 9110 5.3)."""
+    getall = getattr(headers, "getall", None)
+    if getall is None:
+        value = headers.get(name)
+        return str(value) if value is not None else None
+    values = getall(name, ())
+    return ", ".join(values) if values else None
 
 
 def _http_answer(answer: HTTPResponse) -> WSUpgradeResponseWithListener:

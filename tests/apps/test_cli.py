@@ -181,3 +181,24 @@ def test_message_rate_flag_closes_a_flooding_client(implementation: str, tmp_pat
             await asyncio.wait_for(proc.wait(), 20)
 
     asyncio.run(main())
+
+
+def test_no_compression_flag(implementation: str, tmp_path: Path) -> None:
+    """permessage-deflate is negotiated by default; ``--no-compression`` declines it."""
+    async def main() -> None:
+        for flags, expected in (([], "permessage-deflate; server_no_context_takeover; "
+                                     "client_max_window_bits=12"),
+                                (["--no-compression"], None)):
+            proc, port = await start_cli(["echo", "--port", "0", *flags],
+                                         child_env(implementation), tmp_path / "stderr.txt")
+            try:
+                async with ws_connect(f"ws://127.0.0.1:{port}/") as ws:
+                    assert ws.response is not None
+                    assert ws.response.headers.get("Sec-WebSocket-Extensions") == expected
+                    await ws.send("x" * 1000)
+                    assert await ws.recv() == "x" * 1000
+            finally:
+                proc.terminate()
+                assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+    asyncio.run(main())

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import random
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
@@ -30,12 +31,17 @@ SIZE = 4096
 HEALTHY = ("websockets", "aiohttp")
 
 
+#: Incompressible, so that every message costs SIZE bytes on the wire even when
+#: permessage-deflate is negotiated (it goes uncompressed when it does not shrink).
+NOISE = random.Random(12).randbytes(SIZE - 4)
+
+
 def message(seq: int) -> bytes:
-    return seq.to_bytes(4, "big") * (SIZE // 4)
+    return seq.to_bytes(4, "big") + NOISE
 
 
 def seq_of(data: str | bytes) -> int:
-    assert isinstance(data, bytes) and len(data) == SIZE
+    assert isinstance(data, bytes) and len(data) == SIZE and data[4:] == NOISE
     return int.from_bytes(data[:4], "big")
 
 

@@ -548,8 +548,9 @@ def test_client_backpressure_pauses_reading(run: Run) -> None:
                 await ws.send(json.dumps([i, "p" * 1000]))
 
     async def main() -> None:
+        # Uncompressed: compressed, one read would carry hundreds of these messages.
         async with websockets_server(Observed(script), write_limit=1024) as url, \
-                rw.connect(url, max_queue=4, close_timeout=30) as conn:
+                rw.connect(url, max_queue=4, close_timeout=30, compression=None) as conn:
             await eventually(lambda: conn._reading_paused)
             # Bounded: max_queue plus what one read had already brought in.
             assert len(conn._inbox) < 100

@@ -12,6 +12,7 @@ from __future__ import annotations
 import codecs
 
 from ..errors import ProtocolError
+from .extensions.base import Extension, MessageDecoder
 from .messages import (
     OPCODE_BINARY,
     OPCODE_CONTINUATION,
@@ -23,6 +24,7 @@ from .messages import (
 
 __all__ = ["MessageAssembler"]
 
+RSV1 = 0x4  # the reserved bits as feed() takes them: RSV1 << 2 | RSV2 << 1 | RSV3
 
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 
@@ -31,16 +33,23 @@ class MessageAssembler:
     """Reassembles the data frames of one connection.
 
     ``max_message_size`` bounds the whole message, over all its fragments
-    (``None``: unbounded).  After a :class:`ProtocolError` the assembler must not
-    be fed again: the connection is closing.
+    (``None``: unbounded); for a compressed message it bounds the *decompressed*
+    size, enforced while inflating.  *extension* is the negotiated
+    permessage-deflate codec, if any: then RSV1 on the first frame of a message
+    marks it compressed; without one every reserved bit is a protocol error.
+    After a :class:`ProtocolError` the assembler must not be fed again: the
+    connection is closing.
     """
 
-    __slots__ = ("_decoder", "_max", "_opcode", "_parts", "_size")
+    __slots__ = ("_decoder", "_extension", "_inflate", "_max", "_opcode", "_parts", "_size")
 
-    def __init__(self, max_message_size: int | None) -> None:
+    def __init__(self, max_message_size: int | None,
+                 extension: Extension | None = None) -> None:
         if max_message_size is not None and max_message_size <= 0:
             raise ValueError("max_message_size must be positive or None")
         self._max = max_message_size
+        self._extension = extension
+        self._inflate: MessageDecoder | None = None  # of the message in progress
         self._opcode = -1  # opcode of the message in progress; -1 when none
         self._parts: list[str] | list[bytes] = []
         self._size = 0
@@ -49,21 +58,30 @@ class MessageAssembler:
     def feed(self, opcode: int, fin: bool, rsv: int, payload: bytes) -> Message | None:
         """Take one data frame; return the message it completes, else ``None``.
 
-        *rsv* is the three reserved bits (no extension is negotiated, so they
-        must be zero).  Raises :class:`ProtocolError` with code 1002 for a
-        protocol violation, 1007 for invalid UTF-8 and 1009 for a message over
+        *rsv* is the three reserved bits, RSV1 as 4: zero, or RSV1 alone on the
+        first frame of a message when permessage-deflate is negotiated.  Raises
+        :class:`ProtocolError` with code 1002 for a protocol violation, 1007 for
+        invalid UTF-8 or undecodable compressed data and 1009 for a message over
         the size limit.
         """
+        inflate = None
         if rsv:
-            raise ProtocolError("reserved bits set without a negotiated extension")
+            if self._extension is None:
+                raise ProtocolError("reserved bits set without a negotiated extension")
+            if rsv != RSV1 or opcode == OPCODE_CONTINUATION:
+                raise ProtocolError("reserved bits other than RSV1 on the first frame")
         if opcode == OPCODE_CONTINUATION:
             if self._opcode == -1:
                 raise ProtocolError("continuation frame without a message to continue")
-            return self._append(payload, fin)
+            return self._append(payload, fin, inflated=False)
         if opcode != OPCODE_TEXT and opcode != OPCODE_BINARY:
             raise ProtocolError(f"unexpected opcode {opcode:#x} for a data frame")
         if self._opcode != -1:
             raise ProtocolError("new data frame before the previous message ended")
+        if rsv:
+            assert self._extension is not None
+            inflate = self._extension.decoder()
+            payload = inflate.decode(payload, fin, self._max)
         size = len(payload)
         if self._max is not None and size > self._max:
             raise ProtocolError(
@@ -80,6 +98,7 @@ class MessageAssembler:
             return Message(MessageType.BINARY, payload)
         self._opcode = opcode
         self._size = 0
+        self._inflate = inflate
         if opcode == OPCODE_TEXT:
             self._decoder = _utf8_decoder("strict")
             self._parts = []
@@ -88,7 +107,11 @@ class MessageAssembler:
             self._parts = []
         return self._append(payload, False)
 
-    def _append(self, payload: bytes, fin: bool) -> Message | None:
+    def _append(self, payload: bytes, fin: bool, inflated: bool = True) -> Message | None:
+        inflate = self._inflate
+        if inflate is not None and not inflated:
+            limit = None if self._max is None else self._max - self._size
+            payload = inflate.decode(payload, fin, limit)
         self._size += len(payload)
         if self._max is not None and self._size > self._max:
             raise ProtocolError(
@@ -113,6 +136,7 @@ class MessageAssembler:
         self._parts = []
         self._opcode = -1
         self._decoder = None
+        self._inflate = None
         if decoder is not None:
             return Message(MessageType.TEXT, "".join(parts))  # type: ignore[arg-type]
         return Message(MessageType.BINARY, b"".join(parts))  # type: ignore[arg-type]

@@ -31,6 +31,7 @@ from ..protocol.messages import (
     WebSocketMessage,
     frame_parts,
 )
+from ._compression import CompressionGroups, compressed_frame
 from .backend import Backend, InMemoryBackend
 
 if TYPE_CHECKING:
@@ -153,6 +154,8 @@ class RoomManager:
         self._conns: dict[str, WebSocketConnection] = {}
         self._rooms_of: dict[str, set[str]] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        # permessage-deflate: members by shared compressor (rooms/_compression.py)
+        self._deflate_groups = CompressionGroups()
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RoomManager:
@@ -185,6 +188,7 @@ class RoomManager:
                 self._everyone.clear()
                 self._conns.clear()
                 self._rooms_of.clear()
+                self._deflate_groups.clear()
                 self._loop = loop = None
                 self._final = False
             if home is not None:
@@ -240,10 +244,12 @@ class RoomManager:
         if members is None:
             members = self._rooms[room] = {}
         members[conn.id] = peer
+        self._deflate_groups.add(room, conn, peer)
         if rooms is None:
             rooms = self._rooms_of[conn.id] = set()
             self._conns[conn.id] = conn
             self._everyone[conn.id] = peer
+            self._deflate_groups.add(None, conn, peer)
             conn.add_close_listener(self._forget)
         rooms.add(room)
         if self._backend.distributed:
@@ -264,6 +270,7 @@ class RoomManager:
         members = self._rooms.get(room)
         if members is None or members.pop(conn_id, None) is None:
             return False
+        self._deflate_groups.remove(room, conn_id)
         if not members:
             del self._rooms[room]
         rooms = self._rooms_of.get(conn_id)
@@ -276,6 +283,7 @@ class RoomManager:
     def _drop_conn(self, conn_id: str) -> None:
         self._rooms_of.pop(conn_id, None)
         self._everyone.pop(conn_id, None)
+        self._deflate_groups.remove(None, conn_id)
         conn = self._conns.pop(conn_id, None)
         if conn is not None:
             conn.remove_close_listener(self._forget)
@@ -341,7 +349,18 @@ class RoomManager:
         if not members:
             return BroadcastResult()
         assert self._hub is not None
-        delivered, dropped, failed = self._hub.fanout(members, frame, exclude or None)
+        groups = self._deflate_groups.of(room)
+        if groups is not None:
+            # permessage-deflate: one compressed frame per group, the plain one to the rest.
+            delivered = dropped = 0
+            failed: list[str] = []
+            for compressor, group in list(groups.items()):
+                out = frame if compressor is None else compressed_frame(frame, compressor)
+                d, n, f = self._hub.fanout(group, out, exclude or None)
+                delivered, dropped = delivered + d, dropped + n
+                failed.extend(f)
+        else:
+            delivered, dropped, failed = self._hub.fanout(members, frame, exclude or None)
         for conn_id in failed:
             self._remove_everywhere(conn_id)
         return BroadcastResult(delivered, dropped, tuple(failed))
