@@ -160,16 +160,21 @@ cdef class Peer:
         if self.closed or self.failed:
             return 2
         cdef Py_ssize_t size = PyBytes_GET_SIZE(frame)
+        cdef bint over
         if (self.paused or self._transport_size + self.pending_size + size
-                > self.max_write_buffer) and self._over(size):
-            if self.drop_slow:
-                self.over_limit = True
+                > self.max_write_buffer):
+            over = self._over(size)
+            if self.closed or self.failed:  # the early write found the connection gone
+                return 2
+            if over:
+                if self.drop_slow:
+                    self.over_limit = True
+                    return 1
+                self.closed = True
+                self._drop_pending()
+                self._hub._overflows += 1
+                self._hub._loop.call_soon(self._on_overflow)
                 return 1
-            self.closed = True
-            self._drop_pending()
-            self._hub._overflows += 1
-            self._hub._loop.call_soon(self._on_overflow)
-            return 1
         self.over_limit = False
         self._enqueue(frame, size)
         return 0

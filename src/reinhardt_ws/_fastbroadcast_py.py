@@ -192,15 +192,19 @@ class Peer:
             return FAILED
         size = len(frame)
         if (self.paused or self._transport_size + self.pending_size + size
-                > self.max_write_buffer) and self._over(size):
-            if self.drop_slow:
-                self.over_limit = True
+                > self.max_write_buffer):
+            over = self._over(size)
+            if self.closed or self.failed:  # the early write found the connection gone
+                return FAILED
+            if over:
+                if self.drop_slow:
+                    self.over_limit = True
+                    return DROPPED
+                self.closed = True
+                self._drop_pending()
+                self._hub._overflows += 1
+                self._hub._loop.call_soon(self._on_overflow)
                 return DROPPED
-            self.closed = True
-            self._drop_pending()
-            self._hub._overflows += 1
-            self._hub._loop.call_soon(self._on_overflow)
-            return DROPPED
         self.over_limit = False
         self._enqueue(frame, size)
         return DELIVERED

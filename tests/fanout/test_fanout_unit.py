@@ -960,6 +960,37 @@ def test_frames_queued_this_iteration_are_not_backlog(
     run(main())
 
 
+@pytest.mark.parametrize("drop_slow", [True, False], ids=["drop", "close"])
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_an_early_write_that_fails_answers_failed(
+        run: Run, fanout_module: ModuleType, kind: str, drop_slow: bool) -> None:
+    """When the early write finds the connection gone, the frame that caused it is
+    answered FAILED (not queued on a failed peer), under both policies; the peer
+    reports the failure once and no overflow."""
+
+    async def main() -> None:
+        async with open_links(fanout_module, 2, kind, max_write_buffer=1000,
+                              drop_slow=drop_slow) as (hub, links):
+            gone, alive = links
+            frames = hundred_byte_frames(fanout_module, 11)
+            for frame in frames[:10]:
+                assert hub.fanout([gone.peer, alive.peer], frame) == (2, 0, [])
+            gone.reset_reader()  # the loop has not run: only a write can notice
+            assert hub.fanout([gone.peer, alive.peer], frames[10]) == (1, 0, ["peer0"])
+            assert gone.peer.failed and gone.peer.pending_size == 0
+            assert alive.peer.pending_size == 100  # alive wrote its ten early
+            stats = hub.stats()
+            assert (stats["delivered"], stats["dropped"], stats["failed"],
+                    stats["overflows"], stats["write_failures"]) == (21, 0, 1, 0, 1)
+            await asyncio.sleep(0)
+            assert await alive.read_exactly(1100) == b"".join(frames)
+            await eventually(lambda: len(gone.failures) == 1)
+            assert isinstance(gone.failures[0], OSError)
+            assert gone.overflows == 0 and not gone.peer.over_limit
+
+    run(main())
+
+
 @writes_to_the_socket_fd
 @pytest.mark.parametrize("drop_slow", [True, False], ids=["drop", "close"])
 @pytest.mark.parametrize("kind", TRANSPORTS)
