@@ -87,6 +87,17 @@ cdef class Peer:
     most once each, from the event loop, through ``call_soon``: never while a
     fan-out is iterating a room.  Build peers with ``_fanout.new_peer``, which
     validates *max_write_buffer*.
+
+    The slow-consumer rule (``send``, ``Hub.fanout``): the peer's *backlog* is what
+    its transport holds (what the socket refused) plus its queue.  A frame is taken
+    when the backlog is zero, however large the frame, or when backlog plus frame
+    stay within *max_write_buffer*.  Frames queued in this event-loop iteration are
+    not by themselves a slow consumer's backlog: when a frame would not fit and the
+    transport holds nothing, the queue is first written out at once (early, in
+    order) and the rule is applied again to what the socket then refused, which the
+    transport now holds.  While the transport holds bytes the queue is never
+    written early.  A frame that still does not fit is dropped (*drop_slow*) or
+    closes the peer (``on_overflow``; its queue is dropped).
     """
 
     cdef:
@@ -139,10 +150,13 @@ cdef class Peer:
         """Queue *frame* under the slow-consumer rule; return DELIVERED, DROPPED or
         FAILED.
 
-        DELIVERED means queued for this iteration's flush: always so when nothing
-        is buffered for this peer, however large the frame; with a backlog, only
-        if backlog plus frame stay within ``max_write_buffer``.  Never raises for
-        a broken connection; the failure is reported by the return value.
+        DELIVERED means queued for this iteration's flush: always so when the
+        peer has no backlog, however large the frame; with a backlog, only if
+        backlog plus frame stay within ``max_write_buffer`` (see the class: before
+        refusing while the transport holds nothing, this call writes the queue out
+        and judges by what the socket refused).  FAILED for a closed or failed
+        peer, including one that this early write finds gone.  Never raises for a
+        broken connection; the failure is reported by the return value.
         ``TypeError`` if *frame* is not ``bytes``.
         """
         cdef int status = self._send(frame)
@@ -160,16 +174,21 @@ cdef class Peer:
         if self.closed or self.failed:
             return 2
         cdef Py_ssize_t size = PyBytes_GET_SIZE(frame)
+        cdef bint over
         if (self.paused or self._transport_size + self.pending_size + size
-                > self.max_write_buffer) and self._over(size):
-            if self.drop_slow:
-                self.over_limit = True
+                > self.max_write_buffer):
+            over = self._over(size)
+            if self.closed or self.failed:  # the early write found the connection gone
+                return 2
+            if over:
+                if self.drop_slow:
+                    self.over_limit = True
+                    return 1
+                self.closed = True
+                self._drop_pending()
+                self._hub._overflows += 1
+                self._hub._loop.call_soon(self._on_overflow)
                 return 1
-            self.closed = True
-            self._drop_pending()
-            self._hub._overflows += 1
-            self._hub._loop.call_soon(self._on_overflow)
-            return 1
         self.over_limit = False
         self._enqueue(frame, size)
         return 0

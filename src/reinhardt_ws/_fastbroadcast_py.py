@@ -10,26 +10,31 @@ to directly and validates its limits (``_fanout.new_peer``).
 The model
 ---------
 A :class:`Hub` belongs to one event loop.  Each WebSocket connection that the server
-writes to owns a :class:`Peer`.  Frames are *queued* on a peer (never written at
-once); the first queued frame of an event-loop iteration schedules one
-``Hub.flush`` with ``loop.call_soon``, which writes everything each peer has
-queued in one ``writev`` (one syscall per connection per iteration, the uWebSockets
-"cork").  A frame is one ``bytes`` object shared by every peer it goes to: when a
-transport must buffer it keeps a reference, not a copy.
+writes to owns a :class:`Peer`.  Frames are *queued* on a peer (written at once only
+when the queue would pass ``max_write_buffer``, see below); the first queued frame
+of an event-loop iteration schedules one ``Hub.flush`` with ``loop.call_soon``,
+which writes everything each peer has queued in one ``writev`` (one syscall per
+connection per iteration, the uWebSockets "cork").  A frame is one ``bytes`` object
+shared by every peer it goes to: when a transport must buffer it keeps a reference,
+not a copy.
 
-Slow consumers: the rule is about *backlog* (the transport's buffer plus the
-queue).  A peer with no backlog always takes the frame offered, however large.  A
-peer with a backlog takes it only if backlog plus frame stay within
-``max_write_buffer``; otherwise it is either skipped for that frame
-(``drop_slow=True``) or handed to its ``on_overflow`` callback once (the connection
-closes it with 1013); both count as *dropped*.  So what a peer holds stays within
-``max_write_buffer`` or one frame, whichever is larger (plus the small control
-frames picows writes by itself).  To keep the check cheap, a peer remembers the
-transport's buffer size as of its last write (an upper bound: a transport buffer
-only shrinks between our writes) and asks the transport again only when that bound
-says the frame might not fit.  A peer whose socket write failed (or whose
-transport raised), or that is closing, counts as *failed* and calls
-``on_failure`` once; one failing peer never keeps the others from being written.
+Slow consumers: the rule is about *backlog*, the transport's buffer (what the socket
+refused) plus the queue.  A peer with no backlog always takes the frame offered,
+however large.  A peer with a backlog takes it only if backlog plus frame stay
+within ``max_write_buffer``.  Frames queued in this iteration are the cork, not a
+slow consumer's backlog: when a frame would not fit and the transport holds nothing,
+the peer writes its queue out at once (early, in order) and judges again by what the
+socket then refused, which the transport now holds.  A frame that still does not fit
+is either skipped (``drop_slow=True``) or handed to the peer's ``on_overflow``
+callback once (the connection closes it with 1013); both count as *dropped*.  So
+what a peer holds stays within ``max_write_buffer`` or one frame, whichever is
+larger (plus the small control frames picows writes by itself).  To keep the check
+cheap, a peer remembers the transport's buffer size as of its last write (an upper
+bound: a transport buffer only shrinks between our writes) and asks the transport
+again only when that bound says the frame might not fit (or while the transport has
+paused writing).  A peer whose socket write failed (or whose transport raised), or
+that is closing, counts as *failed* and calls ``on_failure`` once; one failing peer
+never keeps the others from being written.
 
 Counters: a hub counts, in plain integers, what its fan-outs and peers did;
 :meth:`Hub.stats` reads them (for metrics, at scrape time).
@@ -105,6 +110,17 @@ class Peer:
     most once each, from the event loop, through ``call_soon``: never while a
     fan-out is iterating a room.  Build peers with ``_fanout.new_peer``, which
     validates *max_write_buffer*.
+
+    The slow-consumer rule (``send``, ``Hub.fanout``): the peer's *backlog* is what
+    its transport holds (what the socket refused) plus its queue.  A frame is taken
+    when the backlog is zero, however large the frame, or when backlog plus frame
+    stay within *max_write_buffer*.  Frames queued in this event-loop iteration are
+    not by themselves a slow consumer's backlog: when a frame would not fit and the
+    transport holds nothing, the queue is first written out at once (early, in
+    order) and the rule is applied again to what the socket then refused, which the
+    transport now holds.  While the transport holds bytes the queue is never
+    written early.  A frame that still does not fit is dropped (*drop_slow*) or
+    closes the peer (``on_overflow``; its queue is dropped).
     """
 
     __slots__ = (
@@ -168,10 +184,13 @@ class Peer:
         """Queue *frame* under the slow-consumer rule; return DELIVERED, DROPPED or
         FAILED.
 
-        DELIVERED means queued for this iteration's flush: always so when nothing
-        is buffered for this peer, however large the frame; with a backlog, only
-        if backlog plus frame stay within ``max_write_buffer``.  Never raises for
-        a broken connection; the failure is reported by the return value.
+        DELIVERED means queued for this iteration's flush: always so when the
+        peer has no backlog, however large the frame; with a backlog, only if
+        backlog plus frame stay within ``max_write_buffer`` (see the class: before
+        refusing while the transport holds nothing, this call writes the queue out
+        and judges by what the socket refused).  FAILED for a closed or failed
+        peer, including one that this early write finds gone.  Never raises for a
+        broken connection; the failure is reported by the return value.
         ``TypeError`` if *frame* is not ``bytes``.
         """
         if type(frame) is not bytes:
@@ -192,15 +211,19 @@ class Peer:
             return FAILED
         size = len(frame)
         if (self.paused or self._transport_size + self.pending_size + size
-                > self.max_write_buffer) and self._over(size):
-            if self.drop_slow:
-                self.over_limit = True
+                > self.max_write_buffer):
+            over = self._over(size)
+            if self.closed or self.failed:  # the early write found the connection gone
+                return FAILED
+            if over:
+                if self.drop_slow:
+                    self.over_limit = True
+                    return DROPPED
+                self.closed = True
+                self._drop_pending()
+                self._hub._overflows += 1
+                self._hub._loop.call_soon(self._on_overflow)
                 return DROPPED
-            self.closed = True
-            self._drop_pending()
-            self._hub._overflows += 1
-            self._hub._loop.call_soon(self._on_overflow)
-            return DROPPED
         self.over_limit = False
         self._enqueue(frame, size)
         return DELIVERED

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import os
 import random
+import select
 import socket
 import struct
 import sys
@@ -141,6 +142,19 @@ def tcp_pair(sndbuf: int | None = None, rcvbuf: int | None = None
     return writer, reader
 
 
+def unix_pair(sndbuf: int | None = None) -> tuple[socket.socket, socket.socket]:
+    """(writer, reader): a connected AF_UNIX stream pair, both non-blocking, the
+    writer's send buffer capped at *sndbuf*.  Once full (``Link.choke``) it stays
+    exactly full until the reader reads: no TCP window updates or receive-queue
+    collapsing let the kernel take a few more bytes later, as loopback TCP may."""
+    writer, reader = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    if sndbuf is not None:
+        writer.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+    writer.setblocking(False)
+    reader.setblocking(False)
+    return writer, reader
+
+
 class FlowProtocol(asyncio.Protocol):
     """Transport flow control forwarded to the peer, as the picows listener does."""
 
@@ -212,6 +226,27 @@ class Link:
                 return bytes(filler)
             filler += b"f" * sent
 
+    def choke(self) -> bytes:
+        """Make this link's client a genuinely slow consumer: fill its socket's
+        kernel buffers (``fill_kernel``) so that whatever the peer writes next is
+        refused by the socket and held by the transport; what was written.  The
+        transport holds nothing yet."""
+        filler = self.fill_kernel()
+        assert filler and self.transport.get_write_buffer_size() == 0
+        return filler
+
+    def recv_now(self, n: int, timeout: float = 5.0) -> bytes:
+        """Exactly *n* bytes from the reader without running the event loop (so no
+        scheduled flush can run meanwhile): proves what a peer wrote synchronously."""
+        data = bytearray()
+        while len(data) < n:
+            ready, _, _ = select.select([self.reader], [], [], timeout)
+            assert ready, f"only {len(data)} of {n} bytes arrived"
+            chunk = self.reader.recv(n - len(data))
+            assert chunk, "the writer closed early"
+            data += chunk
+        return bytes(data)
+
     def read_available(self) -> bytes:
         """Everything readable now, without waiting."""
         chunks = []
@@ -245,16 +280,18 @@ async def open_transport(kind: str, sock: socket.socket, protocol: asyncio.Proto
 async def open_links(mod: ModuleType, count: int, kind: str = "loop", *,
                      max_write_buffer: int = 1 << 30, drop_slow: bool = True,
                      sndbuf: int | None = None, rcvbuf: int | None = None,
-                     high_water: int | None = None, hub: Any = None
-                     ) -> AsyncIterator[tuple[Any, list[Link]]]:
-    """*count* peers of *mod* on one hub, each on its own real connection."""
+                     high_water: int | None = None, hub: Any = None, first_id: int = 0,
+                     unix: bool = False) -> AsyncIterator[tuple[Any, list[Link]]]:
+    """*count* peers of *mod* on one hub, each on its own real connection (loopback
+    TCP, or an AF_UNIX stream pair if *unix*), named ``peer<first_id>``,
+    ``peer<first_id + 1>``, ..."""
     loop = asyncio.get_running_loop()
     hub = hub if hub is not None else mod.Hub(loop)
     links: list[Link] = []
     protocols: list[FlowProtocol] = []
     try:
         for i in range(count):
-            writer, reader = tcp_pair(sndbuf, rcvbuf)
+            writer, reader = unix_pair(sndbuf) if unix else tcp_pair(sndbuf, rcvbuf)
             protocol = FlowProtocol()
             try:
                 transport = await open_transport(kind, writer, protocol)
@@ -270,7 +307,7 @@ async def open_links(mod: ModuleType, count: int, kind: str = "loop", *,
                 link.overflows += 1
 
             link.peer = mod.Peer(hub, transport, None, _fanout.direct_fd(transport),
-                                 f"peer{i}", max_write_buffer, drop_slow, on_overflow,
+                                 f"peer{first_id + i}", max_write_buffer, drop_slow, on_overflow,
                                  link.failures.append)
             protocol.peer = link.peer
             links.append(link)
@@ -313,23 +350,42 @@ def parse_frames(data: bytes) -> list[tuple[int, bytes]]:
 
 # -- Peer and Hub semantics: the same operations give the same answers -------------
 async def _script(mod: ModuleType) -> list[Any]:
-    """A fixed sequence of Peer/Hub operations; returns what each one answered."""
+    """A fixed sequence of Peer/Hub operations; returns what each one answered.
+
+    Links 0 and 1 are genuinely slow clients: their sockets (AF_UNIX, which stay
+    exactly full) are full (``choke``) and their transports hold a 300-byte frame
+    the socket refused, so they have a backlog.  Links 2 and 3 (loopback TCP)
+    accept everything: what they queue in an iteration is not backlog (written out
+    early when it would pass the limit).
+    """
     log: list[Any] = []
     loop = asyncio.get_running_loop()
     hub = mod.Hub(loop)
     log.append(hub.loop is loop)
     log.append(outcome(lambda: hub.fanout([], b"", {"x"})))
     small = mod.build_frame(0x1, b"s" * 98)  # 100 bytes
+    held = mod.build_frame(0x2, b"h" * 296)  # 300 bytes
     events: list[str] = []
-    async with open_links(mod, 4, max_write_buffer=1000, hub=hub) as (_, links):
+    async with open_links(mod, 2, max_write_buffer=1000, sndbuf=8192, unix=True,
+                          hub=hub) as (_, slow), \
+            open_links(mod, 2, max_write_buffer=1000, hub=hub, first_id=2) as (_, healthy):
+        links = slow + healthy
         a, _b, c, d = (link.peer for link in links)
         # b2 closes on overflow instead of dropping
         b2 = mod.Peer(hub, links[1].transport, None, links[1].fd, "b", 1000, False,
                       lambda: events.append("overflow"), lambda e: events.append("failure"))
-        log.append([a.send(small) for _ in range(11)])  # the 11th would pass 1000
+        fillers = [link.choke() for link in links[:2]]
+        a.write_now(held)  # the socket refuses it: the transport holds it
+        b2.write_now(held)
+        log.append([(p.pending_size, p.buffered_size()) for p in (a, b2)])
+        log.append([a.send(small) for _ in range(8)])  # the 8th would pass 1000
         log.append((a.pending_size, a.over_limit, a.buffered_size()))
-        log.append([b2.send(small) for _ in range(12)])
-        log.append((b2.closed, b2.failed, b2.pending_size))
+        log.append([b2.send(small) for _ in range(9)])
+        log.append((b2.closed, b2.failed, b2.pending_size, b2.buffered_size()))
+        # d holds nothing: the 11th send writes the 10 queued out at once
+        log.append([d.send(small) for _ in range(11)])
+        log.append((d.pending_size, d.over_limit, d.buffered_size(),
+                    links[3].recv_now(1000) == small * 10))
         # push: never dropped; past max_write_buffer the queue is written at once
         log.append([c.push(small) for _ in range(15)])
         log.append(c.pending_size)
@@ -342,21 +398,27 @@ async def _script(mod: ModuleType) -> list[Any]:
         log.append(hub.fanout({"c": c, "d": d}, small, exclude=frozenset(("peer2", "peer3"))))
         log.append(hub.fanout({}, small))
         await asyncio.sleep(0)  # the one flush of this iteration
-        log.append([(p.pending_size, p.closed, p.failed) for p in (a, b2, c, d)])
-        log.append([len(await link.read_exactly(n)) for link, n in
-                    zip(links, (1000, 0, 1700, 200), strict=True)])
+        log.append([(p.pending_size, p.buffered_size(), p.closed, p.failed)
+                    for p in (a, b2, c, d)])
+        # a's queue is empty now, but its transport holds 1000 bytes: backlog
+        log.append((a.send(small), a.pending_size, a.over_limit))
+        wants = [fillers[0] + held + small * 7, fillers[1] + held, small * 17, small * 3]
+        log.append([await link.read_exactly(len(want)) == want
+                    for link, want in zip(links, wants, strict=True)])
         log.append([link.read_available() for link in links])
         d.close()
         log.append((d.send(small), d.push(small), d.closed, d.failed))
         c.discard()
         log.append((c.send(small), c.push(small), c.closed, c.failed, c.pending_size))
-        log.append(hub.fanout([a, c, d], small))
+        log.append((hub.fanout([a, c, d], small), a.over_limit))  # a has drained
+        # Paused while the transport holds nothing: the queue is written early.
         a.pause_writing()
-        log.append((a.paused, a.send(small), a.over_limit))
+        log.append((a.paused, a.send(small), a.over_limit, a.pending_size,
+                    links[0].recv_now(100) == small))
         a.resume_writing()
         log.append(a.paused)
         await asyncio.sleep(0)
-        log.append(a.pending_size)
+        log.append((a.pending_size, await links[0].read_exactly(100) == small))
     log.append(events)
     log.append(hub.stats())
     return log
@@ -368,42 +430,56 @@ def test_peer_and_hub_semantics_match_between_twins(run: Run) -> None:
     # Not vacuous: the answers are the documented ones.
     assert python[0] is True
     assert python[1] == ("TypeError", "exclude must be a frozenset or None, not set")
-    assert python[2] == [0] * 10 + [1]
-    assert python[3] == (1000, True, 1000)
-    assert python[4] == [0] * 10 + [1, 2]
-    assert python[5] == (True, False, 0)
-    assert python[6] == [0] * 15
-    assert python[7] == 400  # 1100 bytes were written by the 11th push
-    assert python[8] == python[9] == python[10] == "TypeError"
-    assert python[11] == (2, 1, [])  # a is over its limit: dropped
-    assert python[12] == (1, 0, [])
-    assert python[13] == (1, 0, [])
-    assert python[14] == (0, 0, [])
-    assert python[15] == (0, 0, [])
-    assert python[16] == [(0, False, False), (0, True, False), (0, False, False),
-                          (0, False, False)]
-    assert python[17] == [1000, 0, 1700, 200]
-    assert python[18] == [b""] * 4
-    assert python[19] == (2, 2, True, False)
-    assert python[20] == (2, 2, True, True, 0)
-    assert python[21] == (1, 0, ["peer2", "peer3"])
-    assert python[22] == (True, 0, False)
-    assert python[23] is False
-    assert python[24] == 0
-    assert python[25] == ["overflow"]  # once, from the loop
-    assert python[26]["overflows"] == 1 and python[26]["fanouts"] == 6  # not the raising ones
+    assert python[2] == [(0, 300), (0, 300)]
+    assert python[3] == [0] * 7 + [1]  # 300 held + 700 queued: no room for 100
+    assert python[4] == (700, True, 1000)  # not written early: the transport holds bytes
+    assert python[5] == [0] * 7 + [1, 2]
+    assert python[6] == (True, False, 0, 300)  # closed: its queue dropped
+    assert python[7] == [0] * 11
+    assert python[8] == (100, False, 100, True)
+    assert python[9] == [0] * 15
+    assert python[10] == 400  # 1100 bytes were written by the 11th push
+    assert python[11] == python[12] == python[13] == "TypeError"
+    assert python[14] == (2, 1, [])  # a is over its limit: dropped
+    assert python[15] == (1, 0, [])
+    assert python[16] == (1, 0, [])
+    assert python[17] == (0, 0, [])
+    assert python[18] == (0, 0, [])
+    assert python[19] == [(0, 1000, False, False), (0, 300, True, False),
+                          (0, 0, False, False), (0, 0, False, False)]
+    assert python[20] == (1, 0, True)
+    assert python[21] == [True] * 4
+    assert python[22] == [b""] * 4
+    assert python[23] == (2, 2, True, False)
+    assert python[24] == (2, 2, True, True, 0)
+    assert python[25] == ((1, 0, ["peer2", "peer3"]), False)
+    assert python[26] == (True, 0, False, 100, True)
+    assert python[27] is False
+    assert python[28] == (0, True)
+    assert python[29] == ["overflow"]  # once, from the loop
+    assert python[30] == {  # the raising fan-outs are not counted
+        "fanouts": 6, "delivered": 31, "dropped": 4, "overflows": 1, "failed": 7,
+        "pushed": 17, "bytes_queued": 5200, "flushes": 9, "syscalls": 8,
+        "transport_writes": 9, "write_failures": 0}
     for name, log in logs.items():
         assert log == python, name
 
 
 async def _random_script(mod: ModuleType, seed: int) -> list[Any]:
-    """A seeded random sequence of Peer/Hub operations (small enough that the kernel
-    takes every write whole, so the outcome depends on the twin alone).  One frame
-    in eight is larger than ``max_write_buffer``: taken by a peer without backlog,
-    refused by one with."""
+    """A seeded random sequence of Peer/Hub operations on four peers, so that the
+    outcome depends on the twin alone: the clients of peer0 and peer1 never read and
+    their sockets (AF_UNIX, which stay exactly full) are full from the start
+    (``choke``), so all they are written stays in their transports; peer2 and peer3
+    sit on loopback TCP sockets that take every write whole.
+    One frame in eight is larger than ``max_write_buffer``: taken by a peer without
+    backlog, refused by one with."""
     rng = random.Random(seed)
     log: list[Any] = []
-    async with open_links(mod, 3, max_write_buffer=1000) as (hub, links):
+    async with open_links(mod, 2, max_write_buffer=1000, sndbuf=8192,
+                          unix=True) as (hub, slow), \
+            open_links(mod, 2, max_write_buffer=1000, hub=hub, first_id=2) as (_, healthy):
+        links = slow + healthy
+        fillers = [link.choke() for link in slow]
         peers = [link.peer for link in links]
         for step in range(150):
             op = rng.choice(("send", "send", "push", "fanout", "fanout", "flush",
@@ -412,12 +488,12 @@ async def _random_script(mod: ModuleType, seed: int) -> list[Any]:
             size = rng.randrange(1001, 3000) if rng.random() < 0.125 else rng.randrange(0, 300)
             frame = mod.build_frame(rng.choice((0x1, 0x2)), bytes(size))
             if op == "send":
-                log.append((step, peer.send(frame), len(frame)))
+                log.append((step, op, peer.conn_id, peer.send(frame), len(frame)))
             elif op == "push":
-                log.append((step, peer.push(frame), len(frame)))
+                log.append((step, op, peer.conn_id, peer.push(frame), len(frame)))
             elif op == "fanout":
                 exclude = frozenset(p.conn_id for p in peers if rng.random() < 0.3) or None
-                log.append((step, hub.fanout(peers, frame, exclude), len(frame)))
+                log.append((step, op, None, hub.fanout(peers, frame, exclude), len(frame)))
             elif op == "flush":
                 await asyncio.sleep(0)
             elif op == "pause":
@@ -430,7 +506,13 @@ async def _random_script(mod: ModuleType, seed: int) -> list[Any]:
                          p.failed) for p in peers])
             log.append(hub.stats())
         await asyncio.sleep(0)
-        log.append([len(link.read_available()) for link in links])
+        log.append([len(link.read_available()) for link in healthy])
+        # Whatever a slow peer took is still in its transport, behind the filler.
+        for link, filler in zip(slow, fillers, strict=True):
+            held = link.transport.get_write_buffer_size()
+            data = await link.read_exactly(len(filler) + held)
+            log.append((held, data[:len(filler)] == filler,
+                        len(parse_frames(data[len(filler):]))))
     return log
 
 
@@ -438,12 +520,19 @@ async def _random_script(mod: ModuleType, seed: int) -> list[Any]:
 def test_random_operations_give_the_same_answers_in_both_twins(run: Run, seed: int) -> None:
     logs = {name: run(_random_script(mod, seed)) for name, mod in _fanout.available().items()}
     python = logs["python"]
-    answers = [entry[1:] for entry in python if isinstance(entry, tuple)]
-    assert any(a == 1 or (isinstance(a, tuple) and a[1]) for a, _ in answers)  # some drops
-    # Not vacuous: frames over the limit were both taken (no backlog) and refused.
-    big = [a for a, size in answers if size > 1000]
+    answers = [entry[1:] for entry in python if isinstance(entry, tuple) and len(entry) == 5]
+    # Not vacuous: there were drops, frames over the limit were both taken (no
+    # backlog) and refused, and only the slow peers were ever dropped.
+    sends = [(who, a, size) for op, who, a, size in answers if op == "send"]
+    fanouts = [(a, size) for op, _, a, size in answers if op == "fanout"]
+    assert any(a == 1 for _, a, _ in sends) or any(a[1] for a, _ in fanouts)
+    assert all(who in ("peer0", "peer1") for who, a, _ in sends if a == 1)
+    assert all(a[1] <= 2 for a, _ in fanouts)
+    big = [a for _, a, size in sends if size > 1000] + [a for a, size in fanouts if size > 1000]
     assert any(a == 0 or (isinstance(a, tuple) and a[0]) for a in big)
     assert any(a == 1 or (isinstance(a, tuple) and a[1]) for a in big)
+    assert all(filler_intact for _, filler_intact, _ in python[-2:])
+    assert any(held > 0 and frames > 0 for held, _, frames in python[-2:])
     for name, log in logs.items():
         assert log == python, name
 
@@ -762,18 +851,21 @@ def test_drop_policy_skips_while_over_and_resumes_once_drained(
 
 
 # -- the slow-consumer rule is about backlog ------------------------------------------------
+@writes_to_the_socket_fd
 @pytest.mark.parametrize("drop_slow", [True, False], ids=["drop", "close"])
 @pytest.mark.parametrize("kind", TRANSPORTS)
 def test_a_peer_without_backlog_takes_one_frame_however_large(
         run: Run, fanout_module: ModuleType, kind: str, drop_slow: bool) -> None:
     """A frame larger than max_write_buffer goes to every peer that holds nothing
-    (neither policy drops or closes them); once it is queued, that peer has a
-    backlog, and the rule applies to whatever comes next."""
+    (neither policy drops or closes them); once the socket has refused it, so that
+    the transport holds it, that peer has a backlog, and even one byte more is
+    refused (dropped, or the peer closed)."""
     limit = 64 * 1024
 
     async def main() -> None:
         async with open_links(fanout_module, 3, kind, max_write_buffer=limit,
-                              drop_slow=drop_slow) as (hub, links):
+                              drop_slow=drop_slow, sndbuf=8192,
+                              rcvbuf=8192) as (hub, links):
             peers = [link.peer for link in links]
             big = frames_of(fanout_module, 3, 4 * limit)
             for frame in big[:2]:
@@ -786,21 +878,166 @@ def test_a_peer_without_backlog_takes_one_frame_however_large(
                 await eventually(lambda: all(peer.buffered_size() == 0 for peer in peers))
             assert [link.overflows for link in links] == [0, 0, 0]
             assert not any(peer.closed or peer.over_limit for peer in peers)
-            # With a backlog (the big frame queued), even one byte more is refused.
             first, second, third = peers
-            assert first.send(big[2]) == fanout_module.DELIVERED
+            filler = links[0].choke()  # first's client is slow now
+            assert first.send(big[2]) == fanout_module.DELIVERED  # it holds nothing
+            # The queue would pass the limit: it is written out at once, the socket
+            # refuses it, the transport holds it: a backlog, no room for 2 bytes.
             tiny = fanout_module.build_frame(0x1, b"")
             assert hub.fanout([first], tiny) == (0, 1, [])
+            assert first.pending_size == 0
+            assert links[0].transport.get_write_buffer_size() == len(big[2])
             assert first.closed is not drop_slow
-            # No backlog again once the queue is out and read.
+            assert first.over_limit is drop_slow
+            if drop_slow:
+                assert hub.fanout([first], tiny) == (0, 1, [])
+            # The others hold nothing: taken.
             assert hub.fanout([second, third], big[2]) == (2, 0, [])
             await asyncio.sleep(0)
-            for link in links if drop_slow else links[1:]:
+            want = filler + big[2]  # what the transport held still goes out
+            assert await links[0].read_exactly(len(want)) == want
+            for link in links[1:]:
                 assert await link.read_exactly(len(big[2])) == big[2]
-            if not drop_slow:
+            if drop_slow:
+                assert links[0].overflows == 0
+            else:
                 await eventually(lambda: links[0].overflows == 1)
-                assert links[0].read_available() == b""  # dropped with the queue
             assert [link.overflows for link in links[1:]] == [0, 0]
+            assert links[0].read_available() == b""  # the tiny frame never went
+
+    run(main())
+
+
+def hundred_byte_frames(mod: ModuleType, count: int) -> list[bytes]:
+    """*count* distinct 100-byte text frames (a 98-byte payload each)."""
+    return [mod.build_frame(0x1, bytes((65 + i % 26,)) * 98) for i in range(count)]
+
+
+@pytest.mark.parametrize("drop_slow", [True, False], ids=["drop", "close"])
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_frames_queued_this_iteration_are_not_backlog(
+        run: Run, fanout_module: ModuleType, kind: str, drop_slow: bool) -> None:
+    """A peer whose transport holds nothing and whose queue would pass
+    max_write_buffer writes that queue out at once, and only what the socket then
+    refuses counts as backlog.  On a socket that takes everything, with
+    max_write_buffer 1000, eleven 100-byte sends in one iteration are all
+    delivered: the ten queued leave before the loop runs, the eleventh with the
+    iteration's flush, in order; neither policy drops or closes."""
+
+    async def main() -> None:
+        async with open_links(fanout_module, 1, kind, max_write_buffer=1000,
+                              drop_slow=drop_slow) as (hub, links):
+            link = links[0]
+            peer = link.peer
+            frames = hundred_byte_frames(fanout_module, 11)
+            assert [peer.send(frame) for frame in frames[:10]] == [fanout_module.DELIVERED] * 10
+            assert peer.pending_size == 1000
+            assert link.read_available() == b""  # only queued so far
+            assert peer.send(frames[10]) == fanout_module.DELIVERED
+            assert peer.pending_size == 100  # the eleventh only
+            assert not peer.over_limit and not peer.closed
+            # The ten are on the wire already: read without running the loop.
+            assert link.recv_now(1000) == b"".join(frames[:10])
+            assert link.read_available() == b""
+            stats = hub.stats()
+            assert (stats["delivered"], stats["dropped"], stats["flushes"],
+                    stats["syscalls"]) == (11, 0, 1, 1)
+            await asyncio.sleep(0)  # the iteration's flush: the eleventh
+            assert peer.pending_size == 0
+            assert await link.read_exactly(100) == frames[10]
+            # The same through fan-outs, over several rounds.
+            more = hundred_byte_frames(fanout_module, 35)
+            assert [hub.fanout([peer], frame) for frame in more] == [(1, 0, [])] * 35
+            assert peer.pending_size == 500  # 3 x 1000 written early, 500 queued
+            await asyncio.sleep(0)
+            assert await link.read_exactly(3500) == b"".join(more)
+            stats = hub.stats()
+            assert (stats["delivered"], stats["dropped"], stats["overflows"],
+                    stats["flushes"], stats["syscalls"]) == (46, 0, 0, 6, 6)
+            await asyncio.sleep(0)
+            assert link.overflows == 0 and not peer.closed and not peer.over_limit
+
+    run(main())
+
+
+@pytest.mark.parametrize("drop_slow", [True, False], ids=["drop", "close"])
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_an_early_write_that_fails_answers_failed(
+        run: Run, fanout_module: ModuleType, kind: str, drop_slow: bool) -> None:
+    """When the early write finds the connection gone, the frame that caused it is
+    answered FAILED (not queued on a failed peer), under both policies; the peer
+    reports the failure once and no overflow."""
+
+    async def main() -> None:
+        async with open_links(fanout_module, 2, kind, max_write_buffer=1000,
+                              drop_slow=drop_slow) as (hub, links):
+            gone, alive = links
+            frames = hundred_byte_frames(fanout_module, 11)
+            for frame in frames[:10]:
+                assert hub.fanout([gone.peer, alive.peer], frame) == (2, 0, [])
+            gone.reset_reader()  # the loop has not run: only a write can notice
+            assert hub.fanout([gone.peer, alive.peer], frames[10]) == (1, 0, ["peer0"])
+            assert gone.peer.failed and gone.peer.pending_size == 0
+            assert alive.peer.pending_size == 100  # alive wrote its ten early
+            stats = hub.stats()
+            assert (stats["delivered"], stats["dropped"], stats["failed"],
+                    stats["overflows"], stats["write_failures"]) == (21, 0, 1, 0, 1)
+            await asyncio.sleep(0)
+            assert await alive.read_exactly(1100) == b"".join(frames)
+            await eventually(lambda: len(gone.failures) == 1)
+            assert isinstance(gone.failures[0], OSError)
+            assert gone.overflows == 0 and not gone.peer.over_limit
+
+    run(main())
+
+
+@writes_to_the_socket_fd
+@pytest.mark.parametrize("drop_slow", [True, False], ids=["drop", "close"])
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_a_queue_the_socket_refuses_is_backlog(
+        run: Run, fanout_module: ModuleType, kind: str, drop_slow: bool) -> None:
+    """The same eleven sends to a client whose socket is full: the queue is written
+    out early all the same, the socket refuses it, the transport holds it, and that
+    is a genuine backlog: the eleventh is dropped, or closes the peer."""
+
+    async def main() -> None:
+        async with open_links(fanout_module, 1, kind, max_write_buffer=1000,
+                              drop_slow=drop_slow, sndbuf=8192,
+                              rcvbuf=8192) as (hub, links):
+            link = links[0]
+            peer = link.peer
+            filler = link.choke()
+            frames = hundred_byte_frames(fanout_module, 11)
+            assert [peer.send(frame) for frame in frames] == (
+                [fanout_module.DELIVERED] * 10 + [fanout_module.DROPPED])
+            assert peer.pending_size == 0
+            assert link.transport.get_write_buffer_size() == peer.buffered_size() == 1000
+            assert peer.closed is not drop_slow
+            assert peer.over_limit is drop_slow
+            if drop_slow:  # still over: the transport holds the ten
+                assert peer.send(frames[10]) == fanout_module.DROPPED
+            else:
+                assert peer.send(frames[10]) == fanout_module.FAILED
+            stats = hub.stats()
+            assert (stats["delivered"], stats["dropped"], stats["overflows"],
+                    stats["failed"], stats["flushes"], stats["syscalls"],
+                    stats["transport_writes"]) == (
+                10, 2 if drop_slow else 1, 0 if drop_slow else 1, 0 if drop_slow else 1,
+                1, 1, 10)
+            await asyncio.sleep(0)
+            want = filler + b"".join(frames[:10])
+            assert await link.read_exactly(len(want)) == want
+            if drop_slow:
+                # Drained: no backlog, taken again.
+                await eventually(lambda: peer.buffered_size() == 0)
+                assert peer.send(frames[10]) == fanout_module.DELIVERED
+                assert not peer.over_limit
+                await asyncio.sleep(0)
+                assert await link.read_exactly(100) == frames[10]
+                assert link.overflows == 0
+            else:
+                assert link.overflows == 1
+                assert link.read_available() == b""
 
     run(main())
 
@@ -902,41 +1139,52 @@ def test_stats_count_exactly(run: Run, fanout_module: ModuleType, kind: str) -> 
             for link, n in zip(links, (200, 100, 100), strict=True):
                 assert len(await link.read_exactly(n)) == n
             assert a.send(big) == fanout_module.DELIVERED  # no backlog
-            assert a.send(f100) == fanout_module.DROPPED  # backlog
+            # The queue would pass 1000 while the transport holds nothing: written
+            # out early (the socket takes it all), so no backlog: taken.
+            assert a.send(f100) == fanout_module.DELIVERED
+            assert a.pending_size == 100
             b.close()
-            assert hub.fanout({"a": a, "b": b}, f100) == (0, 1, ["peer1"])
+            assert hub.fanout({"a": a, "b": b}, f100) == (1, 0, ["peer1"])
             c.discard()
             assert c.push(f100) == c.send(f100) == fanout_module.FAILED
-            a.write_now(f100)  # big and f100 in one writev, now
-            assert hub.stats() == {**zero, "fanouts": 2, "delivered": 4, "dropped": 2,
-                                   "failed": 3, "pushed": 2, "bytes_queued": 2500,
-                                   "flushes": 4, "syscalls": 4}
-            assert await links[0].read_exactly(2100) == big + f100
+            a.write_now(f100)  # the two queued and this one in one writev, now
+            assert hub.stats() == {**zero, "fanouts": 2, "delivered": 6, "failed": 3,
+                                   "pushed": 2, "bytes_queued": 2700, "flushes": 5,
+                                   "syscalls": 5}
+            assert await links[0].read_exactly(2300) == big + f100 * 3
+            # A slow client (its socket full): big is written early too, the socket
+            # refuses it, the transport holds it: a backlog, so d is closed.
+            filler = links[2].choke()
             overflowed: list[str] = []
             d = fanout_module.Peer(hub, links[2].transport, None, links[2].fd, "d", 1000,
                                    False, lambda: overflowed.append("d"), print)
             assert d.send(big) == fanout_module.DELIVERED
-            assert d.send(f100) == fanout_module.DROPPED  # closes it: queue dropped
+            assert d.send(f100) == fanout_module.DROPPED
+            assert (d.closed, d.pending_size, links[2].transport.get_write_buffer_size()) == (
+                True, 0, 2000)
             await asyncio.sleep(0)  # nothing left to write for d
             assert overflowed == ["d"]
-            assert hub.stats() == {**zero, "fanouts": 2, "delivered": 5, "dropped": 3,
+            assert hub.stats() == {**zero, "fanouts": 2, "delivered": 7, "dropped": 1,
                                    "overflows": 1, "failed": 3, "pushed": 2,
-                                   "bytes_queued": 4500, "flushes": 4, "syscalls": 4}
+                                   "bytes_queued": 4700, "flushes": 6, "syscalls": 6,
+                                   "transport_writes": 1}
+            assert await links[2].read_exactly(len(filler) + 2000) == filler + big
             # A full socket: the direct write takes nothing, the transport takes all;
             # then the transport holds bytes, so the next flush does not try the socket.
-            links[0].fill_kernel()
+            links[0].choke()
             assert a.send(f100) == a.send(f100) == fanout_module.DELIVERED
             a.flush()
             assert a.send(f100) == fanout_module.DELIVERED
             a.flush()
+            assert a.send(big) == fanout_module.DROPPED  # 300 held: a backlog
             links[0].transport.close()
             assert a.send(f100) == fanout_module.DELIVERED
             a.flush()  # a closing transport: the peer fails
             assert a.failed
-            assert hub.stats() == {**zero, "fanouts": 2, "delivered": 9, "dropped": 3,
+            assert hub.stats() == {**zero, "fanouts": 2, "delivered": 11, "dropped": 2,
                                    "overflows": 1, "failed": 3, "pushed": 2,
-                                   "bytes_queued": 4900, "flushes": 6, "syscalls": 5,
-                                   "transport_writes": 3, "write_failures": 1}
+                                   "bytes_queued": 5100, "flushes": 8, "syscalls": 7,
+                                   "transport_writes": 4, "write_failures": 1}
 
     run(main())
 
