@@ -196,10 +196,13 @@ def test_browser_handshakes_get_101_and_echo(run: Run, browser: Any) -> None:
                 assert answer.status == 101, answer
                 assert answer.headers["sec-websocket-accept"] == ACCEPT
                 assert answer.headers["upgrade"].lower() == "websocket"
-                # We do not negotiate compression: the offer is declined by silence.
-                assert "sec-websocket-extensions" not in answer.headers
+                # Every browser offers permessage-deflate, and we accept it (without
+                # context on our side, so that broadcasts can share one frame).
+                extensions = answer.headers["sec-websocket-extensions"]
+                assert extensions.startswith("permessage-deflate; server_no_context_takeover")
                 writer.write(client_frame(TEXT, "héllo".encode()))
                 b0, b1 = await asyncio.wait_for(reader.readexactly(2), 5)
+                # Below the compression threshold: sent plain (no RSV1).
                 assert (b0, b1) == (0x81, len("héllo".encode()))
                 assert await reader.readexactly(b1) == "héllo".encode()
             finally:
