@@ -96,6 +96,7 @@ class WebSocketConnection:
         "_lost",
         "_opts",
         "_owner",
+        "_parked",
         "_peer",
         "_peer_loop",
         "_pings",
@@ -157,6 +158,7 @@ class WebSocketConnection:
         self._close_listeners: list[Callable[[WebSocketConnection], object]] = []
         self._inbox: collections.deque[Message] = collections.deque()
         self._inbox_bytes = 0
+        self._parked: collections.deque[tuple[int, bool, int, bytes]] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._connect_done = False
         self._accepted = False
@@ -492,9 +494,23 @@ class WebSocketConnection:
     def _take(self) -> Message:
         message = self._inbox.popleft()
         self._inbox_bytes -= len(message.payload)
-        if self._reading_paused and self._closing.is_open and self._below_low_water():
-            self._resume_reading()
+        if self._below_low_water():
+            if self._parked is not None:
+                self._unpark()
+            if self._reading_paused and self._closing.is_open and self._parked is None:
+                self._resume_reading()
         return message
+
+    def _unpark(self) -> None:
+        """Assemble parked frames until the inbox is over its bounds again."""
+        parked = self._parked
+        assert parked is not None
+        opts = self._opts
+        while parked and len(self._inbox) < opts.max_queue and (
+                self._inbox_bytes < (opts.max_queue_bytes or 0)):
+            self._feed(*parked.popleft())
+        if not parked:
+            self._parked = None
 
     def _below_low_water(self) -> bool:
         opts = self._opts
@@ -504,6 +520,7 @@ class WebSocketConnection:
     def _drop_inbox(self) -> None:
         self._inbox.clear()
         self._inbox_bytes = 0
+        self._parked = None
 
     def _pause_reading(self) -> None:
         if not self._reading_paused and not self._lost:
@@ -659,6 +676,20 @@ class WebSocketConnection:
     def _on_data_frame(self, opcode: int, fin: bool, rsv: int, payload: bytes) -> None:
         if self._closing.sent:
             return  # closing: data is discarded (RFC 6455 section 1.4)
+        if self._parked is not None or self._reading_paused:
+            # The inbox is over its bounds and picows is still delivering the rest
+            # of one read: park the frames as they came (compressed ones stay
+            # small), and assemble them only as the handler catches up.  Else a
+            # read of small compressed frames could inflate without limit.
+            if self._parked is None:
+                self._parked = collections.deque()
+            self._parked.append((opcode, fin, rsv, payload))
+            return
+        self._feed(opcode, fin, rsv, payload)
+
+    def _feed(self, opcode: int, fin: bool, rsv: int, payload: bytes) -> None:
+        if self._closing.sent:
+            return
         try:
             message = self._assembler.feed(opcode, fin, rsv, payload)
         except ProtocolError as exc:
