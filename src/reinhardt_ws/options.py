@@ -25,14 +25,14 @@ __all__ = ["Authenticate", "ClientOptions", "ConnectionOptions", "HTTPHandler", 
 
 MiB = 1024 * 1024
 
-#: ``http_handler(path, headers)`` answers plain HTTP requests, or returns None
-#: (then the request must be a WebSocket upgrade, else it gets 400).
 HTTPHandler = Callable[[str, Mapping[str, str]], "HTTPResponse | None"]
+"""``http_handler(path, headers)`` answers plain HTTP requests, or returns None
+(then the request must be a WebSocket upgrade, else it gets 400)."""
 
-#: ``await authenticate(conn)`` runs after the 101 and before ``on_connect``: it
-#: returns the connection's identity (stored as ``conn.user``) or raises
-#: :class:`~reinhardt_ws.AuthenticationFailed` / :class:`~reinhardt_ws.PermissionDenied`.
 Authenticate = Callable[["WebSocketConnection"], Awaitable[object]]
+"""``await authenticate(conn)`` runs after the 101 and before ``on_connect``: it
+returns the connection's identity (stored as ``conn.user``) or raises
+:class:`~reinhardt_ws.AuthenticationFailed` / :class:`~reinhardt_ws.PermissionDenied`."""
 
 
 @dataclass(frozen=True)
