@@ -5,7 +5,7 @@ with the secret the server verifies it with; the server needs no database::
 
     export EXAMPLE_TOKEN_SECRET=$(python -c "import secrets; print(secrets.token_urlsafe(32))")
     python examples/token_auth.py serve --port 8765 &
-    TOKEN=$(python examples/token_auth.py token alice --rooms 'team-*')
+    export TOKEN=$(python examples/token_auth.py token alice --rooms 'team-*')
     python -c "
     import asyncio, os, reinhardt_ws as rw
     async def main():
