@@ -42,7 +42,7 @@ class GiveUp(Exception):
 
 def backoff(attempt: int, initial: float, cap: float) -> float:
     """The wait before attempt number *attempt* (1: the first retry)."""
-    return min(cap, initial * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+    return min(cap, initial * 2.0 ** (attempt - 1)) * random.uniform(0.5, 1.0)
 
 
 async def run_client(url: str, room: str, on_event: Callable[[dict[str, object]], bool], *,
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(event), flush=True)
         if event.get("event") == "message":
             received += 1
-        return args.exit_after > 0 and received >= args.exit_after
+        return bool(args.exit_after > 0 and received >= args.exit_after)
 
     try:
         asyncio.run(run_client(args.url, args.room, on_event,

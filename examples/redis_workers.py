@@ -89,7 +89,7 @@ async def demo(url: str, clients: int, room: str) -> bool:
             await conn.send_json({"type": "message", "room": room, "data": f"hi from {number}"})
         expected = {f"hi from {n}" for n in range(1, clients + 1)}
         for number, conn in enumerate(conns, 1):
-            got = set()
+            got: set[str] = set()
             while len(got) < clients:
                 event = await next_event(conn)
                 if event.get("event") == "message":

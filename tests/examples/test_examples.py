@@ -150,7 +150,7 @@ def test_notifications_reach_every_device_of_their_user_only(
     url = f"ws://127.0.0.1:{port}/"
 
     async def notifications(conn: rw.WebSocketConnection, count: int) -> list[dict[str, Any]]:
-        got = []
+        got: list[dict[str, Any]] = []
         while len(got) < count:
             event = await next_json(conn)
             assert event["type"] == "notification", event
@@ -166,7 +166,7 @@ def test_notifications_reach_every_device_of_their_user_only(
         on_laptop = await notifications(laptop, 3)
         ids = [n["id"] for n in on_laptop]
         assert ids == sorted(ids) and len(set(ids)) == 3
-        on_phone = []
+        on_phone: list[dict[str, Any]] = []
         while not on_phone or on_phone[-1]["id"] < ids[-1]:
             on_phone += await notifications(phone, 1)
         # Both devices got the same notifications, in the same order, all alice's.
