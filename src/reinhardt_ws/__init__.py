@@ -104,6 +104,8 @@ if TYPE_CHECKING:
     from .rooms.redis import RedisBackend as RedisBackend
 
     IMPLEMENTATION: str
+    """Which fan-out new hubs use: ``"cython"`` (the compiled extension) or
+    ``"python"`` (the twin); read at access time."""
 
 
 def __getattr__(name: str) -> object:

@@ -27,34 +27,33 @@ __all__ = ["Authenticate", "ClientOptions", "ConnectionOptions", "DeflateSetting
 
 MiB = 1024 * 1024
 
-#: ``http_handler(path, headers)`` answers plain HTTP requests, or returns None
-#: (then it gets 404).
 HTTPHandler = Callable[[str, Mapping[str, str]], "HTTPResponse | None"]
+"""``http_handler(path, headers)`` answers plain HTTP requests (GET and HEAD), or
+returns None (then the request gets 404)."""
 
-#: ``process_request(request)``, the handshake hook (named after python-websockets'):
-#: called for every WebSocket upgrade that passed the HTTP checks, the route and
-#: the Origin policy, synchronously, on the event loop, before the 101 and before
-#: any connection object exists.  *request* is a :class:`~reinhardt_ws.Request`
-#: (``method``, ``path``, ``query_string``, ``query``, ``headers``,
-#: ``remote_address``, ``path_params``).  Return None to admit; an
-#: :class:`~reinhardt_ws.HTTPResponse` with a 4xx/5xx status (and headers such as
-#: ``WWW-Authenticate``) to refuse with exactly that response; or
-#: :class:`~reinhardt_ws.Accept` to admit with ``conn.user`` set to its ``user``
-#: and, optionally, its ``subprotocol`` (one the client offered) answered.  A
-#: hook that raises, or returns anything else (a 1xx-3xx response, another
-#: type, a subprotocol the client did not offer), refuses with 500 and is logged.
-#: It cannot await (picows' handshake callback is synchronous): checks needing
-#: I/O belong in ``authenticate``, which runs after the 101.
 ProcessRequest = Callable[["Request"], "HTTPResponse | Accept | None"]
+"""``process_request(request)``, the handshake hook (named after python-websockets'):
+called for every WebSocket upgrade that passed the HTTP checks, the route and the
+Origin policy, synchronously, on the event loop, before the 101 and before any
+connection object exists.  *request* is a :class:`~reinhardt_ws.Request`
+(``method``, ``path``, ``query_string``, ``query``, ``headers``, ``remote_address``,
+``path_params``).  Return None to admit; an :class:`~reinhardt_ws.HTTPResponse` with
+a 4xx/5xx status (and headers such as ``WWW-Authenticate``) to refuse with exactly
+that response; or :class:`~reinhardt_ws.Accept` to admit with ``conn.user`` set to
+its ``user`` and, optionally, its ``subprotocol`` (one the client offered) answered.
+A hook that raises, or returns anything else (a 1xx-3xx response, another type, a
+subprotocol the client did not offer), refuses with 500 and is logged. It cannot
+await (picows' handshake callback is synchronous): checks needing I/O belong in
+``authenticate``, which runs after the 101."""
 
 #: picows drops (without an answer) a request head of 16 KiB or more; our own
 #: limits stay below, so that the client gets 414 / 431 instead.
 _PICOWS_HEAD_CAP = 16 * 1024 - 1
 
-#: ``await authenticate(conn)`` runs after the 101 and before ``on_connect``: it
-#: returns the connection's identity (stored as ``conn.user``) or raises
-#: :class:`~reinhardt_ws.AuthenticationFailed` / :class:`~reinhardt_ws.PermissionDenied`.
 Authenticate = Callable[["WebSocketConnection"], Awaitable[object]]
+"""``await authenticate(conn)`` runs after the 101 and before ``on_connect``: it
+returns the connection's identity (stored as ``conn.user``) or raises
+:class:`~reinhardt_ws.AuthenticationFailed` / :class:`~reinhardt_ws.PermissionDenied`."""
 
 
 @dataclass(frozen=True)

@@ -56,8 +56,8 @@ __all__ = [
     "parse_query",
 ]
 
-#: A ``Sec-WebSocket-Protocol`` entry carrying a token: ``bearer.<token>``.
 TOKEN_SUBPROTOCOL_PREFIX = "bearer."
+"""A ``Sec-WebSocket-Protocol`` entry carrying a token: ``bearer.<token>``."""
 
 #: Where a token may ride; see the module's docstring.
 TOKEN_SOURCES = ("header", "query", "subprotocol")
