@@ -59,6 +59,7 @@ class ConnectionOwner(Protocol):
 
     def _adopt(self, conn: WebSocketConnection) -> None: ...
     def _forget(self, conn: WebSocketConnection) -> None: ...
+    def _note(self, limit: str) -> None: ...
 
 
 class WebSocketConnection:
@@ -315,6 +316,7 @@ class WebSocketConnection:
         never reads our pongs is not allowed to grow our memory.  Past the budget
         the connection stops reading and closes with 1008."""
         if self._buffered() + len(payload) + 2 > self._opts.max_write_buffer:
+            self._note("control_budget")
             self._pause_reading()
             self._fail(CloseCode.POLICY_VIOLATION, "not reading: control frames over budget",
                        read_on=False)
@@ -478,6 +480,7 @@ class WebSocketConnection:
         (count and bytes; one message is always taken)."""
         rate = self._rate
         if rate is not None and not rate.take(time.monotonic()):
+            self._note("message_rate")
             self._fail(CloseCode.POLICY_VIOLATION, "message rate exceeded")
             return
         inbox = self._inbox
@@ -485,6 +488,8 @@ class WebSocketConnection:
         self._inbox_bytes += len(message.payload)
         opts = self._opts
         if len(inbox) >= opts.max_queue or self._inbox_bytes >= (opts.max_queue_bytes or 0):
+            if not self._reading_paused:
+                self._note("inbox_paused")
             self._pause_reading()
         if self._handler is None:
             self._wake_receiver()
@@ -598,6 +603,7 @@ class WebSocketConnection:
         except AuthenticationFailed as exc:
             client_fault(logger, "%s refused by authenticate: %d %s", self, exc.code,
                          exc.reason)
+            self._note("authenticate")
             self._refuse(exc.code, exc.reason)
             return False
         except Exception:
@@ -730,6 +736,7 @@ class WebSocketConnection:
             return
         client_fault(logger, "%s is too slow (over %d buffered bytes); closing with 1013",
                      self, self._opts.max_write_buffer)
+        self._note("slow_consumer")
         self._start_close(CloseCode.TRY_AGAIN_LATER, "slow consumer")
 
     def _on_transport_close(self) -> None:
@@ -789,6 +796,11 @@ class WebSocketConnection:
             self._release()
         elif self._worker is None and not self._disconnect_done:
             self._start_worker()
+
+    def _note(self, limit: str) -> None:
+        """Count a limit hit in the server's ``stats()``."""
+        if self._owner is not None:
+            self._owner._note(limit)
 
     def _release(self) -> None:
         """Gone and done with: break the reference cycles (connection, listener,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import inspect
 import logging
@@ -90,6 +91,8 @@ class Server:
         self._limits = ConnectionLimiter(options.max_connections,
                                          options.max_connections_per_ip)
         self._http_answered = 0
+        self._closed_codes: collections.Counter[int] = collections.Counter()
+        self._limit_hits: collections.Counter[str] = collections.Counter()
         self._admission = Admission(
             handler=self.handler, router=self.router, origins=self._origins,
             process_request=options.process_request, subprotocols=options.subprotocols,
@@ -182,9 +185,18 @@ class Server:
         (429), ``error`` (500: a hook or HTTP handler raised).  Requests picows
         refuses itself after us (an invalid ``Sec-WebSocket-Key``: 400) and
         clients that time out before finishing their request are not counted.
+
+        And of the connections: ``"closed"``: ``{close code: connections that
+        ended with it}``; ``"limits"``: ``{limit: times it was hit}``, for
+        ``message_rate`` (closed 1008), ``control_budget`` (a peer that does not
+        read our pongs: closed 1008), ``slow_consumer`` (closed 1013),
+        ``inbox_paused`` (reading paused: the inbox reached ``max_queue`` or
+        ``max_queue_bytes``), ``authenticate`` (refused by the hook).
         """
         out = self._limits.stats()
         out["http_responses"] = self._http_answered
+        out["closed"] = dict(self._closed_codes)
+        out["limits"] = dict(self._limit_hits)
         return out
 
     @property
@@ -336,6 +348,11 @@ class Server:
     def _forget(self, conn: WebSocketConnection) -> None:
         if self._connections.pop(conn.id, None) is not None:
             self._limits.closed(_host_of(conn.remote_address))
+            code = conn.close_code
+            self._closed_codes[code if code is not None else 1006] += 1
+
+    def _note(self, limit: str) -> None:
+        self._limit_hits[limit] += 1
 
 
 def _host_of(address: Any) -> str | None:

@@ -48,6 +48,9 @@ def test_a_ping_flood_from_a_client_that_never_reads_is_closed_within_budget(run
             assert worst <= budget + 127, worst
             client.writer.transport.abort()
             await eventually(lambda: not server.connections, 10)
+            stats = server.stats()
+            assert stats["limits"]["control_budget"] == 1
+            assert stats["closed"] == {rw.CloseCode.POLICY_VIOLATION: 1}
 
     run(main())
 
@@ -112,6 +115,7 @@ def test_the_inbox_is_bounded_by_bytes(run: Run) -> None:
                 assert conn.extension is not None
                 parked = sum(len(frame[3]) for frame in conn._parked or ())
                 assert parked <= 64 * 1024, parked
+                assert server.stats()["limits"]["inbox_paused"] >= 1
                 handler.gate.set()
                 await asyncio.wait_for(sender, 10)
                 await eventually(lambda: len(handler.events) == 13, 10)
@@ -148,6 +152,7 @@ def test_a_client_over_the_message_rate_is_closed_with_1008(run: Run) -> None:
             # not even the burst's messages still queued are dispatched.
             assert got == [f"m{i}" for i in range(len(got))] and len(got) <= 5
             await client.close()
+            assert server.stats()["limits"] == {"message_rate": 1}
 
     run(main())
 
