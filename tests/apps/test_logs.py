@@ -137,7 +137,7 @@ def test_our_failure_is_error_with_traceback_a_client_fault_info_without(
                 with pytest.raises(websockets.ConnectionClosed):
                     await asyncio.wait_for(ws.recv(), 10)
                 assert ws.close_code == 1011
-            async with ws_connect(url, max_size=None) as big:
+            async with ws_connect(url, max_size=None, compression=None) as big:
                 await big.send("x" * 1000)  # over max_message_size: the client's fault
                 with pytest.raises(websockets.ConnectionClosed):
                     await asyncio.wait_for(big.recv(), 10)
