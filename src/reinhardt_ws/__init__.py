@@ -46,6 +46,7 @@ from .protocol.auth import (
 )
 from .protocol.messages import CloseCode, Message, MessageType, WebSocketMessage
 from .rooms import BroadcastResult, InMemoryBackend, RoomManager
+from .runner import run, serve_until_signal
 from .server import SAME_ORIGIN, Accept, HTTPResponse, Request, Router, Server, serve
 
 __all__ = [
@@ -95,7 +96,9 @@ __all__ = [
     "connect",
     "extract_token",
     "parse_query",
+    "run",
     "serve",
+    "serve_until_signal",
 ]
 
 __version__ = "0.1.0"

@@ -1,37 +1,85 @@
-"""Command line: ``python -m reinhardt_ws {serve,echo}`` (also ``reinhardt-ws``)."""
+"""The command line: ``reinhardt-ws serve`` (the chat server) and ``reinhardt-ws echo``
+(an echo server); ``python -m reinhardt_ws`` is the same program.
+
+A bad argument is one line on stderr and exit status 2; a server that cannot start
+(port in use, Redis unreachable) one line and exit status 1; never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
-from ._logging import client_fault
+from . import __version__
+from ._logging import LEVELS, JsonFormatter, client_fault
 from .apps.chat import MAX_ROOMS_PER_CONNECTION
 from .options import MiB, ServerOptions
 from .server import SAME_ORIGIN, serve
 
 __all__ = ["main"]
 
+DESCRIPTION = ("Run a WebSocket server. 'serve' runs the chat server: clients join rooms "
+               "and every message to a room reaches all its members; with --redis the "
+               "rooms are shared between processes. 'echo' runs a server that sends every "
+               "message back.")
+EPILOG = "Run 'reinhardt-ws serve --help' or 'reinhardt-ws echo --help' for their options."
+
 #: The environment variable that holds the chat server's token secret.
 TOKEN_SECRET_ENV = "REINHARDT_WS_TOKEN_SECRET"
 
 
+class StartError(Exception):
+    """The server cannot start; the message is the one line the user sees (exit 1)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line on stderr (exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is out of range 0-65535 "
+                                         "(0 picks a free port)")
+    return port
+
+
+def _log_level(text: str) -> str:
+    level = text.strip().upper()
+    if level not in LEVELS:
+        raise argparse.ArgumentTypeError(f"unknown level {text!r}: use one of "
+                                         f"{', '.join(LEVELS)}")
+    return level
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="reinhardt-ws", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="reinhardt-ws", description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"reinhardt-ws {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, text in (("serve", "run the chat server (rooms over WebSocket)"),
                        ("echo", "run an echo server")):
         cmd = sub.add_parser(name, help=text, description=text)
-        cmd.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
-        cmd.add_argument("--port", type=int, default=8765, help="port to bind (8765; 0 picks one)")
+        cmd.add_argument("--host", default="127.0.0.1",
+                         help="address to listen on (127.0.0.1; 0.0.0.0 for every interface)")
+        cmd.add_argument("--port", type=_port, default=8765,
+                         help="port to listen on (8765; 0 picks a free one)")
         cmd.add_argument("--max-message-size", type=int, default=MiB,
                          help="largest message accepted, in bytes (1 MiB)")
         cmd.add_argument("--max-write-buffer", type=int, default=MiB,
@@ -47,7 +95,13 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--message-burst", type=float, default=None, metavar="COUNT",
                          help="messages one connection may send at once within "
                               "--message-rate (default: the rate, at least 1)")
-        cmd.add_argument("--log-level", default="INFO")
+        cmd.add_argument("--log-level", type=_log_level, default="INFO", metavar="LEVEL",
+                         help="DEBUG (every connection opened and closed), INFO (the "
+                              "default: start, stop, misbehaving clients), WARNING, ERROR "
+                              "or CRITICAL")
+        cmd.add_argument("--log-format", choices=("text", "json"), default="text",
+                         help="text lines (the default), or one JSON object per line "
+                              "(time, level, logger, message, exc_info)")
         cmd.add_argument("--max-connections", type=int, default=10_000, metavar="N",
                          help="open connections allowed; more get 503 (10000; 0: no limit)")
         cmd.add_argument("--max-connections-per-ip", type=int, default=256, metavar="N",
@@ -71,6 +125,9 @@ def _parser() -> argparse.ArgumentParser:
                              help="share rooms through Redis (redis://host:port/db)")
             cmd.add_argument("--workers", type=int, default=1,
                              help="processes on one port (SO_REUSEPORT); needs --redis above 1")
+            cmd.add_argument("--redis-wait", metavar="SECONDS", type=float, default=0.0,
+                             help="wait this long for Redis to answer before giving up "
+                                  "(0: refuse to start at once if it does not)")
             cmd.add_argument("--max-rooms", type=int, default=MAX_ROOMS_PER_CONNECTION,
                              help="rooms one connection may be in "
                                   f"({MAX_ROOMS_PER_CONNECTION})")
@@ -105,7 +162,104 @@ def _redis_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"prefix": args.redis_prefix, "ttl": ttl, "heartbeat_interval": ttl / 3}
 
 
+def _redacted(url: str) -> str:
+    """*url* without its password (it goes to the terminal and the logs)."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()
+
+
+def _redis_url_error(url: str) -> str | None:
+    """Why *url* is not a Redis URL, or None."""
+    if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        return (f"--redis needs a redis://, rediss:// or unix:// URL, not "
+                f"{_redacted(url)!r} (for example redis://127.0.0.1:6379/0)")
+    from redis.connection import parse_url
+
+    try:
+        parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError as exc:
+        return f"--redis {_redacted(url)!r} is not a valid Redis URL: {exc}"
+    return None
+
+
+async def _reach_redis(url: str, wait: float) -> None:
+    """Return once Redis at *url* answers PING; raise StartError if it has not
+    within *wait* seconds (a single try when *wait* is 0)."""
+    import redis
+    import redis.asyncio as aioredis
+
+    deadline = time.monotonic() + wait
+    warned = False
+    while True:
+        client = aioredis.from_url(url, socket_connect_timeout=2.0, socket_timeout=2.0)
+        try:
+            await client.ping()
+            return
+        except (redis.RedisError, OSError, asyncio.TimeoutError) as exc:
+            error = str(exc) or type(exc).__name__
+        finally:
+            await client.aclose()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            advice = (f"it did not answer within --redis-wait {wait:g} s" if wait > 0 else
+                      "start it, or pass --redis-wait SECONDS to wait for it")
+            raise StartError(f"cannot reach Redis at {_redacted(url)} ({error}): not "
+                             f"starting, rooms would not be shared; {advice}")
+        if not warned:
+            logging.getLogger("reinhardt_ws").warning(
+                "Redis at %s does not answer (%s); waiting up to %g s", _redacted(url),
+                error, wait)
+            warned = True
+        await asyncio.sleep(min(0.5, remaining))
+
+
+def _bind_failure(exc: OSError, host: str, port: int) -> str:
+    """The one line that says why listening on *host*:*port* failed, and what to do."""
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve --host {host!r}: {exc.strerror}"
+    if exc.errno == errno.EADDRINUSE:
+        other = port + 1 if port < 65535 else port - 1
+        return (f"port {port} on {host} is already in use: stop what holds it, choose "
+                f"another (for example --port {other}), or --port 0 to pick a free one")
+    if exc.errno == errno.EACCES:
+        return (f"not allowed to listen on port {port} on {host} ({exc.strerror}): ports "
+                "below 1024 need privileges; choose --port 1024 or above")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"cannot listen on {host}: it is not an address of this machine"
+    return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+
+
+def _host_error(host: str) -> str | None:
+    """Why *host* cannot be listened on (it does not resolve), or None."""
+    try:
+        socket.getaddrinfo(host or None, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"cannot resolve --host {host!r}: {exc.strerror}"
+    except UnicodeError:
+        return f"--host {host!r} is not a valid host name"
+    return None
+
+
+def _probe_port(host: str, port: int) -> None:
+    """Raise StartError if *port* on *host* cannot be bound with SO_REUSEPORT (the
+    supervisor checks before it starts workers that would each fail)."""
+    for family, kind, proto, _name, address in socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                raise StartError(_bind_failure(exc, host, port)) from None
+
+
 async def _run(args: argparse.Namespace) -> None:
+    if getattr(args, "redis", None):
+        await _reach_redis(args.redis, args.redis_wait)
     rooms = None
     settings: dict[str, Any] = {}
     target: Any
@@ -130,13 +284,23 @@ async def _run(args: argparse.Namespace) -> None:
         settings["subprotocols"] = (CHAT_SUBPROTOCOL,)
         if signer is not None:
             settings["authenticate"] = SignedTokenAuth(signer, source=("query", "subprotocol"))
-    server = await serve(target, args.host, args.port,
-                         max_message_size=args.max_message_size,
-                         max_write_buffer=args.max_write_buffer,
-                         max_queue_bytes=args.max_queue_bytes, message_rate=args.message_rate,
-                         message_burst=args.message_burst, reuse_port=args.reuse_port,
-                         compression=None if args.no_compression else "deflate",
-                         **_admission_options(args), **settings)
+    try:
+        server = await serve(target, args.host, args.port,
+                             max_message_size=args.max_message_size,
+                             max_write_buffer=args.max_write_buffer,
+                             max_queue_bytes=args.max_queue_bytes,
+                             message_rate=args.message_rate,
+                             message_burst=args.message_burst, reuse_port=args.reuse_port,
+                             compression=None if args.no_compression else "deflate",
+                             **_admission_options(args), **settings)
+    except OSError as exc:
+        if rooms is not None:
+            await rooms.close()
+        raise StartError(_bind_failure(exc, args.host, args.port)) from None
+    if args.file_limit is not None:
+        logging.getLogger("reinhardt_ws").info(
+            "file descriptor limit %d: room for about %d connections", args.file_limit,
+            max(0, args.file_limit - 64))
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_quiet_accept_errors)
     stop = asyncio.Event()
@@ -158,17 +322,24 @@ async def _run(args: argparse.Namespace) -> None:
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s")
+    """Logs to stderr at ``--log-level``, as text lines or (``--log-format json``) one
+    JSON object per line."""
+    handler = logging.StreamHandler(sys.stderr)
+    if args.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, args.log_level), handlers=[handler], force=True)
 
 
-def _raise_file_limit() -> None:
+def _raise_file_limit() -> int | None:
     """Raise the soft RLIMIT_NOFILE to the hard limit (each connection is one
-    descriptor) and say how many connections that allows."""
+    descriptor); returns the limit now in force (None where there is none)."""
     try:
         import resource
     except ImportError:  # Windows
-        return
+        return None
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or hard > soft:
         target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
@@ -177,8 +348,7 @@ def _raise_file_limit() -> None:
             soft = target
         except (ValueError, OSError):
             pass
-    logging.getLogger("reinhardt_ws").info(
-        "file descriptor limit %d: room for about %d connections", soft, max(0, soft - 64))
+    return int(soft)
 
 
 def _quiet_accept_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -195,8 +365,15 @@ def _quiet_accept_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with *argv* (default: ``sys.argv[1:]``); returns the exit
+    status: 0 after a clean stop (SIGINT or SIGTERM), 2 for a bad argument, 1 when
+    the server cannot start.  Each error is one line on stderr."""
     args = _parser().parse_args(argv)
     _configure_logging(args)
+    host_error = _host_error(args.host)
+    if host_error is not None:
+        print(f"reinhardt-ws: {host_error}", file=sys.stderr)
+        return 2
     for flag in ("max_message_size", "max_write_buffer", "max_rooms", "max_queue_bytes",
                  "message_rate", "message_burst"):
         value = getattr(args, flag, None)
@@ -230,11 +407,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "redis_ttl", 1.0) <= 0:
             print("reinhardt-ws: --redis-ttl must be positive", file=sys.stderr)
             return 2
+        if not args.redis_wait >= 0:
+            print("reinhardt-ws: --redis-wait must be 0 or more seconds", file=sys.stderr)
+            return 2
         try:
             import redis  # noqa: F401
         except ImportError:
             print("reinhardt-ws: --redis needs the redis extra: "
                   "pip install 'reinhardt-ws[redis]'", file=sys.stderr)
+            return 2
+        url_error = _redis_url_error(args.redis)
+        if url_error is not None:
+            print(f"reinhardt-ws: {url_error}", file=sys.stderr)
             return 2
     if workers > 1:
         if not getattr(args, "redis", None):
@@ -249,10 +433,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("reinhardt-ws: --workers above 1 needs SO_REUSEPORT, which this platform "
                   "lacks", file=sys.stderr)
             return 2
+        # Checked here, before any worker starts: a cluster never starts split
+        # (workers without Redis) nor half bound.
+        try:
+            _probe_port(args.host, args.port)
+            asyncio.run(_reach_redis(args.redis, args.redis_wait))
+        except StartError as exc:
+            print(f"reinhardt-ws: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 1
         return _run_workers(workers, list(argv if argv is not None else sys.argv[1:]))
-    _raise_file_limit()
+    args.file_limit = _raise_file_limit()
     try:
         asyncio.run(_run(args))
+    except StartError as exc:
+        print(f"reinhardt-ws: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         pass
     return 0

@@ -8,6 +8,7 @@ suppressed") instead of written.  Our own failures stay at ERROR with tracebacks
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -15,7 +16,7 @@ from typing import Any
 
 from .protocol.limits import TokenBucket
 
-__all__ = ["PicowsLogAdapter", "client_fault", "logger"]
+__all__ = ["LEVELS", "JsonFormatter", "PicowsLogAdapter", "client_fault", "logger"]
 
 logger = logging.getLogger("reinhardt_ws")
 
@@ -93,3 +94,31 @@ class PicowsLogAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
         if text.startswith(_CHATTER):
             level = logging.DEBUG
         super().log(level, msg, *args, **kwargs)
+
+
+#: The level names the command line accepts.
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``time`` (ISO 8601, UTC, milliseconds), ``level``,
+    ``logger``, ``message`` (arguments merged in), ``pid``, and ``exc_info`` (the
+    formatted traceback) when the record carries one.  A newline inside the message
+    or traceback is escaped by JSON, so a record is always exactly one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+                    + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "pid": record.process,
+        }
+        if record.exc_info:
+            entry["exc_info"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exc_info"] = record.exc_text
+        if record.stack_info:
+            entry["stack_info"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)

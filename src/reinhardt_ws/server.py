@@ -7,6 +7,7 @@ import collections
 import dataclasses
 import inspect
 import logging
+import os
 from collections.abc import Awaitable, Generator, Mapping
 from functools import partial
 from http import HTTPStatus
@@ -17,6 +18,7 @@ import picows
 from picows import WSUpgradeResponse, WSUpgradeResponseWithListener
 from picows.picows import WSProtocol  # type: ignore[attr-defined]
 
+from . import _fanout
 from ._http import RequestReader
 from ._listener import ConnectionListener
 from .connection import WebSocketConnection
@@ -146,7 +148,18 @@ class Server:
             create_server = loop.create_server
         self._server = await create_server(protocol_factory, self.host, self._requested_port,
                                            backlog=opts.backlog, **kwargs)
+        logger.info("listening on %s (fan-out %s, pid %d)", self._addresses(),
+                    _fanout.IMPLEMENTATION, os.getpid())
         return self
+
+    def _addresses(self) -> str:
+        """The bound addresses as URLs (one per socket), for the logs."""
+        scheme = "wss" if self.options.ssl is not None else "ws"
+        urls = []
+        for sock in self.sockets:
+            host, port = sock.getsockname()[:2]
+            urls.append(f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}/")
+        return " ".join(urls) or "nothing"
 
     def __await__(self) -> Generator[Any, None, Server]:
         return self.start().__await__()
@@ -224,6 +237,7 @@ class Server:
                 await self._closed.wait()
             return
         self._closing = True
+        addresses = self._addresses()
         if self._server is not None:
             self._server.close()
         conns = list(self._connections.values())
@@ -242,6 +256,10 @@ class Server:
                 await asyncio.wait_for(self._server.wait_closed(), timeout=1.0)
             except (asyncio.TimeoutError, TimeoutError):
                 pass
+        if self._server is not None:
+            logger.info("stopped listening on %s: closed %d connection%s with %d (pid %d)",
+                        addresses, len(conns), "" if len(conns) == 1 else "s", int(code),
+                        os.getpid())
         if self._closed is not None:
             self._closed.set()
 
