@@ -659,11 +659,10 @@ class WebSocketConnection:
         opts = self._opts
         if self._owner is not None:
             self._owner._adopt(self)
-        # -- operability: the connection log (DEBUG); no query string, it may hold a token
+        # The connection log (DEBUG); no query string: it may hold a token.
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("connection %s opened: peer %s, path %r", self.id,
                          _address(self.remote_address), self.path.partition("?")[0])
-        # -- end operability
         if self.is_client:
             # picows parks the error that ends a client connection in a future only
             # wait_disconnected() reads; close_code reports it, so read it here, or
@@ -774,12 +773,11 @@ class WebSocketConnection:
         # picows may have failed the connection itself (a frame over
         # max_frame_size: 1009, a malformed frame: 1002, no pong: 1001).
         self._closing.lost(*_picows_sent_close(self._ws))
-        # -- operability: the connection log (DEBUG)
+        # The connection log (DEBUG).
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("connection %s closed: peer %s, path %r, code %s", self.id,
                          _address(self.remote_address), self.path.partition("?")[0],
                          self._closing.code)
-        # -- end operability
         if self._close_handle is not None:
             self._close_handle.cancel()
             self._close_handle = None
@@ -826,14 +824,13 @@ class WebSocketConnection:
 _PICOWS_CODES = frozenset(c.value for c in WSCloseCode)
 
 
-# -- operability: peer addresses in the connection log
+# Peer addresses in the connection log.
 def _address(peer: object) -> str:
     """A peer address for the logs: ``host:port`` (``[host]:port`` for IPv6)."""
     if isinstance(peer, tuple) and len(peer) >= 2:
         host = str(peer[0])
         return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
     return str(peer)
-# -- end operability
 
 
 async def _swallow(waiter: Awaitable[object]) -> None:
