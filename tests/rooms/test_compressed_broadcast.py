@@ -101,7 +101,8 @@ def test_broadcast_is_compressed_once_per_parameter_set(run: Run) -> None:
                     await client.close()
             await asyncio.sleep(0.05)
             await rooms.close()
-        assert rooms.stats() == {"rooms": 0, "connections": 0, "memberships": 0}
+        assert rooms.stats() == {"rooms": 0, "connections": 0, "memberships": 0,
+                                 "room_limit_refusals": 0}
         assert rooms._deflate_groups.of("lobby") is None
 
     run(main())

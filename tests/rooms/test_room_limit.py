@@ -40,7 +40,8 @@ def test_join_past_the_limit_raises_and_changes_nothing(run: Run) -> None:
             assert "at most 2 rooms" in str(raised.value)
             assert await rooms.rooms_of(a) == {"one", "two"}
             assert await rooms.list_rooms() == ["one", "two"]
-            assert rooms.stats() == {"rooms": 2, "connections": 1, "memberships": 2}
+            assert rooms.stats() == {"rooms": 2, "connections": 1, "memberships": 2,
+                                     "room_limit_refusals": 1}
             # At the limit, joining a room it is in is no error (nothing changes).
             assert await rooms.join("two", a) is False
             # Another connection has a limit of its own.

@@ -25,7 +25,7 @@ Run = Callable[[Coroutine[Any, Any, Any]], Any]
 #: Created at import time, before any event loop exists.
 MODULE_ROOMS = rw.RoomManager()
 
-EMPTY = {"rooms": 0, "connections": 0, "memberships": 0}
+EMPTY = {"rooms": 0, "connections": 0, "memberships": 0, "room_limit_refusals": 0}
 
 
 def ids(conns: list[rw.WebSocketConnection]) -> set[str]:
@@ -52,7 +52,8 @@ def test_join_and_leave_report_changes_and_are_idempotent(run: Run) -> None:
             assert await rooms.members("nowhere") == []
             assert await rooms.rooms_of(a) == {"lobby", "games"}
             assert await rooms.rooms_of(b) == {"lobby"}
-            assert rooms.stats() == {"rooms": 2, "connections": 2, "memberships": 3}
+            assert rooms.stats() == {"rooms": 2, "connections": 2, "memberships": 3,
+                                     "room_limit_refusals": 0}
 
             assert await rooms.leave("games", a) is True
             assert await rooms.leave("games", a) is False
@@ -444,7 +445,8 @@ def test_disconnects_leave_all_rooms_and_nothing_leaks(run: Run) -> None:
                         await client.close()
                 assert await rooms.list_rooms() == ["lobby"]
                 assert ids(await rooms.members("lobby")) == {stay_conn.id}
-                assert rooms.stats() == {"rooms": 1, "connections": 1, "memberships": 1}
+                assert rooms.stats() == {"rooms": 1, "connections": 1, "memberships": 1,
+                                         "room_limit_refusals": 0}
                 result = await rooms.broadcast_all(f"cycle {cycle}")
                 assert result == rw.BroadcastResult(1, 0, ())
                 assert await stay_client.recv() == f"cycle {cycle}"

@@ -154,6 +154,7 @@ class RoomManager:
         self._conns: dict[str, WebSocketConnection] = {}
         self._rooms_of: dict[str, set[str]] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self._room_limit_refusals = 0
         # permessage-deflate: members by shared compressor (rooms/_compression.py)
         self._deflate_groups = CompressionGroups()
 
@@ -240,6 +241,7 @@ class RoomManager:
         rooms = self._rooms_of.get(conn.id)
         limit = self.max_rooms_per_connection
         if limit is not None and rooms is not None and len(rooms) >= limit:
+            self._room_limit_refusals += 1
             raise RoomLimitError(limit)
         if members is None:
             members = self._rooms[room] = {}
@@ -437,9 +439,11 @@ class RoomManager:
         await self._backend.close()
 
     def stats(self) -> dict[str, int]:
-        """Sizes of the registry (for leak checks): rooms, connections, memberships."""
+        """Sizes of the registry (for leak checks): rooms, connections, memberships;
+        and ``room_limit_refusals``: joins refused by ``max_rooms_per_connection``."""
         return {
             "rooms": len(self._rooms),
             "connections": len(self._conns),
             "memberships": sum(len(m) for m in self._rooms.values()),
+            "room_limit_refusals": self._room_limit_refusals,
         }
