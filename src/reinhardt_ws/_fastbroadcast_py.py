@@ -49,6 +49,8 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from .protocol.framing import frame_header
+
 __all__ = [
     "DELIVERED",
     "DROPPED",
@@ -88,14 +90,7 @@ def build_frame(opcode: int, payload: bytes) -> bytes:
     n = len(payload)
     if opcode >= 0x8 and n > 125:
         raise ValueError(f"control frame payload too long: {n} > 125")
-    first = 0x80 | opcode
-    if n < 126:
-        header = bytes((first, n))
-    elif n < 65536:
-        header = bytes((first, 126, n >> 8, n & 0xFF))
-    else:
-        header = bytes((first, 127)) + n.to_bytes(8, "big")
-    return header + payload
+    return frame_header(0x80 | opcode, n) + payload
 
 
 class Peer:

@@ -22,6 +22,7 @@ import zlib
 from dataclasses import dataclass
 
 from ...errors import ProtocolError
+from ..framing import frame_header
 from ..messages import CloseCode
 from .base import (
     Extension,
@@ -450,15 +451,7 @@ def build_compressed_frame(opcode: int, payload: bytes) -> bytes:
     a compressed message), carrying *payload*.  Data opcodes only (1, 2)."""
     if opcode != 0x1 and opcode != 0x2:
         raise ValueError(f"only data frames are compressed, not opcode {opcode:#x}")
-    n = len(payload)
-    first = 0xC0 | opcode
-    if n < 126:
-        header = bytes((first, n))
-    elif n < 65536:
-        header = bytes((first, 126, n >> 8, n & 0xFF))
-    else:
-        header = bytes((first, 127)) + n.to_bytes(8, "big")
-    return header + payload
+    return frame_header(0xC0 | opcode, len(payload)) + payload
 
 
 def split_frame(frame: bytes) -> tuple[int, memoryview]:
