@@ -43,7 +43,16 @@ from .protocol.auth import (
     parse_query,
 )
 from .protocol.messages import CloseCode, Message, MessageType, WebSocketMessage
-from .rooms import BroadcastResult, InMemoryBackend, RoomManager
+from .rooms import (
+    BroadcastResult,
+    HistoryPolicy,
+    HistoryResult,
+    InMemoryBackend,
+    JoinResult,
+    Position,
+    Publication,
+    RoomManager,
+)
 from .server import HTTPResponse, Server, serve
 
 __all__ = [
@@ -62,12 +71,17 @@ __all__ = [
     "HTTPHandler",
     "HTTPResponse",
     "HandshakeError",
+    "HistoryPolicy",
+    "HistoryResult",
     "InMemoryBackend",
+    "JoinResult",
     "Message",
     "MessageType",
     "PermissionDenied",
     "Policy",
+    "Position",
     "ProtocolError",
+    "Publication",
     "ReceiveError",
     "RoomLimitError",
     "RoomManager",

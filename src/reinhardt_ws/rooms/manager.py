@@ -19,8 +19,8 @@ import concurrent.futures
 import functools
 import threading
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, overload
 
 from .. import _fanout
 from ..connection import WebSocketConnection
@@ -32,6 +32,7 @@ from ..protocol.messages import (
     frame_parts,
 )
 from .backend import Backend, InMemoryBackend
+from .history import HistoryPolicy, HistoryResult, JoinResult, MemoryHistory, Position
 
 if TYPE_CHECKING:
     from .._fastbroadcast_py import Hub, Peer
@@ -55,6 +56,10 @@ class BroadcastResult:
       over ``max_write_buffer``; ``"close"``: closed with 1013 by this broadcast).
     - ``failed``: ids of members that could not take it (their socket failed or
       they were closing); they were removed from every room.
+    - ``position``: the publication's place in the room's history (see
+      :class:`~reinhardt_ws.rooms.HistoryPolicy`); None for a room without
+      history, or when the history could not be written (Redis unreachable: the
+      broadcast was then delivered in this process only).
 
     A broadcast never raises because a member failed.
     """
@@ -62,6 +67,7 @@ class BroadcastResult:
     delivered: int = 0
     dropped: int = 0
     failed: tuple[str, ...] = ()
+    position: Position | None = None
 
 
 def encode_frame(message: Broadcastable) -> bytes:
@@ -135,14 +141,35 @@ class RoomManager:
     room disappears.  ``max_rooms_per_connection`` (None: unbounded) caps the rooms
     one connection may be in: a ``join`` beyond it raises
     :class:`~reinhardt_ws.errors.RoomLimitError` and changes nothing.
+
+    **History** (``history=HistoryPolicy(size=..., ttl=..., rooms="chat:*")``,
+    off by default): every broadcast to a room the policy covers is stored and
+    gets a :class:`~reinhardt_ws.rooms.Position`; :meth:`history` reads it back
+    and ``join(..., recover=position)`` replays what a returning connection
+    missed.  In this process with the in-memory backend (a restart changes the
+    epoch), in Redis Streams with :class:`RedisBackend`.  See ``docs/recovery.md``.
     """
 
     def __init__(self, backend: Backend | None = None, *,
-                 max_rooms_per_connection: int | None = None) -> None:
+                 max_rooms_per_connection: int | None = None,
+                 history: HistoryPolicy | None = None) -> None:
         if max_rooms_per_connection is not None and max_rooms_per_connection < 1:
             raise ValueError("max_rooms_per_connection must be positive or None")
+        if history is not None and not isinstance(history, HistoryPolicy):
+            raise TypeError("history must be a HistoryPolicy or None")
         self._backend: Backend = backend if backend is not None else InMemoryBackend()
         self.max_rooms_per_connection = max_rooms_per_connection
+        self.history_policy = history
+        # Where history lives: the backend's own store if it has one (Redis),
+        # else a ring per room in this process.
+        self._shared_history = history is not None and hasattr(self._backend, "use_history")
+        if self._shared_history:
+            self._backend.use_history(history)  # type: ignore[attr-defined]
+        self._ring = MemoryHistory(history) if history is not None and not self._shared_history \
+            else None
+        # Connections being recovered through a shared history: room -> {id: frames
+        # (offset, frame) that arrived live meanwhile}.
+        self._recovering: dict[str, dict[str, list[tuple[int, bytes]]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None  # the owner, once known
         self._final = False  # bound by a join (else at most a provisional owner)
         self._backend_loop: asyncio.AbstractEventLoop | None = None
@@ -158,14 +185,16 @@ class RoomManager:
     def from_url(cls, url: str, **options: Any) -> RoomManager:
         """A manager on the backend *url* names: ``redis://`` / ``rediss://``
         (needs the ``redis`` extra) or ``memory://``.  ``max_rooms_per_connection``
-        is the manager's; other *options* go to the backend."""
+        and ``history`` are the manager's; other *options* go to the backend."""
         limit = options.pop("max_rooms_per_connection", None)
+        history = options.pop("history", None)
         if url.startswith("memory://"):
-            return cls(max_rooms_per_connection=limit)
+            return cls(max_rooms_per_connection=limit, history=history)
         if url.startswith(("redis://", "rediss://", "unix://")):
             from .redis import RedisBackend
 
-            return cls(backend=RedisBackend(url, **options), max_rooms_per_connection=limit)
+            return cls(backend=RedisBackend(url, **options), max_rooms_per_connection=limit,
+                       history=history)
         raise ValueError(f"no backend for {url!r}")
 
     @property
@@ -222,21 +251,68 @@ class RoomManager:
         return await asyncio.wrap_future(future)
 
     # -- membership -----------------------------------------------------------
-    @_on_owning_loop(binds=True)
-    async def join(self, room: str, conn: WebSocketConnection) -> bool:
+    @overload
+    async def join(self, room: str, conn: WebSocketConnection) -> bool: ...
+    @overload
+    async def join(self, room: str, conn: WebSocketConnection, *,
+                   recover: Position | None = None, recent: int = 0) -> JoinResult: ...
+
+    async def join(self, room: str, conn: WebSocketConnection, *,
+                   recover: Position | None = None,
+                   recent: int = 0) -> bool | JoinResult:
         """Add *conn* to *room*; True if it was not a member.  A closed
         connection is not added (False).  ``RoomLimitError`` if *conn* is
-        already in ``max_rooms_per_connection`` rooms (and not in *room*)."""
+        already in ``max_rooms_per_connection`` rooms (and not in *room*).
+
+        **Recovery** (a room with history): with ``recover=position`` (what the
+        connection last saw, a :class:`Position` or an ``(epoch, offset)`` pair)
+        the publications after it are sent to *conn* first, in order, and then
+        the live ones, with none lost or doubled in between; with ``recent=n``
+        the room's last *n* publications are.  Either way the answer is a
+        :class:`JoinResult` (true when *conn* was added): ``recovered`` is False
+        when history does not reach back to *position*, its epoch differs, or
+        more than the policy's ``max_recovery`` are missing (nothing is replayed
+        then; ``position`` is the room's current one).  A connection that is
+        already a member gets nothing replayed (``joined=False, recovered=False``).
+        Without either argument the answer is a plain bool, as always.
+        """
+        return await self._join(room, conn, recover, recent)
+
+    @_on_owning_loop(binds=True)
+    async def _join(self, room: str, conn: WebSocketConnection,
+                    recover: Position | None, recent: int) -> bool | JoinResult:
+        recovering = recover is not None or recent > 0
+        if recent < 0:
+            raise ValueError("recent must not be negative")
+        if recover is not None:
+            recover = Position(str(recover[0]), int(recover[1]))
         peer = conn._room_peer()
         if peer is None:
-            return False
+            return JoinResult(False, False, None) if recovering else False
         members = self._rooms.get(room)
         if members is not None and conn.id in members:
-            return False
+            return JoinResult(False, False, None) if recovering else False
         rooms = self._rooms_of.get(conn.id)
         limit = self.max_rooms_per_connection
         if limit is not None and rooms is not None and len(rooms) >= limit:
             raise RoomLimitError(limit)
+        outcome: JoinResult | None = None
+        if recovering:
+            policy = self.history_policy
+            if policy is None or not policy.applies(room):
+                outcome = JoinResult(True, False, None)
+            elif self._ring is not None:
+                # Replay and membership with no suspension point between them: no
+                # broadcast can fall in the gap (or be sent twice).
+                read = self._ring.read(room, since=recover,
+                                       limit=recent if recover is None else policy.max_recovery)
+                if read.complete:
+                    for publication in read.publications:
+                        peer.send(publication.frame)
+                outcome = JoinResult(True, read.complete, read.position,
+                                     len(read.publications) if read.complete else 0)
+            else:  # a shared history: live frames wait while it is read
+                self._recovering.setdefault(room, {})[conn.id] = []
         if members is None:
             members = self._rooms[room] = {}
         members[conn.id] = peer
@@ -247,8 +323,44 @@ class RoomManager:
             conn.add_close_listener(self._forget)
         rooms.add(room)
         if self._backend.distributed:
-            await self._backend.joined(room, conn.id)
-        return True
+            try:
+                await self._backend.joined(room, conn.id)
+            except BaseException:
+                self._recovering.get(room, {}).pop(conn.id, None)
+                raise
+        if outcome is None and recovering:
+            outcome = await self._recover_shared(room, conn, recover, recent)
+        return outcome if outcome is not None else True
+
+    async def _recover_shared(self, room: str, conn: WebSocketConnection,
+                              since: Position | None, recent: int) -> JoinResult:
+        """Replay from the backend's history to *conn*, a member whose live frames
+        of *room* are held meanwhile; then send the held ones it did not get."""
+        policy = self.history_policy
+        assert policy is not None
+        try:
+            read: HistoryResult | None = await self._backend.read_history(  # type: ignore[attr-defined]
+                room, since, recent if since is None else policy.max_recovery)
+        finally:
+            held = self._recovering.get(room, {}).pop(conn.id, [])
+            if room in self._recovering and not self._recovering[room]:
+                del self._recovering[room]
+        peer = conn._room_peer()
+        if read is None:  # the history cannot be read now (Redis unreachable)
+            if peer is not None:
+                for _offset, frame in held:
+                    peer.send(frame)
+            return JoinResult(True, False, None)
+        top = read.position.offset
+        if peer is not None:
+            if read.complete:
+                for publication in read.publications:
+                    peer.send(publication.frame)
+            for offset, frame in held:
+                if offset > top:
+                    peer.send(frame)
+        replayed = len(read.publications) if read.complete else 0
+        return JoinResult(True, read.complete, read.position, replayed)
 
     @_on_owning_loop()
     async def leave(self, room: str, conn: WebSocketConnection) -> bool:
@@ -327,10 +439,72 @@ class RoomManager:
                          exclude: Exclude) -> BroadcastResult:
         frame = encode_frame(message)
         excluded = _exclude_ids(exclude)
+        policy = self.history_policy
+        if policy is not None and room is not None and policy.applies(room):
+            return await self._broadcast_with_history(room, frame, excluded)
         result = self.deliver_local(room, frame, excluded)
         if self._backend.distributed:
             await self._backend.publish(room, frame, excluded)
         return result
+
+    async def _broadcast_with_history(self, room: str, frame: bytes,
+                                      excluded: frozenset[str]) -> BroadcastResult:
+        """Store, then fan out.  In memory: append and deliver, no suspension.
+        Shared (Redis): the backend stores and publishes in one step and every
+        process, this one included, delivers in the order the store assigned."""
+        if self._ring is not None:
+            position = self._ring.append(room, frame)
+            result = self.deliver_local(room, frame, excluded)
+            if self._backend.distributed:
+                await self._backend.publish(room, frame, excluded)
+            return replace(result, position=position)
+        published: tuple[Position | None, BroadcastResult | None] = \
+            await self._backend.publish_history(room, frame, excluded)  # type: ignore[attr-defined]
+        stored_at, remote = published
+        if remote is None:  # not stored (Redis unreachable): this process only
+            remote = self.deliver_local(room, frame, excluded)
+        return replace(remote, position=stored_at)
+
+    def deliver_history(self, room: str, offset: int, frame: bytes,
+                        exclude: frozenset[str]) -> BroadcastResult:
+        """Fan out a stored publication (at *offset*) of *room* to this process's
+        members; members being recovered hold it until their replay is done.
+        Backends with a shared history call it, on the owning loop, in offset order."""
+        recovering = self._recovering.get(room)
+        if recovering:
+            for conn_id, held in recovering.items():
+                if conn_id not in exclude:
+                    held.append((offset, frame))
+            exclude = exclude | frozenset(recovering)
+        return self.deliver_local(room, frame, exclude)
+
+    @_on_owning_loop()
+    async def history(self, room: str, *, since: Position | None = None,
+                      limit: int | None = None) -> HistoryResult:
+        """The stored publications of *room* (framed, as sent), oldest first.
+
+        With *since*, those after it, at most *limit* (default: the policy's
+        ``max_recovery``); ``complete`` is False and none are returned when the
+        history does not reach back, the epoch differs or more are missing than
+        that.  Without it, the newest *limit* kept (all kept without *limit*).
+        ``ValueError`` for a room the policy gives no history; ``ConnectionError``
+        when a shared history cannot be read now."""
+        policy = self.history_policy
+        if policy is None or not policy.applies(room):
+            raise ValueError(f"room {room!r} keeps no history")
+        if limit is not None and limit < 0:
+            raise ValueError("limit must not be negative")
+        if since is not None:
+            since = Position(str(since[0]), int(since[1]))
+            if limit is None:
+                limit = policy.max_recovery
+        if self._ring is not None:
+            return self._ring.read(room, since, limit)
+        read: HistoryResult | None = await self._backend.read_history(  # type: ignore[attr-defined]
+            room, since, limit)
+        if read is None:
+            raise ConnectionError("the room's history cannot be read now (redis unreachable)")
+        return read
 
     def deliver_local(self, room: str | None, frame: bytes,
                       exclude: frozenset[str]) -> BroadcastResult:
