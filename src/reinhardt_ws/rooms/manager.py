@@ -169,7 +169,10 @@ class RoomManager:
             else None
         # Connections being recovered through a shared history: room -> {id: frames
         # (offset, frame) that arrived live meanwhile}.
-        self._recovering: dict[str, dict[str, list[tuple[int, bytes]]]] = {}
+        self._recovering: dict[str, dict[str, list[tuple[Position, bytes]]]] = {}
+        # ... and once recovered, the offset their replay reached: a live copy at
+        # or below it (late on the pub/sub connection) is not sent again.
+        self._floors: dict[str, dict[str, Position]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None  # the owner, once known
         self._final = False  # bound by a join (else at most a provisional owner)
         self._backend_loop: asyncio.AbstractEventLoop | None = None
@@ -348,17 +351,19 @@ class RoomManager:
         peer = conn._room_peer()
         if read is None:  # the history cannot be read now (Redis unreachable)
             if peer is not None:
-                for _offset, frame in held:
+                for _at, frame in held:
                     peer.send(frame)
             return JoinResult(True, False, None)
-        top = read.position.offset
+        top = read.position
         if peer is not None:
             if read.complete:
                 for publication in read.publications:
                     peer.send(publication.frame)
-            for offset, frame in held:
-                if offset > top:
+            for at, frame in held:
+                if at.epoch != top.epoch or at.offset > top.offset:
                     peer.send(frame)
+            if not held or (held[-1][0].epoch == top.epoch and held[-1][0].offset <= top.offset):
+                self._floors.setdefault(room, {})[conn.id] = top
         replayed = len(read.publications) if read.complete else 0
         return JoinResult(True, read.complete, read.position, replayed)
 
@@ -376,6 +381,12 @@ class RoomManager:
         members = self._rooms.get(room)
         if members is None or members.pop(conn_id, None) is None:
             return False
+        for pending in (self._floors, self._recovering):
+            if pending:
+                of_room = pending.get(room)
+                if of_room is not None and of_room.pop(conn_id, None) is not None \
+                        and not of_room:
+                    del pending[room]
         if not members:
             del self._rooms[room]
         rooms = self._rooms_of.get(conn_id)
@@ -465,17 +476,26 @@ class RoomManager:
             remote = self.deliver_local(room, frame, excluded)
         return replace(remote, position=stored_at)
 
-    def deliver_history(self, room: str, offset: int, frame: bytes,
+    def deliver_history(self, room: str, at: Position, frame: bytes,
                         exclude: frozenset[str]) -> BroadcastResult:
-        """Fan out a stored publication (at *offset*) of *room* to this process's
+        """Fan out a stored publication (at *at*) of *room* to this process's
         members; members being recovered hold it until their replay is done.
         Backends with a shared history call it, on the owning loop, in offset order."""
         recovering = self._recovering.get(room)
         if recovering:
             for conn_id, held in recovering.items():
                 if conn_id not in exclude:
-                    held.append((offset, frame))
+                    held.append((at, frame))
             exclude = exclude | frozenset(recovering)
+        floors = self._floors.get(room)
+        if floors:
+            replayed = frozenset(cid for cid, floor in floors.items()
+                                 if at.epoch == floor.epoch and at.offset <= floor.offset)
+            for cid in [cid for cid in floors if cid not in replayed]:
+                del floors[cid]
+            if not floors:
+                del self._floors[room]
+            exclude = exclude | replayed
         return self.deliver_local(room, frame, exclude)
 
     @_on_owning_loop()

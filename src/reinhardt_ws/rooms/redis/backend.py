@@ -66,7 +66,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from .core import FAILURES, MiB, Runtime, _describe, _safe_url, _stop_tasks, logger
-from .supervisor import Supervisor
+from .history import History
 
 if TYPE_CHECKING:
     from ..manager import RoomManager
@@ -74,7 +74,7 @@ if TYPE_CHECKING:
 __all__ = ["RedisBackend"]
 
 
-class RedisBackend(Supervisor):
+class RedisBackend(History):
     """Rooms shared by every process on the same Redis (and ``prefix``).
 
     - ``url``: ``redis://[user:password@]host:port/db``, ``rediss://`` (TLS) or
