@@ -20,12 +20,13 @@ from reinhardt_ws.rooms.redis.history import hash_tag
 
 from ..fixtures import running_server, url_of
 from ..redis_app import RoomsApp
-from ..redis_fixtures import AppClient, RedisServer
+from ..redis_fixtures import AppClient, RedisClusterNodes, RedisServer
 from . import test_redis as shared
 from .test_redis import Runner, app_processes, run_async
 
 # The fixtures of the Redis suite: a redis-server per session, a key prefix per test.
 redis_server = shared.redis_server
+redis_cluster = shared.redis_cluster
 prefix = shared.prefix
 
 pytestmark = pytest.mark.redis
@@ -161,6 +162,37 @@ def test_trimmed_history_and_lost_stream(run: Runner[None], redis_server: RedisS
             assert not (await m1.history("t", since=Position(epoch, 30))).complete
             for c in (driver, client, other):
                 await c.close()
+
+    run(main())
+
+
+def test_history_on_a_redis_cluster(run: Runner[None], redis_cluster: RedisClusterNodes,
+                                    prefix: str) -> None:
+    """Rooms on every shard (and one whose name carries a hash tag): the script's
+    keys and the shard channel share a slot; order, positions and recovery hold."""
+    async def main() -> None:
+        policy = HistoryPolicy(size=100, ttl=60)
+        managers = [RoomManager(backend=RedisBackend(redis_cluster.nodes[i].url, prefix=prefix,
+                                                     cluster=True), history=policy)
+                    for i in range(2)]
+        try:
+            async with running_server(RoomsApp(managers[0])) as s1, \
+                    running_server(RoomsApp(managers[1])) as s2:
+                a, b = await AppClient.open(url_of(s1)), await AppClient.open(url_of(s2))
+                rooms = [f"room-{i}" for i in range(6)] + ["tagged{x}room"]
+                for room in rooms:
+                    await a.call("join", room=room)
+                for room in rooms:
+                    reply = await b.call("series", room=room, first=1, last=5)
+                    assert [p[1] for p in reply["positions"]] == [1, 2, 3, 4, 5]
+                    assert [await a.next() for _ in range(5)] == [1, 2, 3, 4, 5]
+                    epoch = reply["positions"][0][0]
+                    joined = await b.call("join", room=room, since=[epoch, 2])
+                    assert joined["recovered"] is True
+                    assert [await b.next() for _ in range(3)] == [3, 4, 5]
+        finally:
+            for manager in managers:
+                await manager.close()
 
     run(main())
 
