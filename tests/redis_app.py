@@ -48,15 +48,20 @@ class RoomsApp(rw.WebSocketHandler):
         return {"id": conn.id, "pid": os.getpid(), "process": process}
 
     async def op_join(self, conn: rw.WebSocketConnection, room: str,
-                      since: list[Any] | None = None, recent: int = 0) -> dict[str, Any]:
+                      since: list[Any] | None = None, recent: int = 0,
+                      info: dict[str, Any] | None = None) -> dict[str, Any]:
         if since is not None or recent:
             result = await self.rooms.join(
-                room, conn, recover=Position(*since) if since else None, recent=recent)
+                room, conn, recover=Position(*since) if since else None, recent=recent,
+                info=info)
             return {"added": result.joined, "recovered": result.recovered,
                     "position": list(result.position) if result.position else None,
                     "replayed": result.replayed}
-        added = await self.rooms.join(room, conn)
+        added = await self.rooms.join(room, conn, info=info)
         return {"added": added, "size": await self.rooms.room_size(room)}
+
+    async def op_presence(self, conn: rw.WebSocketConnection, room: str) -> dict[str, Any]:
+        return {"presence": await self.rooms.presence(room)}
 
     async def op_position(self, conn: rw.WebSocketConnection, room: str) -> dict[str, Any]:
         return {"position": list((await self.rooms.history(room, limit=0)).position)}
@@ -125,12 +130,12 @@ async def serve(args: argparse.Namespace) -> None:
     history = HistoryPolicy(size=args.history, ttl=60, max_recovery=args.history) \
         if args.history else None
     if args.redis == "memory":  # the single-process baseline of the benchmark
-        rooms = RoomManager(history=history)
+        rooms = RoomManager(history=history, presence=args.presence)
     else:
         rooms = RoomManager(backend=RedisBackend(
             args.redis, prefix=args.prefix, ttl=args.ttl, heartbeat_interval=args.ttl / 4,
             backoff_max=args.backoff_max, sharded=args.sharded, command_timeout=1.0,
-            connect_timeout=1.0), history=history)
+            connect_timeout=1.0), history=history, presence=args.presence)
     server = await rw.serve(RoomsApp(rooms), "127.0.0.1", args.port, ping_interval=None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -152,6 +157,7 @@ def main() -> None:
     parser.add_argument("--ttl", type=float, default=6.0)
     parser.add_argument("--backoff-max", type=float, default=0.5)
     parser.add_argument("--sharded", action="store_true")
+    parser.add_argument("--presence", action="store_true")
     parser.add_argument("--history", type=int, default=0,
                         help="keep this many publications per room (and recover as many)")
     parser.add_argument("--uvloop", action="store_true")

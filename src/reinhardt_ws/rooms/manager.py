@@ -43,6 +43,8 @@ T = TypeVar("T")
 P = ParamSpec("P")
 
 Broadcastable = Message | WebSocketMessage | str | bytes | bytearray | memoryview
+#: ``presence_event(room, "join" | "leave", conn_id, info)``: a message for the room, or None.
+PresenceEvent = Callable[[str, str, str, dict[str, Any]], "Broadcastable | None"]
 Exclude = WebSocketConnection | str | Iterable[WebSocketConnection | str] | None
 
 
@@ -142,6 +144,15 @@ class RoomManager:
     one connection may be in: a ``join`` beyond it raises
     :class:`~reinhardt_ws.errors.RoomLimitError` and changes nothing.
 
+    **Presence** (``presence=True``): :meth:`presence` lists a room's members
+    (connection id -> the ``info`` dict given to ``join``, by default the
+    connection's ``user`` when it is a dict), over every process with Redis
+    (entries of a dead process expire with the backend's ``ttl``).
+    ``presence_event(room, "join" | "leave", conn_id, info)`` (it implies
+    presence) may return a message that is then broadcast to the room, the
+    member concerned excluded (not stored in history; a killed process's members
+    leave without one).
+
     **History** (``history=HistoryPolicy(size=..., ttl=..., rooms="chat:*")``,
     off by default): every broadcast to a room the policy covers is stored and
     gets a :class:`~reinhardt_ws.rooms.Position`; :meth:`history` reads it back
@@ -152,7 +163,9 @@ class RoomManager:
 
     def __init__(self, backend: Backend | None = None, *,
                  max_rooms_per_connection: int | None = None,
-                 history: HistoryPolicy | None = None) -> None:
+                 history: HistoryPolicy | None = None,
+                 presence: bool = False,
+                 presence_event: PresenceEvent | None = None) -> None:
         if max_rooms_per_connection is not None and max_rooms_per_connection < 1:
             raise ValueError("max_rooms_per_connection must be positive or None")
         if history is not None and not isinstance(history, HistoryPolicy):
@@ -173,6 +186,11 @@ class RoomManager:
         # ... and once recovered, the offset their replay reached: a live copy at
         # or below it (late on the pub/sub connection) is not sent again.
         self._floors: dict[str, dict[str, Position]] = {}
+        #: Presence (``presence=True``): room -> {connection id -> info} of this process.
+        self.presence_enabled = bool(presence) or presence_event is not None
+        self.presence_event = presence_event
+        self._infos: dict[str, dict[str, dict[str, Any]]] = {}
+        self._shared_presence = self.presence_enabled and hasattr(self._backend, "presence")
         self._loop: asyncio.AbstractEventLoop | None = None  # the owner, once known
         self._final = False  # bound by a join (else at most a provisional owner)
         self._backend_loop: asyncio.AbstractEventLoop | None = None
@@ -217,6 +235,9 @@ class RoomManager:
                 self._everyone.clear()
                 self._conns.clear()
                 self._rooms_of.clear()
+                self._infos.clear()
+                self._recovering.clear()
+                self._floors.clear()
                 self._loop = loop = None
                 self._final = False
             if home is not None:
@@ -255,14 +276,16 @@ class RoomManager:
 
     # -- membership -----------------------------------------------------------
     @overload
-    async def join(self, room: str, conn: WebSocketConnection) -> bool: ...
+    async def join(self, room: str, conn: WebSocketConnection, *,
+                   info: dict[str, Any] | None = None) -> bool: ...
     @overload
     async def join(self, room: str, conn: WebSocketConnection, *,
-                   recover: Position | None = None, recent: int = 0) -> JoinResult: ...
+                   recover: Position | None = None, recent: int = 0,
+                   info: dict[str, Any] | None = None) -> JoinResult: ...
 
     async def join(self, room: str, conn: WebSocketConnection, *,
                    recover: Position | None = None,
-                   recent: int = 0) -> bool | JoinResult:
+                   recent: int = 0, info: dict[str, Any] | None = None) -> bool | JoinResult:
         """Add *conn* to *room*; True if it was not a member.  A closed
         connection is not added (False).  ``RoomLimitError`` if *conn* is
         already in ``max_rooms_per_connection`` rooms (and not in *room*).
@@ -278,12 +301,16 @@ class RoomManager:
         then; ``position`` is the room's current one).  A connection that is
         already a member gets nothing replayed (``joined=False, recovered=False``).
         Without either argument the answer is a plain bool, as always.
+
+        *info* is what :meth:`presence` shows for *conn* in *room* (with
+        ``presence=True``; default: ``conn.user`` if it is a dict, else ``{}``).
         """
-        return await self._join(room, conn, recover, recent)
+        return await self._join(room, conn, recover, recent, info)
 
     @_on_owning_loop(binds=True)
     async def _join(self, room: str, conn: WebSocketConnection,
-                    recover: Position | None, recent: int) -> bool | JoinResult:
+                    recover: Position | None, recent: int,
+                    info: dict[str, Any] | None) -> bool | JoinResult:
         recovering = recover is not None or recent > 0
         if recent < 0:
             raise ValueError("recent must not be negative")
@@ -331,6 +358,8 @@ class RoomManager:
             except BaseException:
                 self._recovering.get(room, {}).pop(conn.id, None)
                 raise
+        if self.presence_enabled:
+            await self._presence_joined(room, conn, info)
         if outcome is None and recovering:
             outcome = await self._recover_shared(room, conn, recover, recent)
         return outcome if outcome is not None else True
@@ -374,7 +403,60 @@ class RoomManager:
             return False
         if self._backend.distributed:
             await self._backend.left(room, conn.id)
+        if self.presence_enabled:
+            await self._presence_left(room, conn.id)
         return True
+
+    # -- presence -------------------------------------------------------------
+    async def _presence_joined(self, room: str, conn: WebSocketConnection,
+                               info: dict[str, Any] | None) -> None:
+        if info is None:
+            info = conn.user if isinstance(conn.user, dict) else {}
+        self._infos.setdefault(room, {})[conn.id] = info
+        if self._shared_presence:
+            await self._backend.presence_joined(room, conn.id, info)  # type: ignore[attr-defined]
+        await self._presence_event(room, "join", conn.id, info)
+
+    async def _presence_left(self, room: str, conn_id: str) -> None:
+        of_room = self._infos.get(room)
+        info = of_room.pop(conn_id, None) if of_room is not None else None
+        if of_room is not None and not of_room:
+            del self._infos[room]
+        if self._shared_presence:
+            await self._backend.presence_left(room, conn_id)  # type: ignore[attr-defined]
+        await self._presence_event(room, "leave", conn_id, info or {})
+
+    async def _presence_event(self, room: str, kind: str, conn_id: str,
+                              info: dict[str, Any]) -> None:
+        hook = self.presence_event
+        if hook is None:
+            return
+        message = hook(room, kind, conn_id, info)
+        if message is None:
+            return
+        frame = encode_frame(message)  # ephemeral: around history, not into it
+        excluded = frozenset((conn_id,))
+        self.deliver_local(room, frame, excluded)
+        if self._backend.distributed:
+            await self._backend.publish(room, frame, excluded)
+
+    @_on_owning_loop()
+    async def presence(self, room: str) -> dict[str, dict[str, Any]]:
+        """The members of *room* (connection id -> info), in every process with
+        a distributed backend that keeps presence (Redis: a member of a process
+        that died vanishes within the backend's ``ttl``); this process's alone
+        while Redis is unreachable.  ``ValueError`` unless ``presence=True``."""
+        if not self.presence_enabled:
+            raise ValueError("presence is off: RoomManager(presence=True)")
+        local = dict(self._infos.get(room, {}))
+        if not self._shared_presence:
+            return local
+        remote: dict[str, dict[str, Any]] | None = \
+            await self._backend.presence(room)  # type: ignore[attr-defined]
+        if remote is None:
+            return local
+        remote.update(local)
+        return remote
 
     def _remove(self, room: str, conn_id: str) -> bool:
         """Drop one membership; False if there was none."""
@@ -409,8 +491,11 @@ class RoomManager:
             self._drop_conn(conn_id)
             return
         for room in list(rooms):
-            if self._remove(room, conn_id) and self._backend.distributed:
-                self._spawn(self._backend.left(room, conn_id))
+            if self._remove(room, conn_id):
+                if self._backend.distributed:
+                    self._spawn(self._backend.left(room, conn_id))
+                if self.presence_enabled:
+                    self._spawn(self._presence_left(room, conn_id))
         self._drop_conn(conn_id)
 
     def _forget(self, conn: WebSocketConnection) -> None:
