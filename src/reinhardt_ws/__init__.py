@@ -43,6 +43,7 @@ from .protocol.auth import (
     parse_query,
 )
 from .protocol.messages import CloseCode, Message, MessageType, WebSocketMessage
+from .reconnect import Backoff
 from .rooms import (
     BroadcastResult,
     HistoryPolicy,
@@ -61,6 +62,7 @@ __all__ = [
     "AllowAll",
     "Authenticate",
     "AuthenticationFailed",
+    "Backoff",
     "BearerTokenAuth",
     "BroadcastResult",
     "ClaimsPolicy",
