@@ -244,3 +244,37 @@ def test_policy_is_checked() -> None:
     with pytest.raises(TypeError):
         rw.RoomManager(history={"size": 1})  # type: ignore[arg-type]
     assert bool(JoinResult(True, False, None)) and not JoinResult(False, True, None)
+
+
+def positioned_text(seq: int) -> str:
+    from reinhardt_ws.rooms.history import EPOCH_MARK, OFFSET_MARK
+
+    return f'{{"offset":{OFFSET_MARK},"epoch":"{EPOCH_MARK}","seq":{seq}}}'
+
+
+def test_positioned_broadcasts_carry_their_position(run: Run) -> None:
+    async def main() -> None:
+        rooms = rw.RoomManager(history=HistoryPolicy(size=10, ttl=60, rooms="h"))
+        handler = HistoryApp(rooms)
+        async with running_server(handler) as server:
+            client = await WebsocketsClient.open(url_of(server))
+            await join(client, "h")
+            results = [await rooms.broadcast("h", positioned_text(i), positioned=True)
+                       for i in (1, 2)]
+            got = [json.loads(await client.recv()) for _ in range(2)]
+            assert [(g["offset"], g["epoch"], g["seq"]) for g in got] == \
+                [(r.position.offset, r.position.epoch, i)  # type: ignore[union-attr]
+                 for r, i in zip(results, (1, 2), strict=True)]
+            stored = (await rooms.history("h")).publications
+            assert [json.loads(p.frame[2:])["offset"] for p in stored] == [1, 2]
+            # a room without history: no position (0, "00000000")
+            await join(client, "plain")
+            await rooms.broadcast("plain", positioned_text(3), positioned=True)
+            assert json.loads(await client.recv()) == {"offset": 0, "epoch": "00000000",
+                                                       "seq": 3}
+            with pytest.raises(ValueError, match="OFFSET_MARK"):
+                await rooms.broadcast("h", '{"no": "marks"}', positioned=True)
+            await client.close()
+        await rooms.close()
+
+    run(main())

@@ -88,6 +88,17 @@ def test_offsets_agree_across_processes(run: Runner[None], redis_server: RedisSe
             since = await m1.history("r", since=Position(positions[0].epoch, 190))
             assert since.complete and [p.offset for p in since.publications] == \
                 list(range(191, 201))
+            # positioned: the stored and delivered frames carry their own position
+            from .test_history import positioned_text
+
+            result = await m2.broadcast("r", positioned_text(7), positioned=True)
+            assert result.position is not None
+            want = {"offset": result.position.offset, "epoch": result.position.epoch,
+                    "seq": 7}
+            for client in (a, b):
+                assert json.loads((await client.conn.recv()).payload) == want
+            stored = (await m1.history("r", limit=1)).publications[0]
+            assert json.loads(payload(stored.frame)) == want
             # delivered counts this process's members (its own copy came back)
             assert (await m1.broadcast("r", "x")).delivered == 1
             for client in (a, b):

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 __all__ = [
+    "EPOCH_MARK",
+    "OFFSET_MARK",
     "HistoryPolicy",
     "HistoryResult",
     "JoinResult",
@@ -51,6 +53,40 @@ class Publication(NamedTuple):
 def new_epoch() -> str:
     """A fresh epoch: 8 random hex digits."""
     return os.urandom(4).hex()
+
+
+#: Placeholders a ``positioned`` broadcast's text carries, so that each member and
+#: each replay sees the publication's own position: the first occurrence of each
+#: is replaced, in the frame, by the offset (right-aligned in 20 characters:
+#: leading spaces are valid JSON whitespace) and by the 8-character epoch.  Put
+#: them before any text a user controls (``{"offset": 18446744073709551615,
+#: "epoch": "ffffffff", ...}``).  Without a position (Redis unreachable) they
+#: read 0 and ``00000000``.
+OFFSET_MARK = "18446744073709551615"
+EPOCH_MARK = "ffffffff"
+_NO_EPOCH = "00000000"
+
+
+def find_marks(frame: bytes) -> tuple[int, int]:
+    """Byte indexes of the two marks in *frame*; ``ValueError`` if one is missing."""
+    at_offset = frame.find(OFFSET_MARK.encode())
+    at_epoch = frame.find(EPOCH_MARK.encode())
+    if at_offset < 0 or at_epoch < 0:
+        raise ValueError("a positioned broadcast needs OFFSET_MARK and EPOCH_MARK in its text")
+    return at_offset, at_epoch
+
+
+def stamp(frame: bytes, marks: tuple[int, int], position: Position | None) -> bytes:
+    """*frame* with its marks replaced by *position* (same length: the frame's
+    header stays valid)."""
+    offset, epoch = (position.offset, position.epoch) if position is not None else (0, _NO_EPOCH)
+    if len(epoch) != len(EPOCH_MARK):
+        epoch = _NO_EPOCH
+    at_offset, at_epoch = marks
+    out = bytearray(frame)
+    out[at_offset:at_offset + len(OFFSET_MARK)] = f"{offset:>20}".encode()
+    out[at_epoch:at_epoch + len(EPOCH_MARK)] = epoch.encode()
+    return bytes(out)
 
 
 @dataclass(frozen=True)
@@ -171,17 +207,23 @@ class MemoryHistory:
         ring = self._rooms.get(room)
         return Position(self.epoch, ring.top if ring is not None else 0)
 
-    def append(self, room: str, frame: bytes) -> Position:
+    def append(self, room: str, frame: bytes,
+               marks: tuple[int, int] | None = None) -> tuple[Position, bytes]:
+        """Store *frame* (stamped at *marks*, see :func:`stamp`): its position and
+        the frame as stored."""
         now = self._clock()
         ring = self._rooms.get(room)
         if ring is None:
             ring = self._rooms[room] = _Ring(self.policy.size)
         ring.top += 1
+        position = Position(self.epoch, ring.top)
+        if marks is not None:
+            frame = stamp(frame, marks, position)
         ring.entries.append((ring.top, now + self.policy.ttl, frame))
         self._last_use[room] = now
         if now >= self._next_sweep:
             self._sweep(now)
-        return Position(self.epoch, ring.top)
+        return position, frame
 
     def _sweep(self, now: float) -> None:
         """Forget rooms idle past ``position_ttl`` (bounded memory for many rooms)."""

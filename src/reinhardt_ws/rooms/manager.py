@@ -32,7 +32,15 @@ from ..protocol.messages import (
     frame_parts,
 )
 from .backend import Backend, InMemoryBackend
-from .history import HistoryPolicy, HistoryResult, JoinResult, MemoryHistory, Position
+from .history import (
+    HistoryPolicy,
+    HistoryResult,
+    JoinResult,
+    MemoryHistory,
+    Position,
+    find_marks,
+    stamp,
+)
 
 if TYPE_CHECKING:
     from .._fastbroadcast_py import Hub, Peer
@@ -511,7 +519,7 @@ class RoomManager:
     # -- broadcasting ---------------------------------------------------------------
     @_on_owning_loop()
     async def broadcast(self, room: str, message: Broadcastable, *,
-                        exclude: Exclude = None) -> BroadcastResult:
+                        exclude: Exclude = None, positioned: bool = False) -> BroadcastResult:
         """Send *message* to every member of *room* but *exclude*.
 
         *message* is a :class:`Message`, a ``str`` (text), bytes (binary) or a
@@ -521,8 +529,17 @@ class RoomManager:
         event-loop iteration reach each member in one write.  With a distributed
         backend it also publishes to the other processes (the result counts this
         process's members).
+
+        In a room with history (see :class:`~reinhardt_ws.rooms.HistoryPolicy`)
+        the result carries the publication's ``position``; with Redis the call
+        then waits for Redis to store it (every process delivers in the stored
+        order).  ``positioned=True``: the message's text carries
+        :data:`~reinhardt_ws.rooms.history.OFFSET_MARK` and ``EPOCH_MARK``, which
+        are replaced in the frame by the publication's offset and epoch, so each
+        member (and each replay) learns where it stands (``ValueError`` without
+        them).
         """
-        return await self._broadcast(room, message, exclude)
+        return await self._broadcast(room, message, exclude, positioned)
 
     @_on_owning_loop()
     async def broadcast_all(self, message: Broadcastable, *,
@@ -532,32 +549,38 @@ class RoomManager:
         return await self._broadcast(None, message, exclude)
 
     async def _broadcast(self, room: str | None, message: Broadcastable,
-                         exclude: Exclude) -> BroadcastResult:
+                         exclude: Exclude, positioned: bool = False) -> BroadcastResult:
         frame = encode_frame(message)
         excluded = _exclude_ids(exclude)
+        marks = find_marks(frame) if positioned else None
         policy = self.history_policy
         if policy is not None and room is not None and policy.applies(room):
-            return await self._broadcast_with_history(room, frame, excluded)
+            return await self._broadcast_with_history(room, frame, excluded, marks)
+        if marks is not None:
+            frame = stamp(frame, marks, None)
         result = self.deliver_local(room, frame, excluded)
         if self._backend.distributed:
             await self._backend.publish(room, frame, excluded)
         return result
 
-    async def _broadcast_with_history(self, room: str, frame: bytes,
-                                      excluded: frozenset[str]) -> BroadcastResult:
+    async def _broadcast_with_history(self, room: str, frame: bytes, excluded: frozenset[str],
+                                      marks: tuple[int, int] | None) -> BroadcastResult:
         """Store, then fan out.  In memory: append and deliver, no suspension.
         Shared (Redis): the backend stores and publishes in one step and every
         process, this one included, delivers in the order the store assigned."""
         if self._ring is not None:
-            position = self._ring.append(room, frame)
+            position, frame = self._ring.append(room, frame, marks)
             result = self.deliver_local(room, frame, excluded)
             if self._backend.distributed:
                 await self._backend.publish(room, frame, excluded)
             return replace(result, position=position)
         published: tuple[Position | None, BroadcastResult | None] = \
-            await self._backend.publish_history(room, frame, excluded)  # type: ignore[attr-defined]
+            await self._backend.publish_history(  # type: ignore[attr-defined]
+                room, frame, excluded, marks)
         stored_at, remote = published
         if remote is None:  # not stored (Redis unreachable): this process only
+            if marks is not None:
+                frame = stamp(frame, marks, None)
             remote = self.deliver_local(room, frame, excluded)
         return replace(remote, position=stored_at)
 

@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 __all__ = ["History", "hash_tag"]
 
 #: KEYS: meta, stream.  ARGV: fresh epoch, maxlen, stream ttl ms, meta ttl ms,
-#: frame, channel, envelope head, publish command, nonce.  Returns {offset, epoch}.
+#: frame, channel, envelope head, publish command, nonce, and the byte indexes of
+#: the offset and epoch marks ('' for none).  Returns {offset, epoch}.
 PUBLISH_SCRIPT = """
 local meta, stream = KEYS[1], KEYS[2]
 local epoch = redis.call('HGET', meta, 'e')
@@ -44,10 +45,16 @@ if not epoch then
   redis.call('HSET', meta, 'e', epoch)
 end
 local offset = redis.call('HINCRBY', meta, 'o', 1)
-redis.call('XADD', stream, 'MAXLEN', ARGV[2], offset .. '-0', 'f', ARGV[5])
+local frame = ARGV[5]
+if ARGV[10] ~= '' and string.len(epoch) == 8 then
+  local i, j = tonumber(ARGV[10]), tonumber(ARGV[11])
+  frame = string.sub(frame, 1, i) .. string.format('%20d', offset) .. string.sub(frame, i + 21)
+  frame = string.sub(frame, 1, j) .. epoch .. string.sub(frame, j + 9)
+end
+redis.call('XADD', stream, 'MAXLEN', ARGV[2], offset .. '-0', 'f', frame)
 redis.call('PEXPIRE', stream, ARGV[3])
 redis.call('PEXPIRE', meta, ARGV[4])
-redis.call(ARGV[8], ARGV[6], ARGV[7] .. offset .. ' ' .. epoch .. ' ' .. ARGV[9] .. ' ' .. ARGV[5])
+redis.call(ARGV[8], ARGV[6], ARGV[7] .. offset .. ' ' .. epoch .. ' ' .. ARGV[9] .. ' ' .. frame)
 return {offset, epoch}
 """
 
@@ -125,7 +132,8 @@ class History(Supervisor):
         tag = b"{" + hash_tag(channel) + b"}"
         return tag + b":m:" + channel, tag + b":s:" + channel
 
-    async def publish_history(self, room: str, frame: bytes, exclude: frozenset[str]
+    async def publish_history(self, room: str, frame: bytes, exclude: frozenset[str],
+                              marks: tuple[int, int] | None = None
                               ) -> tuple[Position | None, BroadcastResult | None]:
         """Store *frame* and publish it to every process (this one included):
         its position, and what this process's fan-out did with it.  ``(None,
@@ -147,7 +155,8 @@ class History(Supervisor):
         reply: asyncio.Future[Any] = loop.create_future()
         args = ("EVAL", PUBLISH_SCRIPT, 2, meta, stream, new_epoch(), policy.size,
                 max(1, int(policy.ttl * 1000)), max(1, int(policy.position_ttl * 1000)),
-                frame, channel, head, self._publish_command, nonce)
+                frame, channel, head, self._publish_command, nonce,
+                "" if marks is None else marks[0], "" if marks is None else marks[1])
         try:
             if not self._enqueue_command(args, len(frame) + len(head) + 64, reply):
                 return None, None
