@@ -213,17 +213,18 @@ class RoomManager:
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RoomManager:
         """A manager on the backend *url* names: ``redis://`` / ``rediss://``
-        (needs the ``redis`` extra) or ``memory://``.  ``max_rooms_per_connection``
-        and ``history`` are the manager's; other *options* go to the backend."""
-        limit = options.pop("max_rooms_per_connection", None)
-        history = options.pop("history", None)
+        (needs the ``redis`` extra) or ``memory://``.  ``max_rooms_per_connection``,
+        ``history``, ``presence`` and ``presence_event`` are the manager's; other
+        *options* go to the backend."""
+        mine = {name: options.pop(name) for name in
+                ("max_rooms_per_connection", "history", "presence", "presence_event")
+                if name in options}
         if url.startswith("memory://"):
-            return cls(max_rooms_per_connection=limit, history=history)
+            return cls(**mine)
         if url.startswith(("redis://", "rediss://", "unix://")):
             from .redis import RedisBackend
 
-            return cls(backend=RedisBackend(url, **options), max_rooms_per_connection=limit,
-                       history=history)
+            return cls(backend=RedisBackend(url, **options), **mine)
         raise ValueError(f"no backend for {url!r}")
 
     @property
