@@ -386,7 +386,9 @@ class RoomManager:
             held = self._recovering.get(room, {}).pop(conn.id, [])
             if room in self._recovering and not self._recovering[room]:
                 del self._recovering[room]
-        peer = conn._room_peer()
+        members = self._rooms.get(room)
+        # It may have left (or closed) while the history was read: then nothing.
+        peer = conn._room_peer() if members is not None and conn.id in members else None
         if read is None:  # the history cannot be read now (Redis unreachable)
             if peer is not None:
                 for _at, frame in held:
