@@ -111,6 +111,8 @@ class HistoryPolicy:
     max_recovery: int = 300
     meta_ttl: float | None = None
     _patterns: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _every: bool = field(init=False, repr=False, compare=False)
+    _answers: dict[str, bool] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
@@ -127,6 +129,8 @@ class HistoryPolicy:
             raise ValueError("rooms must be a non-empty name or pattern, or several")
         object.__setattr__(self, "rooms", patterns[0] if len(patterns) == 1 else patterns)
         object.__setattr__(self, "_patterns", patterns)
+        object.__setattr__(self, "_every", "*" in patterns)
+        object.__setattr__(self, "_answers", {})
 
     @property
     def position_ttl(self) -> float:
@@ -137,7 +141,15 @@ class HistoryPolicy:
         """Whether *room* keeps a history (``broadcast_all`` never does)."""
         if room is None:
             return False
-        return any(p == room or fnmatch.fnmatchcase(room, p) for p in self._patterns)
+        if self._every:
+            return True
+        answer = self._answers.get(room)
+        if answer is None:
+            answer = any(p == room or fnmatch.fnmatchcase(room, p) for p in self._patterns)
+            if len(self._answers) >= 4096:  # bounded: many rooms just cost a match each
+                self._answers.clear()
+            self._answers[room] = answer
+        return answer
 
 
 @dataclass(frozen=True)

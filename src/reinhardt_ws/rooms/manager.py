@@ -19,7 +19,7 @@ import concurrent.futures
 import functools
 import threading
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, overload
 
 from .. import _fanout
@@ -576,7 +576,7 @@ class RoomManager:
             result = self.deliver_local(room, frame, excluded)
             if self._backend.distributed:
                 await self._backend.publish(room, frame, excluded)
-            return replace(result, position=position)
+            return BroadcastResult(result.delivered, result.dropped, result.failed, position)
         published: tuple[Position | None, BroadcastResult | None] = \
             await self._backend.publish_history(  # type: ignore[attr-defined]
                 room, frame, excluded, marks)
@@ -585,7 +585,7 @@ class RoomManager:
             if marks is not None:
                 frame = stamp(frame, marks, None)
             remote = self.deliver_local(room, frame, excluded)
-        return replace(remote, position=stored_at)
+        return BroadcastResult(remote.delivered, remote.dropped, remote.failed, stored_at)
 
     def deliver_history(self, room: str, at: Position, frame: bytes,
                         exclude: frozenset[str]) -> BroadcastResult:
