@@ -203,6 +203,8 @@ def test_history_reads_and_positions(run: Run) -> None:
             await rooms.history("c")
         with pytest.raises(ValueError):
             await rooms.history("a", limit=-1)
+        with pytest.raises(ValueError, match="negative"):
+            await rooms.history("a", since=(epoch, -1))
         # broadcast_all never keeps history
         assert (await rooms.broadcast_all("all")).position is None
         # Another manager (a restarted process) has another epoch.

@@ -91,6 +91,15 @@ def encode_frame(message: Broadcastable) -> bytes:
     return _fanout.build_frame(opcode, payload)
 
 
+def _position(value: Position | tuple[str, int]) -> Position:
+    """A position given as a :class:`Position` or an ``(epoch, offset)`` pair;
+    ``ValueError`` for a negative offset."""
+    position = Position(str(value[0]), int(value[1]))
+    if position.offset < 0:
+        raise ValueError("a position's offset is never negative")
+    return position
+
+
 def _exclude_ids(exclude: Exclude) -> frozenset[str]:
     if exclude is None:
         return frozenset()
@@ -324,7 +333,7 @@ class RoomManager:
         if recent < 0:
             raise ValueError("recent must not be negative")
         if recover is not None:
-            recover = Position(str(recover[0]), int(recover[1]))
+            recover = _position(recover)
         peer = conn._room_peer()
         if peer is None:
             return JoinResult(False, False, None) if recovering else False
@@ -626,7 +635,7 @@ class RoomManager:
         if limit is not None and limit < 0:
             raise ValueError("limit must not be negative")
         if since is not None:
-            since = Position(str(since[0]), int(since[1]))
+            since = _position(since)
             if limit is None:
                 limit = policy.max_recovery
         if self._ring is not None:
