@@ -2,6 +2,8 @@
 Redis fan-out benchmark: ``python -m tests.redis_app --redis URL --port P``.
 
 Commands (text): ``{"op": OP, ...}``; every command gets ``{"reply": OP, ...}``.
+With ``--history N`` every room keeps its last N publications and ``join`` takes
+``since`` ([epoch, offset]) or ``recent``.
 Room messages reach clients as ``{"msg": DATA}`` (text), or, from ``blast``, as
 binary frames that start with the send time (``time.monotonic_ns()``, 8 bytes,
 big-endian) and a sequence number (4 bytes).  Prints ``READY <port>
@@ -20,7 +22,7 @@ import time
 from typing import Any
 
 import reinhardt_ws as rw
-from reinhardt_ws.rooms import RoomManager
+from reinhardt_ws.rooms import HistoryPolicy, Position, RoomManager
 from reinhardt_ws.rooms.redis import RedisBackend
 
 __all__ = ["BLAST_HEADER", "RoomsApp", "main"]
@@ -45,9 +47,35 @@ class RoomsApp(rw.WebSocketHandler):
         process = backend.process_id if isinstance(backend, RedisBackend) else ""
         return {"id": conn.id, "pid": os.getpid(), "process": process}
 
-    async def op_join(self, conn: rw.WebSocketConnection, room: str) -> dict[str, Any]:
-        added = await self.rooms.join(room, conn)
+    async def op_join(self, conn: rw.WebSocketConnection, room: str,
+                      since: list[Any] | None = None, recent: int = 0,
+                      info: dict[str, Any] | None = None) -> dict[str, Any]:
+        if since is not None or recent:
+            result = await self.rooms.join(
+                room, conn, recover=Position(*since) if since else None, recent=recent,
+                info=info)
+            return {"added": result.joined, "recovered": result.recovered,
+                    "position": list(result.position) if result.position else None,
+                    "replayed": result.replayed}
+        added = await self.rooms.join(room, conn, info=info)
         return {"added": added, "size": await self.rooms.room_size(room)}
+
+    async def op_presence(self, conn: rw.WebSocketConnection, room: str) -> dict[str, Any]:
+        return {"presence": await self.rooms.presence(room)}
+
+    async def op_position(self, conn: rw.WebSocketConnection, room: str) -> dict[str, Any]:
+        return {"position": list((await self.rooms.history(room, limit=0)).position)}
+
+    async def op_series(self, conn: rw.WebSocketConnection, room: str, first: int,
+                        last: int) -> dict[str, Any]:
+        """Broadcast ``{"msg": n}`` for n in first..last, yielding every 20."""
+        positions = []
+        for n in range(first, last + 1):
+            position = (await self.rooms.broadcast(room, json.dumps({"msg": n}))).position
+            positions.append(list(position) if position else None)
+            if n % 20 == 0:
+                await asyncio.sleep(0)
+        return {"positions": positions}
 
     async def op_leave(self, conn: rw.WebSocketConnection, room: str) -> dict[str, Any]:
         removed = await self.rooms.leave(room, conn)
@@ -56,7 +84,8 @@ class RoomsApp(rw.WebSocketHandler):
     async def op_broadcast(self, conn: rw.WebSocketConnection, room: str, data: Any,
                            exclude: list[str] | None = None) -> dict[str, Any]:
         result = await self.rooms.broadcast(room, json.dumps({"msg": data}), exclude=exclude)
-        return {"delivered": result.delivered}
+        return {"delivered": result.delivered,
+                "position": list(result.position) if result.position else None}
 
     async def op_broadcast_all(self, conn: rw.WebSocketConnection, data: Any,
                                exclude: list[str] | None = None) -> dict[str, Any]:
@@ -98,13 +127,15 @@ class RoomsApp(rw.WebSocketHandler):
 
 
 async def serve(args: argparse.Namespace) -> None:
+    history = HistoryPolicy(size=args.history, ttl=60, max_recovery=args.history) \
+        if args.history else None
     if args.redis == "memory":  # the single-process baseline of the benchmark
-        rooms = RoomManager()
+        rooms = RoomManager(history=history, presence=args.presence)
     else:
         rooms = RoomManager(backend=RedisBackend(
             args.redis, prefix=args.prefix, ttl=args.ttl, heartbeat_interval=args.ttl / 4,
             backoff_max=args.backoff_max, sharded=args.sharded, command_timeout=1.0,
-            connect_timeout=1.0))
+            connect_timeout=1.0), history=history, presence=args.presence)
     server = await rw.serve(RoomsApp(rooms), "127.0.0.1", args.port, ping_interval=None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -126,6 +157,9 @@ def main() -> None:
     parser.add_argument("--ttl", type=float, default=6.0)
     parser.add_argument("--backoff-max", type=float, default=0.5)
     parser.add_argument("--sharded", action="store_true")
+    parser.add_argument("--presence", action="store_true")
+    parser.add_argument("--history", type=int, default=0,
+                        help="keep this many publications per room (and recover as many)")
     parser.add_argument("--uvloop", action="store_true")
     args = parser.parse_args()
     import logging

@@ -239,7 +239,7 @@ class AppProcess:
 
     def __init__(self, redis_url: str, prefix: str, implementation: str, log: Path, *,
                  ttl: float = 6.0, backoff_max: float = 0.5, sharded: bool = False,
-                 uvloop: bool = False) -> None:
+                 uvloop: bool = False, history: int = 0, presence: bool = False) -> None:
         self.redis_url = redis_url
         self.prefix = prefix
         self.implementation = implementation
@@ -248,6 +248,8 @@ class AppProcess:
         self.backoff_max = backoff_max
         self.sharded = sharded
         self.uvloop = uvloop
+        self.history = history
+        self.presence = presence
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -260,6 +262,10 @@ class AppProcess:
             argv.append("--sharded")
         if self.uvloop:
             argv.append("--uvloop")
+        if self.history:
+            argv += ["--history", str(self.history)]
+        if self.presence:
+            argv.append("--presence")
         self.proc, (ready,) = start_process(argv, child_env(self.implementation), self.log,
                                             "READY")
         assert ready.split()[2] == self.implementation, ready

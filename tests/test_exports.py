@@ -11,7 +11,8 @@ import reinhardt_ws
 pytestmark = pytest.mark.pure
 
 PUBLIC_MODULES = ("client", "connection", "errors", "handler", "options", "policy",
-                  "protocol.auth", "protocol.messages", "rooms", "runner", "server")
+                  "protocol.auth", "protocol.messages", "reconnect", "rooms", "runner",
+                  "server")
 
 
 def test_every_module_states_its_exports() -> None:

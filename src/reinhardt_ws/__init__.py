@@ -45,7 +45,17 @@ from .protocol.auth import (
     parse_query,
 )
 from .protocol.messages import CloseCode, Message, MessageType, WebSocketMessage
-from .rooms import BroadcastResult, InMemoryBackend, RoomManager
+from .reconnect import Backoff
+from .rooms import (
+    BroadcastResult,
+    HistoryPolicy,
+    HistoryResult,
+    InMemoryBackend,
+    JoinResult,
+    Position,
+    Publication,
+    RoomManager,
+)
 from .runner import run, serve_until_signal
 from .server import SAME_ORIGIN, Accept, HTTPResponse, Request, Router, Server, serve
 
@@ -57,6 +67,7 @@ __all__ = [
     "AllowAll",
     "Authenticate",
     "AuthenticationFailed",
+    "Backoff",
     "BearerTokenAuth",
     "BroadcastResult",
     "ClaimsPolicy",
@@ -68,13 +79,18 @@ __all__ = [
     "HTTPHandler",
     "HTTPResponse",
     "HandshakeError",
+    "HistoryPolicy",
+    "HistoryResult",
     "InMemoryBackend",
+    "JoinResult",
     "Message",
     "MessageType",
     "PermissionDenied",
     "Policy",
+    "Position",
     "ProcessRequest",
     "ProtocolError",
+    "Publication",
     "ReceiveError",
     "Request",
     "RoomLimitError",

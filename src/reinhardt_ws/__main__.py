@@ -268,15 +268,17 @@ async def _run(args: argparse.Namespace) -> None:
 
         target = EchoHandler()
     else:
-        from .apps.chat import CHAT_SUBPROTOCOL, ChatHandler, chat_router
+        from .apps.chat import CHAT_HISTORY, CHAT_SUBPROTOCOL, ChatHandler, chat_router
         from .policy import ClaimsPolicy
         from .protocol.auth import SignedTokenAuth, TokenSigner
         from .rooms import RoomManager
 
         limit = args.max_rooms
         rooms = (RoomManager.from_url(args.redis, max_rooms_per_connection=limit,
+                                      history=CHAT_HISTORY, presence=True,
                                       **_redis_options(args)) if args.redis
-                 else RoomManager(max_rooms_per_connection=limit))
+                 else RoomManager(max_rooms_per_connection=limit, history=CHAT_HISTORY,
+                                  presence=True))
         signer = TokenSigner(args.token_secret) if args.token_secret else None
         handler = ChatHandler(rooms, max_message_size=args.max_message_size,
                               policy=ClaimsPolicy() if signer is not None else None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Generator
+from collections.abc import AsyncIterator, Generator
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,6 +21,7 @@ from .protocol.extensions.permessage_deflate import (
     check_response,
     client_offer,
 )
+from .reconnect import Backoff, reconnecting
 
 __all__ = ["connect"]
 
@@ -28,13 +29,17 @@ __all__ = ["connect"]
 class _Connect:
     """What :func:`connect` returns: awaitable, and an async context manager."""
 
-    def __init__(self, url: str, options: ClientOptions) -> None:
+    def __init__(self, url: str, options: ClientOptions, backoff: Backoff) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("ws", "wss"):
             raise ValueError(f"not a ws:// or wss:// URL: {url!r}")
         self.url = url
         self.options = options
+        self.backoff = backoff
         self._conn: WebSocketConnection | None = None
+
+    def __aiter__(self) -> AsyncIterator[WebSocketConnection]:
+        return reconnecting(self._connect, self.backoff)
 
     async def _connect(self) -> WebSocketConnection:
         parts = urlsplit(self.url)
@@ -107,7 +112,8 @@ class _Connect:
             await self._conn.close()
 
 
-def connect(url: str, *, options: ClientOptions | None = None, **settings: Any) -> _Connect:
+def connect(url: str, *, options: ClientOptions | None = None, backoff: Backoff | None = None,
+            **settings: Any) -> _Connect:
     """Open a client connection to a ``ws://`` or ``wss://`` URL.
 
     Use ``conn = await connect(url)`` or ``async with connect(url) as conn``
@@ -122,9 +128,19 @@ def connect(url: str, *, options: ClientOptions | None = None, **settings: Any) 
     overrides the default context for ``wss://``.  Received messages queue up
     to ``max_queue``; past that the client stops reading the socket until
     ``recv()`` catches up.
+
+    **Reconnecting:** ``async for conn in connect(url): ...`` yields a
+    connection, and each time the loop comes round again (typically after
+    ``ConnectionClosed`` ended the body: ``continue``), a new one; a previous
+    connection still open is closed first.  Attempts are spaced by *backoff*
+    (:class:`~reinhardt_ws.Backoff`: 1 s, doubling, capped at 30 s, 10 %
+    jitter, unlimited attempts by default); network failures, timeouts and HTTP
+    5xx/429 refusals are retried, other refusals raise at once.  What to restore
+    on the new connection (the rooms it was in and their positions, for a
+    recovering join) is the application's: the iterator knows no protocol.
     """
     if options is None:
         opts = ClientOptions(**settings)
     else:
         opts = dataclasses.replace(options, **settings) if settings else options
-    return _Connect(url, opts)
+    return _Connect(url, opts, backoff if backoff is not None else Backoff())

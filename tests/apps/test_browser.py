@@ -32,6 +32,7 @@ import reinhardt_ws as rw
 from reinhardt_ws.apps.chat import (
     CHAT_SUBPROTOCOL,
     ChatHandler,
+    chat_http_handler,
     chat_router,
     make_chat_http_handler,
 )
@@ -375,3 +376,65 @@ def test_chat_page_with_a_token_in_chromium(tmp_path: Path) -> None:
     shot = tmp_path / "chat-token.png"
     run_on("asyncio", _token_chat_in_browser(chromium, shot), timeout=90)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+async def _recovery_in_browser(chromium: str) -> None:
+    """Two servers share one manager (with the chat's history and presence): the
+    page talks to the first; it is closed under the page, a Python client on the
+    second says three things meanwhile, the first comes back on its port, and the
+    page reconnects (backoff), recovers exactly those messages and shows who is
+    there."""
+    from reinhardt_ws.apps.chat import CHAT_HISTORY
+
+    rooms = rw.RoomManager(history=CHAT_HISTORY, presence=True)
+    handler = ChatHandler(rooms)
+    port = free_port()
+    first = await rw.serve(handler, "127.0.0.1", port, http_handler=chat_http_handler,
+                           ping_interval=None)
+    async with rw.serve(handler, "127.0.0.1", 0, ping_interval=None) as second:
+        try:
+            async def drive(page: DevTools) -> None:
+                nonlocal first
+                await page.wait_for(
+                    "document.getElementById('status').textContent === 'connected'")
+                await page.js("document.getElementById('room').value = 'lobby';"
+                              "document.getElementById('joinform').requestSubmit(); true")
+                await page.wait_for(
+                    "document.getElementById('log').textContent.includes('joined lobby')")
+                async with rw.connect(f"ws://127.0.0.1:{second.port}/") as py:
+                    await py.send_json({"type": "join", "room": "lobby", "presence": True})
+                    joined = (await py.recv()).parse_json()["data"]
+                    assert len(joined["members"]) == 2
+                    await page.wait_for("document.getElementById('members').textContent"
+                                        ".split(',').length === 2")
+                    await py.send_json({"type": "message", "room": "lobby", "data": "before"})
+                    await page.wait_for(
+                        "document.getElementById('log').textContent.includes('before')")
+                    await first.close(timeout=1)  # the page's server goes away
+                    await page.wait_for("document.getElementById('status').textContent"
+                                        ".startsWith('reconnecting')")
+                    for i in range(3):
+                        await py.send_json({"type": "message", "room": "lobby",
+                                            "data": f"missed {i}"})
+                    first = await rw.serve(handler, "127.0.0.1", port,
+                                           http_handler=chat_http_handler, ping_interval=None)
+                    await page.wait_for(
+                        "document.getElementById('log').textContent.includes('recovered lobby')",
+                        timeout=20)
+                    await page.wait_for(
+                        "document.getElementById('log').textContent.includes('missed 2')")
+                    log = await page.js("document.getElementById('log').textContent")
+                    assert [log.count(f"missed {i}") for i in range(3)] == [1, 1, 1]
+                    assert log.count("before") == 1
+                    assert log.index("missed 0") < log.index("missed 1") < log.index("missed 2")
+                    assert await page.js(
+                        "document.getElementById('status').textContent") == "connected"
+
+            await _in_chromium(chromium, f"http://127.0.0.1:{port}/", drive)
+        finally:
+            await first.close(timeout=1)
+
+
+def test_chat_page_recovers_after_its_server_went_away(tmp_path: Path) -> None:
+    chromium = _need_chromium()
+    run_on("asyncio", _recovery_in_browser(chromium), timeout=90)

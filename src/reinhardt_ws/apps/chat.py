@@ -3,15 +3,32 @@
 Client to server (JSON text)::
 
     {"type": "join", "room": R}
+    {"type": "join", "room": R, "since": {"epoch": E, "offset": O}, "presence": true}
     {"type": "leave", "room": R}
     {"type": "message", "room": R, "data": <any JSON>}
 
 Server to client, each a ``WebSocketMessage`` (``message_type`` "text"):
-``{"event": "joined"|"left", "room": R, "size": N}`` to the one who joined or
-left; ``{"event": "message", "room": R, "from": <sender id>, "data": ...}`` to
-every member of R, the sender included (with ``"user": <name>`` when the sender
-is authenticated); ``{"event": "error", "error": ...}`` for bad input and for
-what the policy refuses, and the connection stays open.
+``{"event": "joined", "room": R, "size": N, "recovered": bool, "epoch": E,
+"offset": O}`` to the one who joined (with ``"presence": true`` in the join, also
+``"members": [{"id": ..., "user": ...}, ...]``)
+(``{"event": "left", "room": R, "size": N}`` to the one who left);
+``{"event": "message", "offset": O, "epoch": E, "room": R, "from": <sender id>,
+"data": ...}`` to every member of R, the sender included (with ``"user": <name>``
+when the sender is authenticated); ``{"event": "presence", "room": R, "change":
+"join"|"leave", "id": ..., "user": ...}`` to the other members that joined with
+``"presence": true`` when someone joins or leaves; ``{"event": "error", "error":
+...}`` for bad input and for what the policy refuses, and the connection stays
+open.
+
+**History and recovery.**  Every room keeps its last :data:`CHAT_HISTORY_SIZE`
+messages (the manager this handler makes itself, and the CLI's): a plain join
+first receives the room's last :data:`CHAT_RECENT` messages, then live ones; a
+join with ``since`` (the ``epoch`` and ``offset`` of the last message seen)
+receives exactly the messages after it, then live ones, and ``recovered: true``;
+``recovered: false`` when the room's history no longer reaches back (or was
+lost: another epoch), in which case nothing is replayed.  Either way the
+replayed messages arrive before the ``joined`` event, and ``epoch``/``offset``
+in it are the room's position when live delivery began.
 
 Limits, each answered with an ``error`` event (nothing else changes):
 
@@ -40,6 +57,7 @@ tokens only after its own login.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Callable, Mapping
 from importlib import resources
@@ -56,15 +74,21 @@ from ..protocol.auth import TokenSigner
 from ..protocol.handshake import HTTPResponse, Request
 from ..protocol.messages import Message, MessageType, WebSocketMessage
 from ..protocol.routing import Router
-from ..rooms import RoomManager
+from ..rooms import HistoryPolicy, JoinResult, Position, RoomManager
+from ..rooms.history import EPOCH_MARK, OFFSET_MARK
 
-__all__ = ["CHAT_SUBPROTOCOL", "MAX_ROOMS_PER_CONNECTION", "MAX_ROOM_NAME", "ChatHandler",
-           "chat_http_handler", "chat_router", "make_chat_http_handler"]
+__all__ = ["CHAT_HISTORY", "CHAT_HISTORY_SIZE", "CHAT_RECENT", "CHAT_SUBPROTOCOL",
+           "MAX_ROOMS_PER_CONNECTION", "MAX_ROOM_NAME", "ChatHandler", "chat_http_handler",
+           "chat_router", "make_chat_http_handler"]
 
 MAX_ROOM_NAME = 200
 #: Rooms one connection may be in, unless the manager given says otherwise.
 MAX_ROOMS_PER_CONNECTION = 100
 MAX_USER_NAME = 40
+#: Messages each chat room keeps (for an hour), and how many a plain join replays.
+CHAT_HISTORY_SIZE = 100
+CHAT_RECENT = 20
+CHAT_HISTORY = HistoryPolicy(size=CHAT_HISTORY_SIZE, ttl=3600.0)
 
 #: The subprotocol the chat server lists, so that a browser can offer it next to
 #: a ``bearer.<token>`` entry (the server selects this one, never the token).
@@ -106,7 +130,8 @@ class ChatHandler(WebSocketHandler):
         if max_message_size is not None and max_message_size < 1:
             raise ValueError("max_message_size must be positive or None")
         self.rooms = rooms if rooms is not None else RoomManager(
-            max_rooms_per_connection=MAX_ROOMS_PER_CONNECTION)
+            max_rooms_per_connection=MAX_ROOMS_PER_CONNECTION, history=CHAT_HISTORY,
+            presence=True)
         self.max_message_size = max_message_size
         self.policy: Policy = policy if policy is not None else AllowAll()
 
@@ -151,20 +176,57 @@ class ChatHandler(WebSocketHandler):
             except PermissionDenied as exc:
                 await self._error(conn, exc.reason)
                 return
+            since = request.get("since")
+            position: Position | None = None
+            if since is not None:
+                if not (isinstance(since, dict) and isinstance(since.get("epoch"), str)
+                        and type(since.get("offset")) is int and since["offset"] >= 0):
+                    await self._error(conn, "since must be {\"epoch\": str, \"offset\": int >= 0}")
+                    return
+                position = Position(since["epoch"], since["offset"])
+            keeps = rooms.history_policy is not None and rooms.history_policy.applies(room)
+            watch = request.get("presence") is True
+            name = user_name(conn.user)
+            info: dict[str, Any] = {"user": name, "watch": watch}
             try:
-                await rooms.join(room, conn)
+                if keeps:
+                    result: bool | JoinResult = await rooms.join(
+                        room, conn, recover=position,
+                        recent=CHAT_RECENT if position is None else 0, info=info)
+                else:
+                    result = await rooms.join(room, conn, info=info)
             except RoomLimitError as exc:
                 await self._error(conn, f"room limit reached: at most {exc.limit} rooms "
                                         "per connection")
                 return
             size = await rooms.room_size(room)
-            await conn.send(_event({"event": "joined", "room": room, "size": size}))
+            joined: dict[str, Any] = {"event": "joined", "room": room, "size": size}
+            if isinstance(result, JoinResult):
+                joined["recovered"] = result.recovered and position is not None
+                current = result.position
+                if current is None:  # already a member: where the room stands
+                    with contextlib.suppress(ConnectionError):
+                        current = (await rooms.history(room, limit=0)).position
+                if current is not None:
+                    joined["epoch"], joined["offset"] = current
+            if rooms.presence_enabled and watch:
+                members = await rooms.presence(room)
+                joined["members"] = [{"id": cid, "user": member.get("user")}
+                                     for cid, member in sorted(members.items())]
+            if result:
+                conn.user_data.setdefault("chat_rooms", set()).add(room)
+            await conn.send(_event(joined))
+            if result and rooms.presence_enabled:
+                await self._announce(room, "join", conn.id, name)
         elif kind == "leave":
             if not await rooms.leave(room, conn):
                 await self._error(conn, f"not in room {room!r}")
                 return
+            conn.user_data.get("chat_rooms", set()).discard(room)
             size = await rooms.room_size(room)
             await conn.send(_event({"event": "left", "room": room, "size": size}))
+            if rooms.presence_enabled:
+                await self._announce(room, "leave", conn.id, user_name(conn.user))
         else:
             if "data" not in request:
                 await self._error(conn, "missing data")
@@ -177,18 +239,41 @@ class ChatHandler(WebSocketHandler):
             except PermissionDenied as exc:
                 await self._error(conn, exc.reason)
                 return
-            event = {"event": "message", "room": room, "from": conn.id, "data": request["data"]}
+            event = {"event": "message", "offset": 0, "epoch": "", "room": room,
+                     "from": conn.id, "data": request["data"]}
             name = user_name(conn.user)
             if name is not None:
                 event["user"] = name
-            encoded = _event(event).to_json()
+            # The first '"offset":0,"epoch":""' is ours (it precedes everything a
+            # user controls): marks the manager replaces with the message's position.
+            encoded = _event(event).to_json().replace(
+                b'"offset":0,"epoch":""',
+                b'"offset":' + OFFSET_MARK.encode() + b',"epoch":"' + EPOCH_MARK.encode() + b'"',
+                1)
             limit = self.max_message_size
             if limit is not None and len(encoded) > limit:
                 # What the members could not take is not sent to any of them.
                 await self._error(conn, f"message too large to deliver: {len(encoded)} bytes "
                                         f"once encoded, the limit is {limit}")
                 return
-            await rooms.broadcast(room, encoded.decode("utf-8"))
+            await rooms.broadcast(room, encoded.decode("utf-8"), positioned=True)
+
+    async def _announce(self, room: str, change: str, conn_id: str, user: str | None) -> None:
+        """Tell the room's other members (in every process) that *conn_id* came or went."""
+        rooms = self.rooms
+        event = _event({"event": "presence", "room": room, "change": change, "id": conn_id,
+                        "user": user}).to_json().decode("utf-8")
+        for member, info in (await rooms.presence(room)).items():
+            if member != conn_id and info.get("watch"):
+                await rooms.send_to(member, event)
+
+    async def on_disconnect(self, conn: WebSocketConnection) -> None:
+        """A closed connection left its rooms: tell their members."""
+        rooms = self.rooms
+        if not rooms.presence_enabled:
+            return
+        for room in conn.user_data.get("chat_rooms", ()):
+            await self._announce(room, "leave", conn.id, user_name(conn.user))
 
 
 def _page() -> bytes:

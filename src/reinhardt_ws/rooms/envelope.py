@@ -22,6 +22,7 @@ __all__ = [
     "HEAD_SIZE",
     "KIND_ALL",
     "KIND_DIRECT",
+    "KIND_HISTORY",
     "KIND_ROOM",
     "OFFSET",
     "ORIGIN_SIZE",
@@ -35,6 +36,10 @@ ENVELOPE_VERSION = 1
 KIND_ROOM = 0    # a room's broadcast; the room is the channel it came on
 KIND_ALL = 1     # broadcast_all
 KIND_DIRECT = 2  # send_to: ids holds the one target
+#: A room's stored publication (written by the history script): its frame is
+#: preceded by ``b"<offset> <epoch> <nonce> "`` (ASCII), and its origin's own
+#: subscriber delivers it too, so every process delivers in the stored order.
+KIND_HISTORY = 3
 
 ORIGIN_SIZE = 8
 #: The header, one (name, struct code) pair per field, in order.

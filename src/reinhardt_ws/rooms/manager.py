@@ -20,7 +20,7 @@ import functools
 import threading
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, overload
 
 from .. import _fanout
 from ..connection import WebSocketConnection
@@ -33,6 +33,15 @@ from ..protocol.messages import (
 )
 from ._compression import CompressionGroups, compressed_frame
 from .backend import Backend, InMemoryBackend
+from .history import (
+    HistoryPolicy,
+    HistoryResult,
+    JoinResult,
+    MemoryHistory,
+    Position,
+    find_marks,
+    stamp,
+)
 
 if TYPE_CHECKING:
     from .._fastbroadcast_py import Hub, Peer
@@ -43,6 +52,8 @@ T = TypeVar("T")
 P = ParamSpec("P")
 
 Broadcastable = Message | WebSocketMessage | str | bytes | bytearray | memoryview
+#: ``presence_event(room, "join" | "leave", conn_id, info)``: a message for the room, or None.
+PresenceEvent = Callable[[str, str, str, dict[str, Any]], "Broadcastable | None"]
 Exclude = WebSocketConnection | str | Iterable[WebSocketConnection | str] | None
 
 
@@ -56,6 +67,10 @@ class BroadcastResult:
       over ``max_write_buffer``; ``"close"``: closed with 1013 by this broadcast).
     - ``failed``: ids of members that could not take it (their socket failed or
       they were closing); they were removed from every room.
+    - ``position``: the publication's place in the room's history (see
+      :class:`~reinhardt_ws.rooms.HistoryPolicy`); None for a room without
+      history, or when the history could not be written (Redis unreachable: the
+      broadcast was then delivered in this process only).
 
     A broadcast never raises because a member failed.
     """
@@ -63,6 +78,7 @@ class BroadcastResult:
     delivered: int = 0
     dropped: int = 0
     failed: tuple[str, ...] = ()
+    position: Position | None = None
 
 
 def encode_frame(message: Broadcastable) -> bytes:
@@ -74,6 +90,15 @@ def encode_frame(message: Broadcastable) -> bytes:
     if opcode == OPCODE_CLOSE:
         raise ValueError("a close message cannot be broadcast; close the connections")
     return _fanout.build_frame(opcode, payload)
+
+
+def _position(value: Position | tuple[str, int]) -> Position:
+    """A position given as a :class:`Position` or an ``(epoch, offset)`` pair;
+    ``ValueError`` for a negative offset."""
+    position = Position(str(value[0]), int(value[1]))
+    if position.offset < 0:
+        raise ValueError("a position's offset is never negative")
+    return position
 
 
 def _exclude_ids(exclude: Exclude) -> frozenset[str]:
@@ -136,14 +161,54 @@ class RoomManager:
     room disappears.  ``max_rooms_per_connection`` (None: unbounded) caps the rooms
     one connection may be in: a ``join`` beyond it raises
     :class:`~reinhardt_ws.errors.RoomLimitError` and changes nothing.
+
+    **Presence** (``presence=True``): :meth:`presence` lists a room's members
+    (connection id -> the ``info`` dict given to ``join``, by default the
+    connection's ``user`` when it is a dict), over every process with Redis
+    (entries of a dead process expire with the backend's ``ttl``).
+    ``presence_event(room, "join" | "leave", conn_id, info)`` (it implies
+    presence) may return a message that is then broadcast to the room, the
+    member concerned excluded (not stored in history; a killed process's members
+    leave without one).
+
+    **History** (``history=HistoryPolicy(size=..., ttl=..., rooms="chat:*")``,
+    off by default): every broadcast to a room the policy covers is stored and
+    gets a :class:`~reinhardt_ws.rooms.Position`; :meth:`history` reads it back
+    and ``join(..., recover=position)`` replays what a returning connection
+    missed.  In this process with the in-memory backend (a restart changes the
+    epoch), in Redis Streams with :class:`RedisBackend`.  See ``docs/recovery.md``.
     """
 
     def __init__(self, backend: Backend | None = None, *,
-                 max_rooms_per_connection: int | None = None) -> None:
+                 max_rooms_per_connection: int | None = None,
+                 history: HistoryPolicy | None = None,
+                 presence: bool = False,
+                 presence_event: PresenceEvent | None = None) -> None:
         if max_rooms_per_connection is not None and max_rooms_per_connection < 1:
             raise ValueError("max_rooms_per_connection must be positive or None")
+        if history is not None and not isinstance(history, HistoryPolicy):
+            raise TypeError("history must be a HistoryPolicy or None")
         self._backend: Backend = backend if backend is not None else InMemoryBackend()
         self.max_rooms_per_connection = max_rooms_per_connection
+        self.history_policy = history
+        # Where history lives: the backend's own store if it has one (Redis),
+        # else a ring per room in this process.
+        self._shared_history = history is not None and hasattr(self._backend, "use_history")
+        if self._shared_history:
+            self._backend.use_history(history)  # type: ignore[attr-defined]
+        self._ring = MemoryHistory(history) if history is not None and not self._shared_history \
+            else None
+        # Connections being recovered through a shared history: room -> {id: frames
+        # (offset, frame) that arrived live meanwhile}.
+        self._recovering: dict[str, dict[str, list[tuple[Position, bytes]]]] = {}
+        # ... and once recovered, the offset their replay reached: a live copy at
+        # or below it (late on the pub/sub connection) is not sent again.
+        self._floors: dict[str, dict[str, Position]] = {}
+        #: Presence (``presence=True``): room -> {connection id -> info} of this process.
+        self.presence_enabled = bool(presence) or presence_event is not None
+        self.presence_event = presence_event
+        self._infos: dict[str, dict[str, dict[str, Any]]] = {}
+        self._shared_presence = self.presence_enabled and hasattr(self._backend, "presence")
         self._loop: asyncio.AbstractEventLoop | None = None  # the owner, once known
         self._final = False  # bound by a join (else at most a provisional owner)
         self._backend_loop: asyncio.AbstractEventLoop | None = None
@@ -161,15 +226,18 @@ class RoomManager:
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RoomManager:
         """A manager on the backend *url* names: ``redis://`` / ``rediss://``
-        (needs the ``redis`` extra) or ``memory://``.  ``max_rooms_per_connection``
-        is the manager's; other *options* go to the backend."""
-        limit = options.pop("max_rooms_per_connection", None)
+        (needs the ``redis`` extra) or ``memory://``.  ``max_rooms_per_connection``,
+        ``history``, ``presence`` and ``presence_event`` are the manager's; other
+        *options* go to the backend."""
+        mine = {name: options.pop(name) for name in
+                ("max_rooms_per_connection", "history", "presence", "presence_event")
+                if name in options}
         if url.startswith("memory://"):
-            return cls(max_rooms_per_connection=limit)
+            return cls(**mine)
         if url.startswith(("redis://", "rediss://", "unix://")):
             from .redis import RedisBackend
 
-            return cls(backend=RedisBackend(url, **options), max_rooms_per_connection=limit)
+            return cls(backend=RedisBackend(url, **options), **mine)
         raise ValueError(f"no backend for {url!r}")
 
     @property
@@ -190,6 +258,9 @@ class RoomManager:
                 self._conns.clear()
                 self._rooms_of.clear()
                 self._deflate_groups.clear()
+                self._infos.clear()
+                self._recovering.clear()
+                self._floors.clear()
                 self._loop = loop = None
                 self._final = False
             if home is not None:
@@ -227,22 +298,75 @@ class RoomManager:
         return await asyncio.wrap_future(future)
 
     # -- membership -----------------------------------------------------------
-    @_on_owning_loop(binds=True)
-    async def join(self, room: str, conn: WebSocketConnection) -> bool:
+    @overload
+    async def join(self, room: str, conn: WebSocketConnection, *,
+                   info: dict[str, Any] | None = None) -> bool: ...
+    @overload
+    async def join(self, room: str, conn: WebSocketConnection, *,
+                   recover: Position | None = None, recent: int = 0,
+                   info: dict[str, Any] | None = None) -> JoinResult: ...
+
+    async def join(self, room: str, conn: WebSocketConnection, *,
+                   recover: Position | None = None,
+                   recent: int = 0, info: dict[str, Any] | None = None) -> bool | JoinResult:
         """Add *conn* to *room*; True if it was not a member.  A closed
         connection is not added (False).  ``RoomLimitError`` if *conn* is
-        already in ``max_rooms_per_connection`` rooms (and not in *room*)."""
+        already in ``max_rooms_per_connection`` rooms (and not in *room*).
+
+        **Recovery** (a room with history): with ``recover=position`` (what the
+        connection last saw, a :class:`Position` or an ``(epoch, offset)`` pair)
+        the publications after it are sent to *conn* first, in order, and then
+        the live ones, with none lost or doubled in between; with ``recent=n``
+        the room's last *n* publications are.  Either way the answer is a
+        :class:`JoinResult` (true when *conn* was added): ``recovered`` is False
+        when history does not reach back to *position*, its epoch differs, or
+        more than the policy's ``max_recovery`` are missing (nothing is replayed
+        then; ``position`` is the room's current one).  A connection that is
+        already a member gets nothing replayed (``joined=False, recovered=False``).
+        Without either argument the answer is a plain bool, as always.
+
+        *info* is what :meth:`presence` shows for *conn* in *room* (with
+        ``presence=True``; default: ``conn.user`` if it is a dict, else ``{}``).
+        """
+        return await self._join(room, conn, recover, recent, info)
+
+    @_on_owning_loop(binds=True)
+    async def _join(self, room: str, conn: WebSocketConnection,
+                    recover: Position | None, recent: int,
+                    info: dict[str, Any] | None) -> bool | JoinResult:
+        recovering = recover is not None or recent > 0
+        if recent < 0:
+            raise ValueError("recent must not be negative")
+        if recover is not None:
+            recover = _position(recover)
         peer = conn._room_peer()
         if peer is None:
-            return False
+            return JoinResult(False, False, None) if recovering else False
         members = self._rooms.get(room)
         if members is not None and conn.id in members:
-            return False
+            return JoinResult(False, False, None) if recovering else False
         rooms = self._rooms_of.get(conn.id)
         limit = self.max_rooms_per_connection
         if limit is not None and rooms is not None and len(rooms) >= limit:
             self._room_limit_refusals += 1
             raise RoomLimitError(limit)
+        outcome: JoinResult | None = None
+        if recovering:
+            policy = self.history_policy
+            if policy is None or not policy.applies(room):
+                outcome = JoinResult(True, False, None)
+            elif self._ring is not None:
+                # Replay and membership with no suspension point between them: no
+                # broadcast can fall in the gap (or be sent twice).
+                read = self._ring.read(room, since=recover,
+                                       limit=recent if recover is None else policy.max_recovery)
+                if read.complete:
+                    for publication in read.publications:
+                        peer.send(publication.frame)
+                outcome = JoinResult(True, read.complete, read.position,
+                                     len(read.publications) if read.complete else 0)
+            else:  # a shared history: live frames wait while it is read
+                self._recovering.setdefault(room, {})[conn.id] = []
         if members is None:
             members = self._rooms[room] = {}
         members[conn.id] = peer
@@ -255,8 +379,50 @@ class RoomManager:
             conn.add_close_listener(self._forget)
         rooms.add(room)
         if self._backend.distributed:
-            await self._backend.joined(room, conn.id)
-        return True
+            try:
+                await self._backend.joined(room, conn.id)
+            except BaseException:
+                self._recovering.get(room, {}).pop(conn.id, None)
+                raise
+        if self.presence_enabled:
+            await self._presence_joined(room, conn, info)
+        if outcome is None and recovering:
+            outcome = await self._recover_shared(room, conn, recover, recent)
+        return outcome if outcome is not None else True
+
+    async def _recover_shared(self, room: str, conn: WebSocketConnection,
+                              since: Position | None, recent: int) -> JoinResult:
+        """Replay from the backend's history to *conn*, a member whose live frames
+        of *room* are held meanwhile; then send the held ones it did not get."""
+        policy = self.history_policy
+        assert policy is not None
+        try:
+            read: HistoryResult | None = await self._backend.read_history(  # type: ignore[attr-defined]
+                room, since, recent if since is None else policy.max_recovery)
+        finally:
+            held = self._recovering.get(room, {}).pop(conn.id, [])
+            if room in self._recovering and not self._recovering[room]:
+                del self._recovering[room]
+        members = self._rooms.get(room)
+        # It may have left (or closed) while the history was read: then nothing.
+        peer = conn._room_peer() if members is not None and conn.id in members else None
+        if read is None:  # the history cannot be read now (Redis unreachable)
+            if peer is not None:
+                for _at, frame in held:
+                    peer.send(frame)
+            return JoinResult(True, False, None)
+        top = read.position
+        if peer is not None:
+            if read.complete:
+                for publication in read.publications:
+                    peer.send(publication.frame)
+            for at, frame in held:
+                if at.epoch != top.epoch or at.offset > top.offset:
+                    peer.send(frame)
+            if not held or (held[-1][0].epoch == top.epoch and held[-1][0].offset <= top.offset):
+                self._floors.setdefault(room, {})[conn.id] = top
+        replayed = len(read.publications) if read.complete else 0
+        return JoinResult(True, read.complete, read.position, replayed)
 
     @_on_owning_loop()
     async def leave(self, room: str, conn: WebSocketConnection) -> bool:
@@ -265,7 +431,60 @@ class RoomManager:
             return False
         if self._backend.distributed:
             await self._backend.left(room, conn.id)
+        if self.presence_enabled:
+            await self._presence_left(room, conn.id)
         return True
+
+    # -- presence -------------------------------------------------------------
+    async def _presence_joined(self, room: str, conn: WebSocketConnection,
+                               info: dict[str, Any] | None) -> None:
+        if info is None:
+            info = conn.user if isinstance(conn.user, dict) else {}
+        self._infos.setdefault(room, {})[conn.id] = info
+        if self._shared_presence:
+            await self._backend.presence_joined(room, conn.id, info)  # type: ignore[attr-defined]
+        await self._presence_event(room, "join", conn.id, info)
+
+    async def _presence_left(self, room: str, conn_id: str) -> None:
+        of_room = self._infos.get(room)
+        info = of_room.pop(conn_id, None) if of_room is not None else None
+        if of_room is not None and not of_room:
+            del self._infos[room]
+        if self._shared_presence:
+            await self._backend.presence_left(room, conn_id)  # type: ignore[attr-defined]
+        await self._presence_event(room, "leave", conn_id, info or {})
+
+    async def _presence_event(self, room: str, kind: str, conn_id: str,
+                              info: dict[str, Any]) -> None:
+        hook = self.presence_event
+        if hook is None:
+            return
+        message = hook(room, kind, conn_id, info)
+        if message is None:
+            return
+        frame = encode_frame(message)  # ephemeral: around history, not into it
+        excluded = frozenset((conn_id,))
+        self.deliver_local(room, frame, excluded)
+        if self._backend.distributed:
+            await self._backend.publish(room, frame, excluded)
+
+    @_on_owning_loop()
+    async def presence(self, room: str) -> dict[str, dict[str, Any]]:
+        """The members of *room* (connection id -> info), in every process with
+        a distributed backend that keeps presence (Redis: a member of a process
+        that died vanishes within the backend's ``ttl``); this process's alone
+        while Redis is unreachable.  ``ValueError`` unless ``presence=True``."""
+        if not self.presence_enabled:
+            raise ValueError("presence is off: RoomManager(presence=True)")
+        local = dict(self._infos.get(room, {}))
+        if not self._shared_presence:
+            return local
+        remote: dict[str, dict[str, Any]] | None = \
+            await self._backend.presence(room)  # type: ignore[attr-defined]
+        if remote is None:
+            return local
+        remote.update(local)
+        return remote
 
     def _remove(self, room: str, conn_id: str) -> bool:
         """Drop one membership; False if there was none."""
@@ -273,6 +492,12 @@ class RoomManager:
         if members is None or members.pop(conn_id, None) is None:
             return False
         self._deflate_groups.remove(room, conn_id)
+        for pending in (self._floors, self._recovering):
+            if pending:
+                of_room = pending.get(room)
+                if of_room is not None and of_room.pop(conn_id, None) is not None \
+                        and not of_room:
+                    del pending[room]
         if not members:
             del self._rooms[room]
         rooms = self._rooms_of.get(conn_id)
@@ -296,8 +521,11 @@ class RoomManager:
             self._drop_conn(conn_id)
             return
         for room in list(rooms):
-            if self._remove(room, conn_id) and self._backend.distributed:
-                self._spawn(self._backend.left(room, conn_id))
+            if self._remove(room, conn_id):
+                if self._backend.distributed:
+                    self._spawn(self._backend.left(room, conn_id))
+                if self.presence_enabled:
+                    self._spawn(self._presence_left(room, conn_id))
         self._drop_conn(conn_id)
 
     def _forget(self, conn: WebSocketConnection) -> None:
@@ -313,7 +541,7 @@ class RoomManager:
     # -- broadcasting ---------------------------------------------------------------
     @_on_owning_loop()
     async def broadcast(self, room: str, message: Broadcastable, *,
-                        exclude: Exclude = None) -> BroadcastResult:
+                        exclude: Exclude = None, positioned: bool = False) -> BroadcastResult:
         """Send *message* to every member of *room* but *exclude*.
 
         *message* is a :class:`Message`, a ``str`` (text), bytes (binary) or a
@@ -323,8 +551,17 @@ class RoomManager:
         event-loop iteration reach each member in one write.  With a distributed
         backend it also publishes to the other processes (the result counts this
         process's members).
+
+        In a room with history (see :class:`~reinhardt_ws.rooms.HistoryPolicy`)
+        the result carries the publication's ``position``; with Redis the call
+        then waits for Redis to store it (every process delivers in the stored
+        order).  ``positioned=True``: the message's text carries
+        :data:`~reinhardt_ws.rooms.history.OFFSET_MARK` and ``EPOCH_MARK``, which
+        are replaced in the frame by the publication's offset and epoch, so each
+        member (and each replay) learns where it stands (``ValueError`` without
+        them).
         """
-        return await self._broadcast(room, message, exclude)
+        return await self._broadcast(room, message, exclude, positioned)
 
     @_on_owning_loop()
     async def broadcast_all(self, message: Broadcastable, *,
@@ -334,13 +571,90 @@ class RoomManager:
         return await self._broadcast(None, message, exclude)
 
     async def _broadcast(self, room: str | None, message: Broadcastable,
-                         exclude: Exclude) -> BroadcastResult:
+                         exclude: Exclude, positioned: bool = False) -> BroadcastResult:
         frame = encode_frame(message)
         excluded = _exclude_ids(exclude)
+        marks = find_marks(frame) if positioned else None
+        policy = self.history_policy
+        if policy is not None and room is not None and policy.applies(room):
+            return await self._broadcast_with_history(room, frame, excluded, marks)
+        if marks is not None:
+            frame = stamp(frame, marks, None)
         result = self.deliver_local(room, frame, excluded)
         if self._backend.distributed:
             await self._backend.publish(room, frame, excluded)
         return result
+
+    async def _broadcast_with_history(self, room: str, frame: bytes, excluded: frozenset[str],
+                                      marks: tuple[int, int] | None) -> BroadcastResult:
+        """Store, then fan out.  In memory: append and deliver, no suspension.
+        Shared (Redis): the backend stores and publishes in one step and every
+        process, this one included, delivers in the order the store assigned."""
+        if self._ring is not None:
+            position, frame = self._ring.append(room, frame, marks)
+            result = self.deliver_local(room, frame, excluded)
+            if self._backend.distributed:
+                await self._backend.publish(room, frame, excluded)
+            return BroadcastResult(result.delivered, result.dropped, result.failed, position)
+        published: tuple[Position | None, BroadcastResult | None] = \
+            await self._backend.publish_history(  # type: ignore[attr-defined]
+                room, frame, excluded, marks)
+        stored_at, remote = published
+        if remote is None:  # not stored (Redis unreachable): this process only
+            if marks is not None:
+                frame = stamp(frame, marks, None)
+            remote = self.deliver_local(room, frame, excluded)
+        return BroadcastResult(remote.delivered, remote.dropped, remote.failed, stored_at)
+
+    def deliver_history(self, room: str, at: Position, frame: bytes,
+                        exclude: frozenset[str]) -> BroadcastResult:
+        """Fan out a stored publication (at *at*) of *room* to this process's
+        members; members being recovered hold it until their replay is done.
+        Backends with a shared history call it, on the owning loop, in offset order."""
+        recovering = self._recovering.get(room)
+        if recovering:
+            for conn_id, held in recovering.items():
+                if conn_id not in exclude:
+                    held.append((at, frame))
+            exclude = exclude | frozenset(recovering)
+        floors = self._floors.get(room)
+        if floors:
+            replayed = frozenset(cid for cid, floor in floors.items()
+                                 if at.epoch == floor.epoch and at.offset <= floor.offset)
+            for cid in [cid for cid in floors if cid not in replayed]:
+                del floors[cid]
+            if not floors:
+                del self._floors[room]
+            exclude = exclude | replayed
+        return self.deliver_local(room, frame, exclude)
+
+    @_on_owning_loop()
+    async def history(self, room: str, *, since: Position | None = None,
+                      limit: int | None = None) -> HistoryResult:
+        """The stored publications of *room* (framed, as sent), oldest first.
+
+        With *since*, those after it, at most *limit* (default: the policy's
+        ``max_recovery``); ``complete`` is False and none are returned when the
+        history does not reach back, the epoch differs or more are missing than
+        that.  Without it, the newest *limit* kept (all kept without *limit*).
+        ``ValueError`` for a room the policy gives no history; ``ConnectionError``
+        when a shared history cannot be read now."""
+        policy = self.history_policy
+        if policy is None or not policy.applies(room):
+            raise ValueError(f"room {room!r} keeps no history")
+        if limit is not None and limit < 0:
+            raise ValueError("limit must not be negative")
+        if since is not None:
+            since = _position(since)
+            if limit is None:
+                limit = policy.max_recovery
+        if self._ring is not None:
+            return self._ring.read(room, since, limit)
+        read: HistoryResult | None = await self._backend.read_history(  # type: ignore[attr-defined]
+            room, since, limit)
+        if read is None:
+            raise ConnectionError("the room's history cannot be read now (redis unreachable)")
+        return read
 
     def deliver_local(self, room: str | None, frame: bytes,
                       exclude: frozenset[str]) -> BroadcastResult:

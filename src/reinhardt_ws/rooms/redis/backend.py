@@ -66,7 +66,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from .core import FAILURES, MiB, Runtime, _describe, _safe_url, _stop_tasks, logger
-from .supervisor import Supervisor
+from .presence import Presence
 
 if TYPE_CHECKING:
     from ..manager import RoomManager
@@ -74,7 +74,7 @@ if TYPE_CHECKING:
 __all__ = ["RedisBackend"]
 
 
-class RedisBackend(Supervisor):
+class RedisBackend(Presence):
     """Rooms shared by every process on the same Redis (and ``prefix``).
 
     - ``url``: ``redis://[user:password@]host:port/db``, ``rediss://`` (TLS) or
@@ -203,6 +203,7 @@ class RedisBackend(Supervisor):
         client, self._rt.client = self._rt.client, None
         if client is not None:
             if was_up:
+                await self._forget_presence()
                 try:
                     pipe = client.pipeline(transaction=False)
                     pipe.delete(self._k_rooms)

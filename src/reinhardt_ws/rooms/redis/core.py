@@ -24,8 +24,9 @@ MiB = 1024 * 1024
 FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError,
                                              TimeoutError, EOFError)
 
-#: One queued publication: channel, envelope, and who waits for its receiver count.
-Publication = tuple[bytes, bytes, "asyncio.Future[int] | None"]
+#: One queued command (PUBLISH, or the history script that publishes), its size
+#: in bytes, and who waits for its reply (0 when it was dropped).
+Publication = tuple[tuple[Any, ...], int, "asyncio.Future[Any] | None"]
 
 
 class Runtime:

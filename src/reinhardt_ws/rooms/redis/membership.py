@@ -209,8 +209,8 @@ class Membership(Publishing):
         target = next((pid for pid, hit in answers if hit), None)
         if target is None:
             return False
-        fut: asyncio.Future[int] = loop.create_future()
+        fut: asyncio.Future[Any] = loop.create_future()
         envelope = pack_envelope(KIND_DIRECT, self._origin, (conn_id,), frame)
         if not self._enqueue(self._proc_channel(target), envelope, fut):
             return False
-        return await fut > 0
+        return int(await fut) > 0

@@ -24,15 +24,22 @@ class Publishing(Subscriptions):
                           pack_envelope(KIND_ROOM, self._origin, exclude, frame))
 
     def _enqueue(self, channel: bytes, envelope: bytes,
-                 fut: asyncio.Future[int] | None = None) -> bool:
+                 fut: asyncio.Future[Any] | None = None) -> bool:
+        return self._enqueue_command((self._publish_command, channel, envelope),
+                                     len(envelope), fut)
+
+    def _enqueue_command(self, args: tuple[Any, ...], size: int,
+                         fut: asyncio.Future[Any] | None = None) -> bool:
+        """Queue one command for the publisher (in order with every publication of
+        this process); False, counted as dropped, if it cannot be sent."""
         if not self._rt.up:
             self._drop(1, "not connected")
             return False
-        if self._rt.outbox_bytes + len(envelope) > self.max_pending_bytes:
+        if self._rt.outbox_bytes + size > self.max_pending_bytes:
             self._drop(1, f"over max_pending_bytes ({self.max_pending_bytes})")
             return False
-        self._rt.outbox.append((channel, envelope, fut))
-        self._rt.outbox_bytes += len(envelope)
+        self._rt.outbox.append((args, size, fut))
+        self._rt.outbox_bytes += size
         self._rt.publish_wake.set()
         return True
 
@@ -41,7 +48,7 @@ class Publishing(Subscriptions):
         self._rt.outbox_bytes = 0
         if batch:
             self._drop(len(batch), "redis connection lost")
-        for _channel, _envelope, fut in batch:
+        for _args, _size, fut in batch:
             if fut is not None and not fut.done():
                 fut.set_result(0)
 
@@ -56,12 +63,12 @@ class Publishing(Subscriptions):
                     break
                 batch = self._rt.outbox[:1024]
                 del self._rt.outbox[:1024]
-                self._rt.outbox_bytes -= sum(len(e) for _c, e, _f in batch)
+                self._rt.outbox_bytes -= sum(size for _a, size, _f in batch)
                 try:
                     receivers = await self._publish_batch(batch)
                 except Exception as exc:  # a half-read reply stream is a broken one too
                     self._drop(len(batch), "redis connection lost while publishing")
-                    for _channel, _envelope, fut in batch:
+                    for _args, _size, fut in batch:
                         if fut is not None and not fut.done():
                             fut.set_result(0)
                     self._fail(exc, "publish")
@@ -69,19 +76,18 @@ class Publishing(Subscriptions):
                         return
                     continue
                 self._stats["published"] += len(batch)
-                for (_channel, _envelope, fut), count in zip(batch, receivers, strict=True):
+                for (_args, _size, fut), reply in zip(batch, receivers, strict=True):
                     if fut is not None and not fut.done():
-                        fut.set_result(int(count or 0))
+                        fut.set_result(reply if isinstance(reply, list) else int(reply or 0))
 
-    async def _publish_batch(self, batch: list[tuple[bytes, bytes, Any]]) -> list[Any]:
-        command = self._publish_command
+    async def _publish_batch(self, batch: list[tuple[tuple[Any, ...], int, Any]]) -> list[Any]:
         conn = self._rt.publisher_conn
         if conn is None:  # a cluster: the client's pipeline routes each to its shard
             pipe = self._rt.client.pipeline(transaction=False)
-            for channel, envelope, _fut in batch:
-                pipe.execute_command(command, channel, envelope)
+            for args, _size, _fut in batch:
+                pipe.execute_command(*args)
             return list(await pipe.execute())
         # One write, then the replies in order: cheaper than a redis-py pipeline.
-        packed = conn.pack_commands([(command, ch, env) for ch, env, _fut in batch])
+        packed = conn.pack_commands([args for args, _size, _fut in batch])
         await conn.send_packed_command(packed, check_health=False)
         return [await conn.read_response() for _ in batch]

@@ -15,7 +15,10 @@ from ..envelope import (
     ENVELOPE_VERSION,
     KIND_ALL,
     KIND_DIRECT,
+    KIND_HISTORY,
     KIND_ROOM,
+    OFFSET,
+    Envelope,
     origin_of,
     unpack_envelope,
 )
@@ -213,7 +216,8 @@ class Subscriptions(Core):
 
     def _on_message(self, channel: bytes, data: bytes) -> None:
         try:
-            if origin_of(data) == self._origin:
+            own = origin_of(data) == self._origin
+            if own and data[OFFSET["kind"]] != KIND_HISTORY:
                 return  # our own: delivered locally when it was published
             envelope = unpack_envelope(data)
         except ValueError:
@@ -233,8 +237,14 @@ class Subscriptions(Core):
         elif kind == KIND_DIRECT:
             for conn_id in envelope.ids:
                 manager.deliver_to_local(conn_id, frame)
+        elif kind == KIND_HISTORY:
+            self._on_history(channel, envelope, own)
         else:
             self._bad_message(channel)
+
+    def _on_history(self, channel: bytes, envelope: Envelope, own: bool) -> None:
+        """A stored publication (see :mod:`.history`, which overrides this)."""
+        self._bad_message(channel)
 
     def _bad_message(self, channel: bytes) -> None:
         self._stats["bad_messages"] += 1
