@@ -93,6 +93,7 @@ def test_a_connection_of_another_loop_cannot_join(run: Run) -> None:
 
                 await worker.call(other_server())
                 assert await rooms.room_size("r") == 1
-                assert rooms.stats() == {"rooms": 1, "connections": 1, "memberships": 1}
+                assert rooms.stats() == {"rooms": 1, "connections": 1, "memberships": 1,
+                                         "room_limit_refusals": 0}
 
     run(main())
