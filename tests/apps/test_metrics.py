@@ -193,3 +193,31 @@ def test_help_mentions_no_metrics() -> None:
     out = subprocess.run([sys.executable, "-m", "reinhardt_ws", "echo", "--help"],
                          capture_output=True, text=True, env=child_env("python"), check=True)
     assert "--no-metrics" in out.stdout
+
+
+def test_compression_counters(run: Any) -> None:
+    """A compressible broadcast to a deflate client: bytes in and out are counted
+    (process-wide, so as a difference) and the ratio is below 1."""
+    async def main() -> None:
+        from reinhardt_ws.rooms import _compression
+
+        rooms = RoomManager()
+        metrics = Metrics(rooms=rooms)
+        router = (rw.Router().websocket("/ws", RoomEcho(rooms)).http("/metrics", metrics))
+        async with rw.serve(router, "127.0.0.1", 0, ping_interval=None,  # noqa: SIM117
+                            compression="deflate") as server:  # (the port comes first)
+            async with ws_connect(f"ws://127.0.0.1:{server.port}/ws") as ws:
+                await eventually(lambda: rooms.stats()["memberships"] == 1)
+                before = _compression.stats()
+                payload = "abc" * 1000
+                await rooms.broadcast("lobby", payload)
+                assert await ws.recv() == payload
+                after = metrics.snapshot()["compression"]
+                assert after["bytes_in"] - before["bytes_in"] == len(payload)
+                wire = after["bytes_out"] - before["bytes_out"]
+                assert 0 < wire < len(payload) // 10
+                _status, _ctype, text = await scrape(server.port)
+                ratio = samples(text)[("reinhardt_ws_compression_ratio", ())]
+                assert ratio == after["bytes_out"] / after["bytes_in"]
+
+    run(main())
