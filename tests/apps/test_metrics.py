@@ -20,6 +20,7 @@ from reinhardt_ws.metrics import CONTENT_TYPE, Metrics
 from reinhardt_ws.rooms import RoomManager
 
 from ..fixtures import child_env, eventually
+from ..redis_fixtures import RedisServer, redis_server_binary
 from .test_cli import start_cli
 
 N = 5          # connections in the room
@@ -204,20 +205,66 @@ def test_compression_counters(run: Any) -> None:
         rooms = RoomManager()
         metrics = Metrics(rooms=rooms)
         router = (rw.Router().websocket("/ws", RoomEcho(rooms)).http("/metrics", metrics))
-        async with rw.serve(router, "127.0.0.1", 0, ping_interval=None,  # noqa: SIM117
-                            compression="deflate") as server:  # (the port comes first)
-            async with ws_connect(f"ws://127.0.0.1:{server.port}/ws") as ws:
+        async with (rw.serve(router, "127.0.0.1", 0, ping_interval=None,
+                             compression="deflate") as server,
+                    ws_connect(f"ws://127.0.0.1:{server.port}/ws") as ws):
+            await eventually(lambda: rooms.stats()["memberships"] == 1)
+            before = _compression.stats()
+            payload = "abc" * 1000
+            await rooms.broadcast("lobby", payload)
+            assert await ws.recv() == payload
+            after = metrics.snapshot()["compression"]
+            assert after["bytes_in"] - before["bytes_in"] == len(payload)
+            wire = after["bytes_out"] - before["bytes_out"]
+            assert 0 < wire < len(payload) // 10
+            _status, _ctype, text = await scrape(server.port)
+            ratio = samples(text)[("reinhardt_ws_compression_ratio", ())]
+            assert ratio == after["bytes_out"] / after["bytes_in"]
+
+    run(main())
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Any:
+    server = RedisServer(redis_server_binary()).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.redis
+def test_redis_metrics(run: Any, redis_server: RedisServer) -> None:
+    """With a Redis backend: the backend's counters, after one broadcast."""
+    async def main() -> None:
+        import uuid
+
+        from reinhardt_ws.rooms.redis import RedisBackend
+
+        rooms = RoomManager(backend=RedisBackend(redis_server.url,
+                                                 prefix=f"m{uuid.uuid4().hex[:10]}"))
+        metrics = Metrics(rooms=rooms)
+        router = rw.Router().websocket("/ws", RoomEcho(rooms)).http("/metrics", metrics)
+        try:
+            async with (rw.serve(router, "127.0.0.1", 0, ping_interval=None) as server,
+                        ws_connect(f"ws://127.0.0.1:{server.port}/ws") as ws):
                 await eventually(lambda: rooms.stats()["memberships"] == 1)
-                before = _compression.stats()
-                payload = "abc" * 1000
-                await rooms.broadcast("lobby", payload)
-                assert await ws.recv() == payload
-                after = metrics.snapshot()["compression"]
-                assert after["bytes_in"] - before["bytes_in"] == len(payload)
-                wire = after["bytes_out"] - before["bytes_out"]
-                assert 0 < wire < len(payload) // 10
+                await eventually(lambda: rooms.backend.stats()[  # type: ignore[attr-defined]
+                    "connected"] == 1, timeout=10)
+                await rooms.broadcast("lobby", "via redis")
+                assert await ws.recv() == "via redis"
+                await eventually(lambda: rooms.backend.stats()[  # type: ignore[attr-defined]
+                    "published"] >= 1)
                 _status, _ctype, text = await scrape(server.port)
-                ratio = samples(text)[("reinhardt_ws_compression_ratio", ())]
-                assert ratio == after["bytes_out"] / after["bytes_in"]
+                got = samples(text)
+                backend = rooms.backend.stats()  # type: ignore[attr-defined]
+                p = "reinhardt_ws_redis_"
+                assert got[(p + "connected", ())] == 1
+                assert got[(p + "published_total", ())] == backend["published"] >= 1
+                assert got[(p + "dropped_publications_total", ())] == 0
+                assert got[(p + "reconnects_total", ())] == 0
+                assert got[(p + "pending_publications", ())] == backend["pending"]
+        finally:
+            await rooms.close()
 
     run(main())
