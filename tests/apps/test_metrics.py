@@ -136,7 +136,21 @@ def test_metrics_after_known_traffic(run: Any) -> None:
     run(main())
 
 
-def test_exposition_escapes_and_parses_without_server() -> None:
+@pytest.mark.pure
+def test_label_values_and_help_are_escaped() -> None:
+    """Backslashes, quotes and newlines survive the round trip through a real parser."""
+    from reinhardt_ws.metrics import _Writer
+
+    w = _Writer()
+    odd = 'a"b\\c\nd'
+    w.labelled("odd_total", "counter", "help with \\ and\nnewline", "reason", {odd: 3})
+    [family] = text_string_to_metric_families("\n".join(w.lines) + "\n")
+    assert family.documentation == "help with \\ and\nnewline"
+    assert family.samples[0].labels == {"reason": odd} and family.samples[0].value == 3
+
+
+@pytest.mark.pure
+def test_exposition_parses_without_server() -> None:
     """Unbound and outside a loop: only the process-wide families, still valid."""
     text = Metrics().render()
     assert text.endswith("\n")
@@ -145,6 +159,7 @@ def test_exposition_escapes_and_parses_without_server() -> None:
     assert not any(n.startswith("reinhardt_ws_connections") for n in names)
 
 
+@pytest.mark.pure
 def test_metrics_content_type() -> None:
     assert CONTENT_TYPE == "text/plain; version=0.0.4; charset=utf-8"
 
