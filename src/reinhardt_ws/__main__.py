@@ -117,6 +117,9 @@ def _parser() -> argparse.ArgumentParser:
                               "servers whose every action is public)")
         cmd.add_argument("--no-compression", action="store_true",
                          help="decline permessage-deflate (negotiated by default)")
+        cmd.add_argument("--no-metrics", action="store_true",
+                         help="do not answer GET /metrics (Prometheus metrics, on the "
+                              "same port; on by default)")
         cmd.add_argument("--reuse-port", action="store_true",
                          help="bind with SO_REUSEPORT, so that several processes share the "
                               "port (--workers sets it)")
@@ -286,6 +289,15 @@ async def _run(args: argparse.Namespace) -> None:
         settings["subprotocols"] = (CHAT_SUBPROTOCOL,)
         if signer is not None:
             settings["authenticate"] = SignedTokenAuth(signer, source=("query", "subprotocol"))
+    metrics = None
+    if not args.no_metrics:
+        from .metrics import Metrics
+
+        metrics = Metrics(rooms=rooms)
+        if args.command == "echo":
+            settings["http_handler"] = metrics.http_handler
+        else:
+            target.http("/metrics", metrics, name="metrics")
     try:
         server = await serve(target, args.host, args.port,
                              max_message_size=args.max_message_size,
@@ -299,6 +311,8 @@ async def _run(args: argparse.Namespace) -> None:
         if rooms is not None:
             await rooms.close()
         raise StartError(_bind_failure(exc, args.host, args.port)) from None
+    if metrics is not None:
+        metrics.bind(server)
     if args.file_limit is not None:
         logging.getLogger("reinhardt_ws").info(
             "file descriptor limit %d: room for about %d connections", args.file_limit,

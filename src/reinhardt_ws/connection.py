@@ -55,7 +55,10 @@ logger = logging.getLogger("reinhardt_ws")
 
 class ConnectionOwner(Protocol):
     """What a server offers its connections: to be registered once open, and
-    forgotten once gone."""
+    forgotten once gone; and counters of the messages received (metrics)."""
+
+    _messages_received: int
+    _bytes_received: int
 
     def _adopt(self, conn: WebSocketConnection) -> None: ...
     def _forget(self, conn: WebSocketConnection) -> None: ...
@@ -485,7 +488,12 @@ class WebSocketConnection:
             return
         inbox = self._inbox
         inbox.append(message)
-        self._inbox_bytes += len(message.payload)
+        size = len(message.payload)
+        self._inbox_bytes += size
+        owner = self._owner
+        if owner is not None:  # metrics: two integer additions per message
+            owner._messages_received += 1
+            owner._bytes_received += size
         opts = self._opts
         if len(inbox) >= opts.max_queue or self._inbox_bytes >= (opts.max_queue_bytes or 0):
             if not self._reading_paused:

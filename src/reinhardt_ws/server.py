@@ -79,6 +79,11 @@ class Server:
                 if not isinstance(route.handler, WebSocketHandler):
                     raise TypeError(f"route {route.pattern!r}: handler must be a "
                                     "WebSocketHandler instance")
+            from .metrics import Metrics
+
+            for http_route in handler.http_routes:
+                if isinstance(http_route.fn, Metrics) and http_route.fn.server is None:
+                    http_route.fn.bind(self)
             self.router: Router | None = handler
             self.handler: WebSocketHandler | None = None
         elif isinstance(handler, WebSocketHandler):
@@ -93,6 +98,9 @@ class Server:
         self._limits = ConnectionLimiter(options.max_connections,
                                          options.max_connections_per_ip)
         self._http_answered = 0
+        # Incremented by WebSocketConnection._deliver (read by stats()).
+        self._messages_received = 0
+        self._bytes_received = 0
         self._closed_codes: collections.Counter[int] = collections.Counter()
         self._limit_hits: collections.Counter[str] = collections.Counter()
         self._admission = Admission(
@@ -188,7 +196,9 @@ class Server:
             {"connections": open WebSocket connections (adopted after the 101),
              "hosts": distinct remote addresses among them,
              "refused": {reason: handshakes refused}, "refused_total": N,
-             "http_responses": plain HTTP requests answered by a route}
+             "http_responses": plain HTTP requests answered by a route,
+             "messages_received": whole messages received from clients,
+             "bytes_received": their payload bytes}
 
         Refusal reasons: ``request_too_large`` (414, 431, 413), ``bad_request``
         (400, 505, and 426 for a plain GET on a WebSocket route),
@@ -208,6 +218,8 @@ class Server:
         """
         out = self._limits.stats()
         out["http_responses"] = self._http_answered
+        out["messages_received"] = self._messages_received
+        out["bytes_received"] = self._bytes_received
         out["closed"] = dict(self._closed_codes)
         out["limits"] = dict(self._limit_hits)
         return out
