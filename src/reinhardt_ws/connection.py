@@ -373,9 +373,10 @@ class WebSocketConnection:
         if self._lost or not self._closing.send(code, reason):
             return
         self._wake_drain_waiters()
-        if self._closing.initiated and not shutdown and self._handler is not None:
+        if self._closing.initiated and not shutdown:
             self._dispatch_stopped = True
-            self._drop_inbox()
+            if self._handler is not None:
+                self._drop_inbox()
         if read_on:
             self._resume_reading()
         peer = self._peer
@@ -515,13 +516,15 @@ class WebSocketConnection:
         return message
 
     def _unpark(self) -> None:
-        """Assemble parked frames until the inbox is over its bounds again."""
+        """Assemble parked frames until the inbox is over its bounds again.  They
+        arrived before any close frame of the peer's, so they are still data; once
+        we decided to close, the inbox (parked frames included) was dropped."""
         parked = self._parked
         assert parked is not None
         opts = self._opts
         while parked and len(self._inbox) < opts.max_queue and (
                 self._inbox_bytes < (opts.max_queue_bytes or 0)):
-            self._feed(*parked.popleft())
+            self._assemble(*parked.popleft())
         if not parked:
             self._parked = None
 
@@ -703,11 +706,11 @@ class WebSocketConnection:
                 self._parked = collections.deque()
             self._parked.append((opcode, fin, rsv, payload))
             return
-        self._feed(opcode, fin, rsv, payload)
+        self._assemble(opcode, fin, rsv, payload)
 
-    def _feed(self, opcode: int, fin: bool, rsv: int, payload: bytes) -> None:
-        if self._closing.sent:
-            return
+    def _assemble(self, opcode: int, fin: bool, rsv: int, payload: bytes) -> None:
+        if self._dispatch_stopped:
+            return  # we decided to close (or the assembler failed): nothing more
         try:
             message = self._assembler.feed(opcode, fin, rsv, payload)
         except ProtocolError as exc:

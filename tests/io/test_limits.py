@@ -208,3 +208,28 @@ def test_closed_connections_are_freed_without_the_cyclic_gc(run: Run) -> None:
         await rooms.close()
 
     run(main())
+
+
+def test_messages_parked_before_the_peers_close_are_still_handled(run: Run) -> None:
+    """A client sends 10 messages and its close frame in one write to a handler that
+    is blocked: the inbox fills (max_queue=1), the rest is parked, and yet every
+    message that came before the close reaches on_message, in order, before
+    on_disconnect."""
+
+    async def main() -> None:
+        handler = Gate()
+        async with running_server(handler, max_queue=1) as server:
+            client = await RawClient.open(server.port)
+            conn = await handler.connected.get()
+            client.send(b"".join(client_frame(TEXT, f"m{i}".encode()) for i in range(10))
+                        + client_frame(0x8, (1000).to_bytes(2, "big")))
+            await eventually(lambda: conn._parked is not None, 5)  # the frames were parked
+            handler.gate.set()
+            await asyncio.wait_for(handler.disconnected.get(), 10)
+            got = [m.data for kind, _cid, m in handler.events if kind == "message"]
+            assert got == [f"m{i}" for i in range(10)]
+            assert handler.events[-1][0] == "disconnect"
+            assert conn.close_code == 1000
+            await client.close()
+
+    run(main())
