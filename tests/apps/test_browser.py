@@ -165,24 +165,8 @@ async def _chat_in_browser(chromium: str, screenshot: Path) -> None:
     # policy admits (the test uses that policy).
     async with rw.serve(chat_router(ChatHandler(rooms)), "127.0.0.1", 0,
                         origins=[rw.SAME_ORIGIN, None], ping_interval=None) as server:
-        page = f"http://127.0.0.1:{server.port}/"
-        debug_port = free_port()
-        # Chromium's helper processes may still touch the profile as it exits.
-        with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
-            browser = subprocess.Popen(
-                [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={profile}", f"--remote-debugging-port={debug_port}",
-                 "--remote-debugging-address=127.0.0.1", "--window-size=900,700", page],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True)  # its own process group: helpers end with it
-            try:
-                url = await asyncio.to_thread(_page_ws_url, debug_port)
-                async with websockets.connect(url, max_size=None) as cdp_ws:
-                    await _drive(DevTools(cdp_ws), server.port, screenshot)
-            finally:
-                _end_group(browser)
+        await _in_chromium(chromium, f"http://127.0.0.1:{server.port}/",
+                           lambda page: _drive(page, server.port, screenshot))
 
 
 async def _drive(page: DevTools, port: int, screenshot: Path, name: str = "chromium") -> None:
