@@ -28,7 +28,8 @@ in README.md's ``## Performance`` section.  It is assembled from *README parts*:
   machine_info) and the exact command (recorded by conftest).
 * Orders in use: 10 fan-out, 20 echo (reserved), 30 compression (reserved), 40 flush
   interval (reserved), 50 many small rooms, 60 idle memory, 70 slow consumer,
-  90 targets.  Add a part next to your report section; do not edit other parts.
+  80 build_frame, 90 targets.  Add a part next to your report section; do not edit
+  other parts.
 """
 
 from __future__ import annotations
@@ -575,6 +576,18 @@ def readme_slow_consumer(run: ReadmeRun) -> ReadmePart | None:
         f"Slow consumer ({r0.get('n')} healthy clients get {r0.get('messages')} {TIMES} "
         f"{size_label(int(r0.get('size', 0)))} messages while one never reads): peak server "
         f"memory growth {', '.join(bits)}."])
+
+
+@readme_part(80)
+def readme_build_frame(run: ReadmeRun) -> ReadmePart | None:
+    rows = [r for r in run.by_scenario.get("micro", [])
+            if r["_name"].startswith("test_build_frame") and r.get("size") == 64]
+    by = {r.get("implementation"): r["_stats"].get("mean", math.nan) for r in rows}
+    if "cython" not in by or "python" not in by:
+        return None
+    return ReadmePart(bullets=[
+        f"`build_frame`: {fmt(by['cython'] * 1e9, '.0f')} ns (C) against "
+        f"{fmt(by['python'] * 1e9, '.0f')} ns (Python) for 64 B."])
 
 
 @readme_part(90)
