@@ -20,6 +20,7 @@ on one arena (one server process, N connected clients), the floor first.
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     kept.sort(key=key)
     items[:] = kept
+
+
+def pytest_benchmark_update_json(config: pytest.Config, benchmarks: Any,
+                                 output_json: dict[str, Any]) -> None:
+    """Record what report.py needs beyond the benchmarks: every contestant with why
+    it is absent (skipped tests leave no benchmark behind, and an absent contestant
+    must be named, not dropped), and the exact command of this run."""
+    bench: BenchConfig = config.bench  # type: ignore[attr-defined]
+    output_json["contestants"] = [
+        {"id": spec.id, "server": spec.server, "selected": spec.id in bench.selected,
+         "rooms": spec.rooms, "absent": spec.absent_reason()}
+        for spec in CONTESTANT_SPECS
+    ]
+    env = [f"{name}={shlex.quote(os.environ[name])}" for _n, name, _d, _h in _OPTIONS
+           if os.environ.get(name)]
+    if os.environ.get("BENCH_NO_VERIFY"):
+        env.append(f"BENCH_NO_VERIFY={shlex.quote(os.environ['BENCH_NO_VERIFY'])}")
+    args = shlex.join(config.invocation_params.args)
+    output_json["command"] = " ".join([*env, "python -m pytest", args]).strip()
+    output_json["invocation_dir"] = str(config.invocation_params.dir)
+    output_json["bench_options"] = {name.replace("-", "_"): getattr(bench, name.replace("-", "_"))
+                                    for name, _e, _d, _h in _OPTIONS}
 
 
 @pytest.fixture(scope="session")

@@ -1,26 +1,53 @@
 """Turn a ``pytest bench/ --benchmark-json=RUN.json`` file into a Markdown report
-and PNG charts.
+and PNG charts, and (``--readme``) the README's performance block.
 
     python bench/report.py bench/results/run.json [more.json ...] [--out bench/results]
+    python bench/report.py bench/results/run.json --readme README.md
 
 Writes ``REPORT.md`` and ``fanout_ratio.png``, ``fanout_cpu.png``, ``idle_memory.png``,
 ``slow_consumer.png``, ``micro.png`` (those it has data for) into ``--out``.  Every
 ratio is computed here from the floor measured in the same run; a scenario whose
-floor is missing shows "n/a" rather than a ratio against another run.
+floor is missing shows "n/a" rather than a ratio against another run.  Contestants
+that could not run are named with their reason (the ``contestants`` list that
+bench/conftest.py writes into the JSON), never dropped.
+
+**The README block** (``--readme README.md``, one JSON file only: the README shows
+one run) replaces what lies between ``<!-- perf:begin -->`` and ``<!-- perf:end -->``
+in README.md's ``## Performance`` section.  It is assembled from *README parts*:
+
+* A part is a function ``part(run: ReadmeRun) -> ReadmePart | None``, registered with
+  the decorator ``@readme_part(order)``; it returns None when the run has no data
+  for it.  ``ReadmeRun`` carries the loaded JSON (``run.data``, ``run.by_scenario``),
+  the report's target rows (``run.targets``) and ``run.contestants`` (id -> the
+  conftest record, with ``absent`` set to the reason for a contestant that could not
+  run).
+* ``ReadmePart.tables`` are complete Markdown tables, each with a caption line
+  before it; ``ReadmePart.bullets`` are one-line findings (without the leading "- ").
+* The block renders every part's tables in ``order``, then every part's bullets in
+  ``order``, then the absent contestants, the machine (pytest-benchmark's
+  machine_info) and the exact command (recorded by conftest).
+* Orders in use: 10 fan-out, 20 echo (reserved), 30 compression (reserved), 40 flush
+  interval (reserved), 50 many small rooms, 60 idle memory, 70 slow consumer,
+  80 build_frame, 90 targets.  Add a part next to your report section; do not edit
+  other parts.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
+import re
 import sys
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ORDER = ["floor", "reinhardt-cy", "reinhardt-py", "picows", "websockets", "aiohttp"]
-PEERS = ("picows", "websockets", "aiohttp")
+ORDER = ["floor", "reinhardt-cy", "reinhardt-py", "picows", "socketify", "node-ws",
+         "websockets", "aiohttp"]
+PEERS = ("picows", "websockets", "aiohttp", "node-ws", "socketify")
 SLOW_CONSTANT = 4 << 20  # the "plus a constant" of the slow-consumer target, bytes
 
 
@@ -259,6 +286,389 @@ def micro_section(rows: list[dict[str, Any]], charts: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+# -- contestants -------------------------------------------------------------------------
+def contestant_records(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every contestant of the run (conftest's ``contestants`` list) by id, plus any
+    that appear only in results (a JSON written before the list existed)."""
+    out = {c["id"]: dict(c) for c in data.get("contestants", [])}
+    for rows in data.get("by_scenario", {}).values():
+        for r in rows:
+            name = r.get("contestant")
+            if isinstance(name, str):
+                base = name.removesuffix("-close").removesuffix("-drop")
+                out.setdefault(base, {"id": base, "selected": True, "absent": None})
+    return out
+
+
+def absent_reason(records: dict[str, dict[str, Any]], name: str) -> str:
+    """'absent: why' / 'not selected in this run' / 'not in this run' for a contestant
+    without results."""
+    rec = records.get(name)
+    if rec is None:
+        return "not in this run"
+    if rec.get("absent"):
+        return f"absent: {rec['absent']}"
+    if not rec.get("selected", True):
+        return "not selected in this run"
+    return "no result in this run"
+
+
+def contestants_section(data: dict[str, Any]) -> str:
+    records = contestant_records(data)
+    if not records:
+        return ""
+    ran = {r.get("contestant") for rows in data["by_scenario"].values() for r in rows}
+    table = []
+    for name in sorted(records, key=order_key):
+        rec = records[name]
+        if rec.get("absent"):
+            status = f"**absent**: {rec['absent']}"
+        elif not rec.get("selected", True):
+            status = "not selected"
+        else:
+            status = "ran" if name in ran or any(
+                str(x).startswith(name + "-") for x in ran) else "selected, no result"
+        info = next((r.get("server_info") for rows in data["by_scenario"].values()
+                     for r in rows if r.get("contestant") == name and r.get("server_info")), {})
+        version = ", ".join(f"{k} {v}" for k, v in (info or {}).items()
+                            if k in ("version", "implementation", "node", "ws", "bufferutil",
+                                     "mode"))
+        table.append([name, status, version or ""])
+    return "\n".join(["## Contestants", "",
+                      md_table(["contestant", "status", "server info"], table), ""])
+
+
+# -- many small rooms ---------------------------------------------------------------------
+def small_rooms_verdict(rows: list[dict[str, Any]],
+                        records: dict[str, dict[str, Any]]) -> tuple[str, str, bool | None]:
+    """(measured, verdict text, ok) of "reinhardt-cy CPU per delivery <= socketify's"."""
+    by = {r["contestant"]: r for r in rows}
+    ours = by.get("reinhardt-cy")
+    theirs = by.get("socketify")
+    if ours is None:
+        return "n/a", "n/a (reinhardt-cy not measured)", None
+    if theirs is None:
+        why = absent_reason(records, "socketify").removeprefix("absent: ")
+        return (fmt(ours.get("cpu_us_per_delivery"), ".3f", " us"),
+                f"socketify absent ({why})", None)
+    a, b = ours.get("cpu_us_per_delivery", math.nan), theirs.get("cpu_us_per_delivery", math.nan)
+    if math.isnan(a) or math.isnan(b) or not ours.get("complete") or not theirs.get("complete"):
+        return "n/a", "n/a (a contestant did not complete)", None
+    ok = a <= b
+    return f"{a:.3f} us vs {b:.3f} us ({a / b:.2f}x)", verdict(ok), ok
+
+
+def small_rooms_section(rows: list[dict[str, Any]],
+                        data: dict[str, Any]) -> tuple[str, list[str]]:
+    if not rows:
+        return "", []
+    records = contestant_records(data)
+    r0 = rows[0]
+    by = {r["contestant"]: r for r in rows}
+    ours = by.get("reinhardt-cy", {}).get("cpu_us_per_delivery")
+    table = []
+    for r in sorted(rows, key=lambda r: order_key(r["contestant"])):
+        cpu = r.get("cpu_us_per_delivery", math.nan)
+        table.append([r["contestant"], fmt(cpu, ".3f"),
+                      fmt(cpu / ours if ours else math.nan, ".2f", "x"),
+                      fmt(r.get("deliveries_per_cpu_s"), ",.0f"),
+                      fmt(r.get("deliveries_per_s"), ",.0f"),
+                      "yes" if r.get("complete") else "**NO**"])
+    for name in sorted(records, key=order_key):
+        if records[name].get("rooms") and name not in by:
+            table.append([name, absent_reason(records, name), "", "", "", ""])
+    measured, text, _ok = small_rooms_verdict(rows, records)
+    targets = [f"| many small rooms: reinhardt-cy CPU/delivery <= socketify's | {measured} "
+               f"| {text} |"]
+    body = "\n".join([
+        "## Many small rooms", "",
+        f"N = {r0.get('n')} clients dealt into {r0.get('rooms')} rooms of {r0.get('room_size')} "
+        f"(accept order, connection i into room i % {r0.get('rooms')}); message j of "
+        f"{r0.get('size')} B goes to room j % {r0.get('rooms')} only, {r0.get('batch')} "
+        f"broadcast per loop iteration, {r0.get('messages')} messages per round.  The fixed "
+        "cost of a broadcast is paid every few deliveries here.  *x ours*: CPU per delivery "
+        "over reinhardt-cy's.", "",
+        md_table(["contestant", "CPU us/delivery", "x ours", "deliv/CPU-s", "deliv/s (wall)",
+                  "complete"], table), ""])
+    return body, targets
+
+
+# -- the README's performance block ----------------------------------------------------------
+TIMES = "\u00d7"  # the multiplication sign of the README's ratios
+README_BEGIN = "<!-- perf:begin -->"
+README_END = "<!-- perf:end -->"
+
+#: How the README names each contestant (report.py and the tests use the ids).
+README_LABELS = {
+    "reinhardt-cy": "**reinhardt-ws, C fan-out**",
+    "reinhardt-py": "reinhardt-ws, Python twin",
+    "picows": "picows, Python loop over `WSTransport.send`",
+    "socketify": "socketify (uWebSockets from Python), `app.publish`",
+    "node-ws": "Node `ws` 8 + bufferutil, prepared frame (corked for B > 1)",
+    "websockets": "websockets, `broadcast()`",
+    "aiohttp": "aiohttp, loop over `send_bytes`",
+}
+
+
+@dataclasses.dataclass
+class ReadmeRun:
+    """What a README part may read: one run's JSON, loaded."""
+
+    data: dict[str, Any]
+    by_scenario: dict[str, list[dict[str, Any]]]
+    contestants: dict[str, dict[str, Any]]
+    targets: list[str]  # rows of the report's Targets table ("| target | measured | verdict |")
+
+
+@dataclasses.dataclass
+class ReadmePart:
+    tables: list[str] = dataclasses.field(default_factory=list)  # caption line + table
+    bullets: list[str] = dataclasses.field(default_factory=list)  # one line each, no "- "
+
+
+ReadmePartFn = Callable[[ReadmeRun], "ReadmePart | None"]
+README_PARTS: list[tuple[int, ReadmePartFn]] = []
+
+
+def readme_part(order: int) -> Callable[[ReadmePartFn], ReadmePartFn]:
+    """Register a README part (see the module docstring for the convention)."""
+
+    def register(fn: ReadmePartFn) -> ReadmePartFn:
+        README_PARTS.append((order, fn))
+        return fn
+
+    return register
+
+
+def label(name: str) -> str:
+    return README_LABELS.get(name, name)
+
+
+@readme_part(10)
+def readme_fanout(run: ReadmeRun) -> ReadmePart | None:
+    rows = [r for r in run.by_scenario.get("fanout", []) if r.get("size") == 64]
+    if not rows:
+        return None
+    cell: dict[tuple[int, int], dict[str, dict[str, Any]]] = defaultdict(dict)
+    for r in rows:
+        cell[(r["n"], r["batch"])][r["contestant"]] = r
+    ns = sorted({n for n, _b in cell if n >= 1000}) or sorted({n for n, _b in cell})
+    batches = sorted({b for _n, b in cell})
+    cols = [(n, b) for n in ns for b in batches if (n, b) in cell]
+
+    def floor_value(n: int, b: int) -> dict[str, Any] | None:
+        return cell.get((n, b), {}).get("floor")
+
+    def us(x: Any) -> str:
+        return fmt(x, ".3f" if x is not None and x < 1 else ".2f", " µs")
+
+    def contestant_cell(name: str, n: int, b: int) -> str:
+        r = cell[(n, b)].get(name)
+        if r is None:
+            return "—"
+        if not r.get("complete"):
+            return "failed"
+        cpu = r.get("cpu_us_per_delivery")
+        if b == 1:
+            ratio, _tput, paired = floor_ratios(r, floor_value(n, 1))
+        else:
+            ratio = r.get("cpu_ratio_to_coalesced_floor", math.nan)
+            paired = bool(r.get("coalesced_floor_paired"))
+            if ratio is None or (isinstance(ratio, float) and math.isnan(ratio)):
+                fk = floor_value(n, b)
+                ratio = cpu / fk["cpu_us_per_delivery"] if fk and cpu else math.nan
+                paired = False
+        return f"{us(cpu)} ({fmt(ratio, '.2f', TIMES)}{'' if paired else ', u'})"
+
+    header = ["contestant"] + [f"N = {n}, {b} per iteration" for n, b in cols]
+    table = []
+    floor_row1 = ["C floor: one `send()` per delivery"]
+    floor_rowk = ["C floor: B frames per `send()` (coalesced)"]
+    for n, b in cols:
+        f = floor_value(n, b)
+        text = us(f.get("cpu_us_per_delivery")) if f and f.get("complete") else "—"
+        floor_row1.append(text if b == 1 else "—")
+        floor_rowk.append(text if b > 1 else "—")
+    table.append(floor_row1)
+    if any(b > 1 for _n, b in cols):
+        table.append(floor_rowk)
+    names = set(run.contestants) | {r["contestant"] for r in rows}
+    for name in sorted(names - {"floor"}, key=order_key):
+        if any(name in cell[c] for c in cols):
+            table.append([label(name)] + [contestant_cell(name, n, b) for n, b in cols])
+        else:
+            table.append([f"{label(name)} — {absent_reason(run.contestants, name)}"]
+                         + ["—" for _ in cols])
+    caption = ("Fan-out, 64 B: server CPU per delivery and, in brackets, its ratio to the C "
+               "floor of the same N measured in the same run (B = 1: the one-syscall floor; "
+               "B > 1: the coalesced floor; lower is better; u: unpaired).")
+    part = ReadmePart(tables=[caption + "\n\n" + md_table(header, table)])
+    k = max(batches)
+    if k > 1:
+        for n in ns:
+            r = cell.get((n, k), {}).get("reinhardt-cy")
+            f1 = floor_value(n, 1)
+            if r and f1 and r.get("complete"):
+                _ratio, tput, _p = floor_ratios(r, f1)
+                part.bullets.append(
+                    f"{k} broadcasts in one loop iteration, N = {n}: the C fan-out delivers "
+                    f"{fmt(tput, '.1f', TIMES)} as many messages per CPU-second as the "
+                    "one-syscall floor.")
+    return part
+
+
+@readme_part(50)
+def readme_small_rooms(run: ReadmeRun) -> ReadmePart | None:
+    rows = run.by_scenario.get("small_rooms", [])
+    if not rows:
+        return None
+    r0 = rows[0]
+    by = {r["contestant"]: r for r in rows}
+    parts = []
+    for name in sorted(by, key=order_key):
+        r = by[name]
+        value = fmt(r.get("cpu_us_per_delivery"), ".2f", " µs") if r.get("complete") else "failed"
+        parts.append(f"**{name} {value}**" if name == "reinhardt-cy" else f"{name} {value}")
+    missing = [f"{name} {absent_reason(run.contestants, name)}"
+               for name in sorted(run.contestants, key=order_key)
+               if run.contestants[name].get("rooms") and name not in by]
+    _measured, text, _ok = small_rooms_verdict(rows, run.contestants)
+    bullet = (f"Many small rooms ({r0.get('rooms')} rooms of {r0.get('room_size')}, "
+              f"N = {r0.get('n')}, {r0.get('size')} B, each broadcast to one room): server CPU "
+              f"per delivery {', '.join(parts)}"
+              + (f" ({'; '.join(missing)})" if missing else "")
+              + f". Target (at most socketify's): {text.replace('**', '')}.")
+    return ReadmePart(bullets=[bullet])
+
+
+@readme_part(60)
+def readme_idle_memory(run: ReadmeRun) -> ReadmePart | None:
+    rows = run.by_scenario.get("idle_memory", [])
+    if not rows:
+        return None
+    by = {r["contestant"]: r for r in rows}
+    ours = [f"**{human_bytes(by[n]['rss_per_conn_idle'])}** ({n})"
+            for n in ("reinhardt-cy", "reinhardt-py") if n in by]
+    peers = [f"{n} {human_bytes(by[n]['rss_per_conn_idle'])}" for n in sorted(by, key=order_key)
+             if n not in ("reinhardt-cy", "reinhardt-py", "floor")]
+    missing = [f"{n} {absent_reason(run.contestants, n)}" for n in PEERS
+               if n in run.contestants and n not in by]
+    return ReadmePart(bullets=[
+        f"Memory per idle connection (N = {rows[0].get('n')}): {', '.join(ours) or 'n/a'}, "
+        f"against {', '.join(peers) or 'no peer'}"
+        + (f" ({'; '.join(missing)})" if missing else "") + "."])
+
+
+@readme_part(70)
+def readme_slow_consumer(run: ReadmeRun) -> ReadmePart | None:
+    rows = run.by_scenario.get("slow_consumer", [])
+    if not rows:
+        return None
+    r0 = rows[0]
+    bits = []
+    for r in sorted(rows, key=lambda r: order_key(r["contestant"])):
+        state = ("all healthy complete" if r.get("healthy_complete") else
+                 f"{fmt(100 * r.get('healthy_completeness', math.nan), '.0f', ' %')} delivered")
+        if not r.get("send_loop_finished"):
+            state += ", broadcast loop stuck"
+        bits.append(f"{r['contestant']} {human_bytes(r.get('peak_growth_bytes'))} ({state})")
+    return ReadmePart(bullets=[
+        f"Slow consumer ({r0.get('n')} healthy clients get {r0.get('messages')} {TIMES} "
+        f"{size_label(int(r0.get('size', 0)))} messages while one never reads): peak server "
+        f"memory growth {', '.join(bits)}."])
+
+
+@readme_part(80)
+def readme_build_frame(run: ReadmeRun) -> ReadmePart | None:
+    rows = [r for r in run.by_scenario.get("micro", [])
+            if r["_name"].startswith("test_build_frame") and r.get("size") == 64]
+    by = {r.get("implementation"): r["_stats"].get("mean", math.nan) for r in rows}
+    if "cython" not in by or "python" not in by:
+        return None
+    return ReadmePart(bullets=[
+        f"`build_frame`: {fmt(by['cython'] * 1e9, '.0f')} ns (C) against "
+        f"{fmt(by['python'] * 1e9, '.0f')} ns (Python) for 64 B."])
+
+
+@readme_part(90)
+def readme_targets(run: ReadmeRun) -> ReadmePart | None:
+    if not run.targets:
+        return None
+    return ReadmePart(tables=[
+        "Targets, checked by `bench/report.py` on this run:\n\n"
+        + "\n".join(["| target | measured | verdict |", "|---|---|---|", *run.targets])])
+
+
+def readme_machine(data: dict[str, Any]) -> str:
+    mi = data.get("machine_info", {})
+    cpu = mi.get("cpu", {})
+    ci = data.get("commit_info", {})
+    rows = [r for rs in data.get("by_scenario", {}).values() for r in rs]
+    loops = sorted({str(r.get("loop")) for r in rows if r.get("loop")})
+    node = next((r["server_info"] for r in rows
+                 if (r.get("server_info") or {}).get("node")), None)
+    system = f"{mi.get('system', '?')} {mi.get('release', '')}".strip()
+    bits = [f"{mi.get('node', '?')}: {cpu.get('brand_raw', mi.get('processor', '?'))}, "
+            f"{cpu.get('count', '?')} CPUs, {system}",
+            f"{mi.get('python_implementation', 'Python')} {mi.get('python_version', '?')}"]
+    if loops:
+        bits.append(f"event loop of the Python servers: {', '.join(loops)}")
+    if node:
+        bits.append(f"Node {node.get('node')}, ws {node.get('ws')}, "
+                    f"bufferutil {node.get('bufferutil') or 'absent'}")
+    when = f"run {data.get('datetime', '?')}, commit {str(ci.get('id', '?'))[:10]}"
+    if ci.get("dirty"):
+        when += " (dirty)"
+    return "; ".join(bits) + f"; {when}"
+
+
+def readme_block(data: dict[str, Any], targets: list[str], source: Path) -> str:
+    """The Markdown between the README's perf markers, from one run."""
+    run = ReadmeRun(data=data, by_scenario=data["by_scenario"],
+                    contestants=contestant_records(data), targets=targets)
+    parts = [(order, part) for order, fn in sorted(README_PARTS, key=lambda p: p[0])
+             if (part := fn(run)) is not None]
+    out: list[str] = []
+    for _order, part in parts:
+        for table in part.tables:
+            out += [table, ""]
+    bullets = [b for _order, part in parts for b in part.bullets]
+    absent = [f"{name} ({rec['absent']})" for name, rec in
+              sorted(run.contestants.items(), key=lambda kv: order_key(kv[0]))
+              if rec.get("absent")]
+    if absent:
+        bullets.append(f"Absent from this run (could not run here): {'; '.join(absent)}.")
+    out += [f"- {b}" for b in bullets]
+    if bullets:
+        out.append("")
+    command = data.get("command")
+    where = data.get("invocation_dir", "")
+    in_bench = where.rstrip("/").endswith("/bench")
+    run_line = command or "# (this JSON does not record its command)"
+    if command and in_bench:
+        run_line = f"(cd bench && {command})"
+    out += [f"Machine: {readme_machine(data)}. Every figure above comes from this one run:",
+            "", "```sh",
+            'pip install ".[bench]" && (cd bench/node && npm ci --no-audit --no-fund)',
+            run_line, f"python bench/report.py {source} --readme README.md", "```"]
+    return "\n".join(out)
+
+
+def rewrite_readme(readme: Path, block: str) -> None:
+    """Replace the text between the perf markers of the ``## Performance`` section."""
+    text = readme.read_text()
+    section = re.search(r"^## Performance\n(.*?)(?=^## |\Z)", text, re.S | re.M)
+    if section is None:
+        raise SystemExit(f"{readme}: no '## Performance' section")
+    body = section.group(1)
+    start, end = body.find(README_BEGIN), body.find(README_END)
+    if start < 0 or end < start:
+        raise SystemExit(f"{readme}: the Performance section has no {README_BEGIN} ... "
+                         f"{README_END} markers")
+    new_body = body[:start + len(README_BEGIN)] + "\n" + block.strip() + "\n" + body[end:]
+    readme.write_text(text[:section.start(1)] + new_body + text[section.end(1):])
+
+
 # -- charts ------------------------------------------------------------------------------
 def draw_charts(charts: dict[str, Any], out: Path) -> list[str]:
     try:
@@ -329,7 +739,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("json", type=Path, nargs="+",
                     help="the --benchmark-json file(s) of one run (several are merged)")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    ap.add_argument("--readme", type=Path, default=None,
+                    help="also rewrite the perf block of this README.md (one JSON file only)")
     args = ap.parse_args(argv)
+    if args.readme is not None and len(args.json) != 1:
+        ap.error("--readme shows one run: give exactly one JSON file")
     data = load(args.json)
     args.out.mkdir(parents=True, exist_ok=True)
     by = data["by_scenario"]
@@ -339,6 +753,7 @@ def main(argv: list[str] | None = None) -> int:
     idle, t2 = idle_section(by.get("idle_memory", []), charts)
     slow, t3 = slow_section(by.get("slow_consumer", []), charts)
     micro = micro_section(by.get("micro", []), charts)
+    rooms, t4 = small_rooms_section(by.get("small_rooms", []), data)
     written = draw_charts(charts, args.out)
 
     mi = data.get("machine_info", {})
@@ -356,13 +771,17 @@ def main(argv: list[str] | None = None) -> int:
         "Numbers from one noisy shared machine: compare ratios within this run, not absolute "
         "values across runs.", "",
     ]
-    targets = t1 + t2 + t3
+    targets = t1 + t2 + t3 + t4
     tsec = (["## Targets", "", "| target | measured | verdict |", "|---|---|---|", *targets, ""]
             if targets else [])
     charts_md = ["## Charts", "", *[f"![{w}]({w})" for w in written], ""] if written else []
-    report = "\n".join(head + tsec + [fan, idle, slow, micro] + charts_md)
+    report = "\n".join([*head, contestants_section(data), *tsec,
+                        fan, rooms, idle, slow, micro, *charts_md])
     (args.out / "REPORT.md").write_text(report)
     print(f"wrote {args.out / 'REPORT.md'} and {len(written)} chart(s)")
+    if args.readme is not None:
+        rewrite_readme(args.readme, readme_block(data, targets, args.json[0]))
+        print(f"rewrote the performance block of {args.readme}")
     return 0
 
 

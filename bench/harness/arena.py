@@ -13,6 +13,8 @@ a byte raises :class:`PhaseFailed`: a lossy run is a failed run, not a fast one.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib.util
 import json
 import math
 import os
@@ -24,7 +26,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,8 @@ __all__ = [
 HERE = Path(__file__).resolve().parent
 BENCH_DIR = HERE.parent
 SERVER_MAIN = HERE / "server_main.py"
+NODE_DIR = BENCH_DIR / "node"
+NODE_SERVER = NODE_DIR / "fanout_server.js"
 CLIENT_WORKER = HERE / "client_worker.py"
 FLOOR_SOURCE = BENCH_DIR / "floor.c"
 
@@ -66,6 +70,15 @@ class ContestantSpec:
     options: tuple[tuple[str, str], ...] = ()
     expect_implementation: str | None = None  # checked against the server's info
     needs: str | None = None  # module that must import for this contestant to run
+    rooms: bool = False  # the server process speaks ROOMS / BCASTROOMS
+    # Why this contestant cannot run here (None: it can); for non-Python servers.
+    probe: Callable[[], str | None] | None = None
+
+    def absent_reason(self) -> str | None:
+        """Why this contestant cannot run on this machine, or None if it can."""
+        if self.needs and importlib.util.find_spec(self.needs) is None:
+            return f"{self.needs} is not importable: install it to run {self.id}"
+        return self.probe() if self.probe is not None else None
 
     def with_options(self, **options: Any) -> ContestantSpec:
         merged = dict(self.options)
@@ -80,17 +93,49 @@ CONTESTANT_SPECS: tuple[ContestantSpec, ...] = (
     ContestantSpec(
         "reinhardt-cy", "reinhardt",
         env=(("REINHARDT_WS_NO_EXTENSIONS", None),),
-        expect_implementation="cython", needs="reinhardt_ws",
+        expect_implementation="cython", needs="reinhardt_ws", rooms=True,
     ),
     ContestantSpec(
         "reinhardt-py", "reinhardt",
         env=(("REINHARDT_WS_NO_EXTENSIONS", "1"),),
-        expect_implementation="python", needs="reinhardt_ws",
+        expect_implementation="python", needs="reinhardt_ws", rooms=True,
     ),
-    ContestantSpec("picows", "picows", needs="picows"),
-    ContestantSpec("websockets", "websockets", needs="websockets"),
-    ContestantSpec("aiohttp", "aiohttp", needs="aiohttp"),
+    ContestantSpec("picows", "picows", needs="picows", rooms=True),
+    ContestantSpec("websockets", "websockets", needs="websockets", rooms=True),
+    ContestantSpec("aiohttp", "aiohttp", needs="aiohttp", rooms=True),
+    ContestantSpec("node-ws", "node", rooms=True, probe=lambda: node_absent_reason()),
 )
+
+
+@functools.cache
+def node_absent_reason() -> str | None:
+    """Why Node's ``ws`` + ``bufferutil`` (pinned in bench/node/package.json) cannot
+    run here, or None: ``node`` on PATH, both packages installed at the pinned versions
+    (``npm ci`` in bench/node), bufferutil's native module loads."""
+    node = shutil.which("node")
+    if node is None:
+        return "node is not on PATH"
+    pinned = json.loads((NODE_DIR / "package.json").read_text())["dependencies"]
+    script = (
+        "const want = JSON.parse(process.argv[1]); const got = {};"
+        "for (const name of Object.keys(want)) {"
+        "  try { got[name] = require(name + '/package.json').version; require(name); }"
+        "  catch (e) { got[name] = 'missing: ' + String(e.message).split('\\n')[0]; } }"
+        "process.stdout.write(JSON.stringify(got));"
+    )
+    try:
+        proc = subprocess.run([node, "-e", script, json.dumps(pinned)], cwd=NODE_DIR,
+                              capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"node does not run: {exc}"
+    if proc.returncode != 0:
+        return f"node failed: {proc.stderr.strip()[:300]}"
+    got = json.loads(proc.stdout)
+    wrong = [f"{name} {got.get(name)} (pinned {version})" for name, version in pinned.items()
+             if got.get(name) != version]
+    if wrong:
+        return f"{', '.join(wrong)}: run `npm ci` in bench/node"
+    return None
 
 
 def build_floor(out_dir: Path) -> Path:
@@ -298,6 +343,7 @@ class Arena:
         self.rss_empty = 0  # server RSS, listening, no client
         self.rss_connected = 0  # server RSS with n idle clients
         self.connect_s = 0.0
+        self.room_count = 0  # after set_rooms(k): k
 
     # -- life cycle -----------------------------------------------------------------
 
@@ -312,6 +358,12 @@ class Arena:
             if self.floor_binary is None:
                 raise BenchError("the floor binary was not built")
             return [str(self.floor_binary)], env
+        if self.spec.server == "node":
+            node = shutil.which("node") or "node"
+            argv = [node, "--expose-gc", str(NODE_SERVER)]
+            for key, value in self.spec.options:
+                argv += [f"--{key}", value]
+            return argv, env
         argv = [sys.executable, str(SERVER_MAIN), "--contestant", self.spec.server,
                 "--loop", self.loop]
         for key, value in self.spec.options:
@@ -404,6 +456,16 @@ class Arena:
         self.clients[0].expect("OK", 30)
         self.stalled += k
 
+    def set_rooms(self, k: int) -> None:
+        """Partition the open connections into *k* rooms (``ROOMS k``: connection i in
+        accept order joins room i % k); for :meth:`phase` with ``to_rooms=True``."""
+        if not self.spec.rooms:
+            raise BenchError(f"{self.spec.id} does not speak ROOMS")
+        assert self.server is not None
+        self.server.send(f"ROOMS {k}")
+        self.server.expect("OK", 300)
+        self.room_count = k
+
     def reset_peak_rss(self) -> bool:
         """Reset the server's VmHWM to its current RSS (Linux >= 4.0); False if refused."""
         assert self.server is not None
@@ -427,29 +489,36 @@ class Arena:
         timeout: float,
         stall_timeout: float = 15.0,
         sample_rss: bool = False,
+        to_rooms: bool = False,
     ) -> PhaseResult:
         """Broadcast *messages* messages of *size* bytes, *batch* per loop iteration.
 
+        With *to_rooms* (after :meth:`set_rooms`), message j goes to room j % k only
+        (``BCASTROOMS``): every socket then receives messages / k frames.
         Returns the measurements; raises :class:`PhaseFailed` when a client is short.
         """
         if self.broken or self.server is None:
             raise BenchError("this arena is broken; start a new one")
         if messages % batch:
             raise ValueError("messages must be a multiple of batch")
+        if to_rooms and (not self.room_count or messages % self.room_count):
+            raise ValueError("to_rooms needs set_rooms(k) first and messages a multiple of k")
         try:
-            return self._phase(messages, size, batch, timeout, stall_timeout, sample_rss)
+            return self._phase(messages, size, batch, timeout, stall_timeout, sample_rss,
+                               to_rooms)
         except BaseException:
             self.broken = True
             raise
 
     def _phase(
         self, messages: int, size: int, batch: int, timeout: float, stall_timeout: float,
-        sample_rss: bool,
+        sample_rss: bool, to_rooms: bool = False,
     ) -> PhaseResult:
         server = self.server
         assert server is not None
         healthy = self.n - self.stalled
-        nbytes = messages * wire.frame_len(size)
+        per_socket = messages // self.room_count if to_rooms else messages
+        nbytes = per_socket * wire.frame_len(size)
         rss_before = self.rss()["VmRSS"]
         cpu0 = self.server_cpu()
         for c in self.clients:
@@ -457,7 +526,7 @@ class Arena:
         for c in self.clients:
             c.expect("ARMED", 30)
         t0 = time.perf_counter()
-        server.send(f"BCAST {messages} {size} {batch}")
+        server.send(f"{'BCASTROOMS' if to_rooms else 'BCAST'} {messages} {size} {batch}")
 
         sent: list[str] | None = None
         outcomes: dict[str, list[str]] = {}
@@ -522,7 +591,7 @@ class Arena:
         delivered, dropped, failed = (int(x) for x in sent[1:4]) if sent else (0, 0, 0)
         result = PhaseResult(
             contestant=self.spec.id, n=healthy, size=size, batch=batch, messages=messages,
-            deliveries=healthy * messages, cpu_s=cpu1 - cpu0, wall_s=t_last - t0,
+            deliveries=healthy * per_socket, cpu_s=cpu1 - cpu0, wall_s=t_last - t0,
             send_wall_s=float(sent[0]) if sent else math.nan,
             complete=not reasons, delivered=delivered, dropped=dropped, failed=failed,
             short_sockets=short, missing_bytes=missing, client_cpu_s=client_cpu,

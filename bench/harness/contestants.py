@@ -7,7 +7,12 @@ lazily so a missing one only disables its own contestant.
 Every contestant defines one broadcast *iteration* identically: ``batch`` calls of
 its broadcast, then ``await asyncio.sleep(0)`` (one pass of the event loop).
 ``batch=1`` is "one broadcast per loop iteration", ``batch=8`` "8 broadcasts to the
-same room per iteration".  No contestant checks per-connection backpressure beyond
+same room per iteration".
+
+Rooms (``set_rooms``/``run_rooms``, the ``ROOMS`` and ``BCASTROOMS`` commands): the
+open connections, in accept order, are dealt into k rooms (connection i into room
+i % k), each in the library's own idiom; message j then goes to room j % k only.
+No contestant checks per-connection backpressure beyond
 what its library does itself; what each library does is noted on its class.
 """
 
@@ -42,6 +47,14 @@ class Contestant:
         Returns (delivered, dropped, failed) as far as the library reports them.
         """
         raise NotImplementedError
+
+    async def set_rooms(self, k: int) -> None:
+        """Deal the open connections, in accept order, into *k* rooms (i into i % k)."""
+        raise NotImplementedError(f"{self.name} has no rooms")
+
+    async def run_rooms(self, payload: bytes, messages: int, batch: int) -> tuple[int, int, int]:
+        """Like :meth:`run`, but message j goes to room j % k only."""
+        raise NotImplementedError(f"{self.name} has no rooms")
 
     async def stop(self) -> None:
         pass
@@ -105,6 +118,32 @@ class PicowsLoop(Contestant):
             await asyncio.sleep(0)
         return delivered - failed, 0, failed
 
+    async def set_rooms(self, k: int) -> None:
+        self.rooms: list[list[Any]] = [[] for _ in range(k)]
+        for i, transport in enumerate(self.conns):
+            self.rooms[i % k].append(transport)
+
+    async def run_rooms(self, payload: bytes, messages: int, batch: int) -> tuple[int, int, int]:
+        from picows import WSMsgType
+
+        binary = WSMsgType.BINARY
+        rooms = self.rooms
+        k = len(rooms)
+        delivered = failed = 0
+        j = 0
+        for _ in range(messages // batch):
+            for _ in range(batch):
+                members = rooms[j % k]
+                j += 1
+                for transport in members:
+                    try:
+                        transport.send(binary, payload)
+                    except Exception:
+                        failed += 1
+                delivered += len(members)
+            await asyncio.sleep(0)
+        return delivered - failed, 0, failed
+
     async def stop(self) -> None:
         self.server.close()
 
@@ -128,15 +167,15 @@ class WebsocketsBroadcast(Contestant):
     async def start(self, host: str) -> int:
         from websockets.asyncio.server import serve
 
-        conns: set[Any] = set()
+        conns: dict[Any, None] = {}  # a dict: insertion (accept) order, for set_rooms
         self.conns = conns
 
         async def handler(ws: Any) -> None:
-            conns.add(ws)
+            conns[ws] = None
             try:
                 await ws.wait_closed()
             finally:
-                conns.discard(ws)
+                conns.pop(ws, None)
 
         self.server = await serve(handler, host, 0, ping_interval=None, compression=None)
         return int(self.server.sockets[0].getsockname()[1])
@@ -156,6 +195,31 @@ class WebsocketsBroadcast(Contestant):
                 except Exception as group:  # ExceptionGroup (3.11+ or the backport)
                     failed += len(getattr(group, "exceptions", (group,)))
                 delivered += len(conns)
+            await asyncio.sleep(0)
+        return delivered - failed, 0, failed
+
+    async def set_rooms(self, k: int) -> None:
+        # A set per room, as a websockets application keeps them.
+        self.rooms: list[set[Any]] = [set() for _ in range(k)]
+        for i, ws in enumerate(self.conns):
+            self.rooms[i % k].add(ws)
+
+    async def run_rooms(self, payload: bytes, messages: int, batch: int) -> tuple[int, int, int]:
+        from websockets.asyncio.server import broadcast
+
+        rooms = self.rooms
+        k = len(rooms)
+        delivered = failed = 0
+        j = 0
+        for _ in range(messages // batch):
+            for _ in range(batch):
+                members = rooms[j % k]
+                j += 1
+                try:
+                    broadcast(members, payload, raise_exceptions=True)
+                except Exception as group:
+                    failed += len(getattr(group, "exceptions", (group,)))
+                delivered += len(members)
             await asyncio.sleep(0)
         return delivered - failed, 0, failed
 
@@ -184,19 +248,19 @@ class AiohttpLoop(Contestant):
     async def start(self, host: str) -> int:
         from aiohttp import web
 
-        conns: set[Any] = set()
+        conns: dict[Any, None] = {}  # a dict: insertion (accept) order, for set_rooms
         self.conns = conns
 
         async def handler(request: Any) -> Any:
             # heartbeat=None (the default): no pings to spoil the byte counts.
             ws = web.WebSocketResponse(heartbeat=None)
             await ws.prepare(request)
-            conns.add(ws)
+            conns[ws] = None
             try:
                 async for _msg in ws:
                     pass
             finally:
-                conns.discard(ws)
+                conns.pop(ws, None)
             return ws
 
         app = web.Application()
@@ -216,6 +280,29 @@ class AiohttpLoop(Contestant):
         for _ in range(messages // batch):
             for _ in range(batch):
                 for ws in tuple(conns):
+                    try:
+                        await ws.send_bytes(payload)
+                        delivered += 1
+                    except Exception:
+                        failed += 1
+            await asyncio.sleep(0)
+        return delivered, 0, failed
+
+    async def set_rooms(self, k: int) -> None:
+        self.rooms: list[list[Any]] = [[] for _ in range(k)]
+        for i, ws in enumerate(self.conns):
+            self.rooms[i % k].append(ws)
+
+    async def run_rooms(self, payload: bytes, messages: int, batch: int) -> tuple[int, int, int]:
+        rooms = self.rooms
+        k = len(rooms)
+        delivered = failed = 0
+        j = 0
+        for _ in range(messages // batch):
+            for _ in range(batch):
+                members = rooms[j % k]
+                j += 1
+                for ws in tuple(members):
                     try:
                         await ws.send_bytes(payload)
                         delivered += 1
@@ -250,15 +337,18 @@ class Reinhardt(Contestant):
         rooms = RoomManager()
         self.rooms = rooms
         self.connected = 0
+        self.conns: dict[Any, None] = {}  # accept order, for set_rooms
         outer = self
 
         class Handler(WebSocketHandler):  # type: ignore[misc]
             async def on_connect(self, conn: Any) -> None:
                 await rooms.join("bench", conn)
                 outer.connected += 1
+                outer.conns[conn] = None
 
             async def on_disconnect(self, conn: Any) -> None:
                 outer.connected -= 1
+                outer.conns.pop(conn, None)
 
         # No pings: a ping frame would be an unexpected byte for the counting clients.
         kwargs: dict[str, Any] = {"ping_interval": None}
@@ -281,6 +371,28 @@ class Reinhardt(Contestant):
                 delivered += result.delivered
                 dropped += result.dropped
                 failed += len(result.failed)  # ids of the members that failed
+            await asyncio.sleep(0)
+        return delivered, dropped, failed
+
+    async def set_rooms(self, k: int) -> None:
+        # Each connection also stays in "bench"; room names are made once, here.
+        self.room_names = [f"room-{r}" for r in range(k)]
+        for i, conn in enumerate(tuple(self.conns)):
+            await self.rooms.join(self.room_names[i % k], conn)
+
+    async def run_rooms(self, payload: bytes, messages: int, batch: int) -> tuple[int, int, int]:
+        broadcast = self.rooms.broadcast
+        names = self.room_names
+        k = len(names)
+        delivered = dropped = failed = 0
+        j = 0
+        for _ in range(messages // batch):
+            for _ in range(batch):
+                result = await broadcast(names[j % k], payload)
+                j += 1
+                delivered += result.delivered
+                dropped += result.dropped
+                failed += len(result.failed)
             await asyncio.sleep(0)
         return delivered, dropped, failed
 

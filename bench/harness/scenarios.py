@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -60,12 +59,15 @@ class FloorBuild(NamedTuple):
 
 
 def require(spec: ContestantSpec, floor_build: FloorBuild) -> None:
-    """Fail if the floor cannot be built; skip, with the reason, a contestant whose
-    library is not installed."""
+    """Fail if the floor cannot be built; skip, with the reason, a contestant that
+    cannot run here (library not installed, node or its packages missing).  The
+    reasons also go into the --benchmark-json file (conftest), so report.py names
+    every absent contestant."""
     if spec.server == "floor" and floor_build.path is None:
         pytest.fail(f"the floor could not be built: {floor_build.error}")
-    if spec.needs and importlib.util.find_spec(spec.needs) is None:
-        pytest.skip(f"{spec.needs} is not importable: install it to run {spec.id}")
+    reason = spec.absent_reason()
+    if reason:
+        pytest.skip(f"{spec.id} is absent: {reason}")
 
 
 def messages_for(n: int, deliveries: int) -> int:

@@ -7,6 +7,8 @@ Speaks the same line protocol as floor.c:
   WAIT <n> <timeout>      -> CONNECTED <count>      (when n are connected, or at timeout)
   BCAST <m> <size> <b>    -> SENT <wall_s> <delivered> <dropped> <failed>   (when the loop ends)
   STATS                   -> STATS <utime_s> <stime_s> <maxrss_kb>
+  ROOMS <k>               -> OK                     (connection i in accept order: room i % k)
+  BCASTROOMS <m> <size> <b> -> SENT ...             (like BCAST; message j goes to room j % k only)
   GC                      -> OK                     (gc.collect(), before memory readings)
   QUIT                    -> (exit)
 BCAST runs as a task, so STATS is answered even while a broadcast is stuck.
@@ -50,15 +52,24 @@ async def serve(name: str, options: dict[str, str], loop_name: str) -> None:
             await asyncio.sleep(0.01)
         say(f"CONNECTED {contestant.count()}")
 
-    async def broadcast(m: int, size: int, batch: int) -> None:
+    async def broadcast(m: int, size: int, batch: int, to_rooms: bool = False) -> None:
         payload = wire.make_payload(size)
         t0 = time.perf_counter()
         try:
-            delivered, dropped, failed = await contestant.run(payload, m, batch)
+            run = contestant.run_rooms if to_rooms else contestant.run
+            delivered, dropped, failed = await run(payload, m, batch)
         except Exception as exc:  # report, do not die: the harness fails the run
             say(f"ERROR broadcast raised {type(exc).__name__}: {exc}".replace("\n", " "))
             return
         say(f"SENT {time.perf_counter() - t0:.6f} {delivered} {dropped} {failed}")
+
+    async def set_rooms(k: int) -> None:
+        try:
+            await contestant.set_rooms(k)
+        except Exception as exc:
+            say(f"ERROR ROOMS raised {type(exc).__name__}: {exc}".replace("\n", " "))
+            return
+        say("OK")
 
     def spawn(coro: object) -> None:
         task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
@@ -77,6 +88,11 @@ async def serve(name: str, options: dict[str, str], loop_name: str) -> None:
         elif cmd[0] == "BCAST":
             m, size, batch = int(cmd[1]), int(cmd[2]), int(cmd[3])
             spawn(broadcast(m, size, batch))
+        elif cmd[0] == "BCASTROOMS":
+            m, size, batch = int(cmd[1]), int(cmd[2]), int(cmd[3])
+            spawn(broadcast(m, size, batch, to_rooms=True))
+        elif cmd[0] == "ROOMS":
+            spawn(set_rooms(int(cmd[1])))
         elif cmd[0] == "STATS":
             ru = resource.getrusage(resource.RUSAGE_SELF)
             say(f"STATS {ru.ru_utime:.6f} {ru.ru_stime:.6f} {ru.ru_maxrss}")
