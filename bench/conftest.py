@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 from harness.arena import CONTESTANT_SPECS, ArenaPool, ContestantSpec, build_floor
-from harness.scenarios import FloorBuild, base_spec
+from harness.scenarios import ABSENT, FloorBuild, base_spec
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -40,6 +40,7 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
     ("max-write-buffer", "BENCH_MAX_WRITE_BUFFER", 1 << 20,
      "reinhardt max_write_buffer in the slow-consumer scenario"),
     ("clients-per-process", "BENCH_CLIENTS_PER_PROCESS", 2500, "sockets per client process"),
+    ("compression-n", "BENCH_COMPRESSION_N", 1000, "room size in test_compression.py"),
     ("client-poll", "BENCH_CLIENT_POLL", 0.001,
      "seconds a client sleeps between non-blocking polls during a phase (0: block in epoll)"),
 ]
@@ -83,6 +84,7 @@ class BenchConfig:
     max_write_buffer: int
     clients_per_process: int
     client_poll: float
+    compression_n: int
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -127,6 +129,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     kept.sort(key=key)
     items[:] = kept
+
+
+def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list[Any],
+                                 output_json: dict[str, Any]) -> None:
+    """Contestants that could not run (skipped, with the reason) go into the JSON
+    file, so that report.py lists them as absent instead of leaving them out."""
+    output_json["absent"] = dict(sorted(ABSENT.items()))
 
 
 @pytest.fixture(scope="session")

@@ -44,6 +44,7 @@ __all__ = [
 HERE = Path(__file__).resolve().parent
 BENCH_DIR = HERE.parent
 SERVER_MAIN = HERE / "server_main.py"
+SOCKETIFY_MAIN = HERE / "socketify_main.py"  # socketify runs its own loop: its own process
 CLIENT_WORKER = HERE / "client_worker.py"
 FLOOR_SOURCE = BENCH_DIR / "floor.c"
 
@@ -90,6 +91,7 @@ CONTESTANT_SPECS: tuple[ContestantSpec, ...] = (
     ContestantSpec("picows", "picows", needs="picows"),
     ContestantSpec("websockets", "websockets", needs="websockets"),
     ContestantSpec("aiohttp", "aiohttp", needs="aiohttp"),
+    ContestantSpec("socketify", "socketify", needs="socketify"),
 )
 
 
@@ -243,6 +245,8 @@ class PhaseResult:
     rss_before: int = 0
     rss_peak: int = 0  # VmHWM after the phase
     reason: str = ""
+    wire_bytes: int = 0  # deflate mode: bytes of the frames that carried the messages
+    compressed_messages: int = 0  # deflate mode: of the deliveries, those sent compressed
 
     @property
     def cpu_us_per_delivery(self) -> float:
@@ -280,8 +284,16 @@ class Arena:
         verify: bool = True,
         poll_interval: float = 0.0,
         log_dir: Path | None = None,
+        deflate: str = "",
+        payload: str = "binary",
     ) -> None:
+        """*deflate*: the clients offer this Sec-WebSocket-Extensions value and parse
+        frames (the compression benchmark); *payload* is then the kind of message
+        they expect ("json": wire.make_json_payload)."""
         self.spec = spec
+        self.deflate = deflate
+        self.payload = payload
+        self.negotiated = ""  # deflate mode: the 101's Sec-WebSocket-Extensions
         self.n = n
         self.floor_binary = floor_binary
         self.loop = loop
@@ -312,8 +324,11 @@ class Arena:
             if self.floor_binary is None:
                 raise BenchError("the floor binary was not built")
             return [str(self.floor_binary)], env
-        argv = [sys.executable, str(SERVER_MAIN), "--contestant", self.spec.server,
-                "--loop", self.loop]
+        if self.spec.server == "socketify":
+            argv = [sys.executable, str(SOCKETIFY_MAIN), "--loop", self.loop]
+        else:
+            argv = [sys.executable, str(SERVER_MAIN), "--contestant", self.spec.server,
+                    "--loop", self.loop]
         for key, value in self.spec.options:
             argv += ["--option", f"{key}={value}"]
         return argv, env
@@ -356,6 +371,8 @@ class Arena:
                     "--connect-timeout", str(timeout), "--connect-batch", str(max(8, 64 // procs))]
             if not self.verify:
                 argv.append("--no-verify")
+            if self.deflate:
+                argv += ["--deflate", self.deflate]
             if self.poll_interval > 0:
                 argv += ["--poll-interval", str(self.poll_interval)]
             self.clients.append(LineProcess(f"clients{i}-{tag}", argv, client_env, self.log_dir))
@@ -365,6 +382,12 @@ class Arena:
             ready = c.read_line(timeout)
             if not ready.startswith("READY "):
                 raise BenchError(f"{c.name}: {ready}; {self.server.stderr_tail()}")
+            if self.deflate:
+                answer = ready.split(" ", 2)[2] if ready.count(" ") >= 2 else "-"
+                if self.negotiated and answer != self.negotiated:
+                    raise BenchError(f"client processes negotiated {self.negotiated!r} "
+                                     f"and {answer!r}")
+                self.negotiated = answer
         (count_s,) = self.server.expect("CONNECTED", timeout)
         if int(count_s) != self.n:
             raise BenchError(f"{self.spec.id}: server sees {count_s} of {self.n} clients")
@@ -453,7 +476,11 @@ class Arena:
         rss_before = self.rss()["VmRSS"]
         cpu0 = self.server_cpu()
         for c in self.clients:
-            c.send(f"EXPECT {nbytes} {size} {timeout:.1f} {stall_timeout:.1f}")
+            if self.deflate:
+                c.send(f"EXPECTMSG {messages} {size} {self.payload} {timeout:.1f} "
+                       f"{stall_timeout:.1f}")
+            else:
+                c.send(f"EXPECT {nbytes} {size} {timeout:.1f} {stall_timeout:.1f}")
         for c in self.clients:
             c.expect("ARMED", 30)
         t0 = time.perf_counter()
@@ -505,6 +532,7 @@ class Arena:
         short = missing = 0
         reasons: list[str] = []
         client_cpu = 0.0
+        wire_bytes = compressed = 0
         for c in self.clients:
             o = outcomes.get(c.name)
             if o is None:
@@ -512,6 +540,9 @@ class Arena:
                 short += 1
             elif o[0] == "DONE":
                 client_cpu += float(o[1])
+                if self.deflate:
+                    wire_bytes += int(o[2])
+                    compressed += int(o[3])
             else:
                 short += int(o[1])
                 missing += int(o[2])
@@ -528,6 +559,8 @@ class Arena:
             short_sockets=short, missing_bytes=missing, client_cpu_s=client_cpu,
             rss_before=rss_before, rss_peak=max(status["VmHWM"], peak_sampled),
             reason="; ".join(reasons),
+            wire_bytes=wire_bytes if self.deflate else healthy * nbytes,
+            compressed_messages=compressed,
         )
         if not result.complete:
             self.broken = True

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -14,6 +17,7 @@ from . import wire
 from .arena import CONTESTANT_SPECS, ContestantSpec, PhaseResult, median
 
 __all__ = [
+    "ABSENT",
     "BATCHES",
     "CONTESTANT_IDS",
     "CONTESTANT_SPECS",
@@ -24,6 +28,7 @@ __all__ = [
     "SPECS",
     "FloorBuild",
     "base_spec",
+    "import_error",
     "messages_for",
     "phase_timeout",
     "ratios",
@@ -34,7 +39,11 @@ __all__ = [
 NS = (100, 1000, 5000)
 SIZES = (64, 4096)
 BATCHES = (1, 8)  # broadcasts per event-loop iteration; for the floor, frames per send()
-PEERS = ("picows", "websockets", "aiohttp")
+PEERS = ("picows", "websockets", "aiohttp", "socketify")
+
+#: Contestants that could not run in this session, by id, with the reason;
+#: conftest writes it into the --benchmark-json file ("absent") for report.py.
+ABSENT: dict[str, str] = {}
 
 #: Contestants by id.  Tests parametrize over ids (plain strings serialize into the
 #: --benchmark-json file) and look the spec up here.
@@ -65,7 +74,28 @@ def require(spec: ContestantSpec, floor_build: FloorBuild) -> None:
     if spec.server == "floor" and floor_build.path is None:
         pytest.fail(f"the floor could not be built: {floor_build.error}")
     if spec.needs and importlib.util.find_spec(spec.needs) is None:
-        pytest.skip(f"{spec.needs} is not importable: install it to run {spec.id}")
+        reason = f"{spec.needs} is not installed: install it to run {spec.id}"
+        ABSENT[spec.id] = reason
+        pytest.skip(reason)
+    error = import_error(spec.needs) if spec.needs else ""
+    if error:
+        # Installed but does not load (socketify without libuv1, a wrong wheel...).
+        reason = f"{spec.needs} does not import: {error}"
+        ABSENT[spec.id] = reason
+        pytest.skip(reason)
+
+
+@functools.cache
+def import_error(module: str) -> str:
+    """Why *module* fails to import in a fresh interpreter ("" if it imports).
+    A subprocess, so that a native library that crashes on load cannot take the
+    benchmark session with it."""
+    proc = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True,
+                          text=True, timeout=120, check=False)
+    if proc.returncode == 0:
+        return ""
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else f"exit status {proc.returncode}"
 
 
 def messages_for(n: int, deliveries: int) -> int:
