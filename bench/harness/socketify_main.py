@@ -32,6 +32,10 @@ Options (``--option key=value``):
   compression        "shared" (CompressOptions.SHARED_COMPRESSOR) or "off" (default)
   payload            "json" for the compression benchmark's JSON message (text
                      frames), else the binary bench payload
+  driver             "asyncio" (default): socketify's own Loop, as ``App.run()`` runs
+                     it; "libuv": libuv alone (``uv_run``), stdin read on a libuv timer
+                     every ``stdin_poll_ms`` (5) ms, one iteration per libuv iteration
+                     (a cross-check that the asyncio integration is not what costs)
 
 Delivered counts are the subscribers at each publish; uWebSockets reports no
 per-socket outcome of a publish, so dropped and failed are always 0 (a skipped
@@ -86,6 +90,7 @@ def main() -> int:
         say(f"ERROR socketify is not importable: {type(exc).__name__}: {exc}".replace("\n", " "))
         return 2
 
+    driver = options.get("driver", "asyncio")
     compression = options.get("compression", "off")
     kind = options.get("payload", "binary")
     opcode = OpCode.TEXT if kind == "json" else OpCode.BINARY
@@ -201,11 +206,136 @@ def main() -> int:
             task.cancel()
 
     try:
-        # socketify's own integration: asyncio runs, libuv is polled from it.
-        app.loop.run_until_complete(serve())
+        if driver == "asyncio":
+            # socketify's own integration (what App.run() does): asyncio runs, and
+            # polls libuv (run_nowait) every iteration while busy.
+            app.loop.run_until_complete(serve())
+        else:
+            serve_on_libuv(app, conns, rooms, bound[0], options, say_info=lambda: {
+                "loop": "libuv (socketify's uv loop run directly)", "version": _version(),
+                "compression": compression, "max_backpressure": behavior["max_backpressure"],
+                "payload": kind}, kind=kind, opcode=opcode, compress=compress)
     finally:
         app.close()
     return 0
+
+
+def serve_on_libuv(app: Any, conns: dict[int, Any], rooms: list[str], port: int,
+                   options: dict[str, str], say_info: Any, kind: str, opcode: int,
+                   compress: bool) -> None:
+    """The same protocol with libuv alone in charge (no asyncio): libuv blocks in
+    epoll when there is nothing to do, a 2 ms libuv timer reads stdin without
+    blocking, and a broadcast iteration is one libuv timer callback (``batch``
+    publishes) re-armed at 0 ms, so that libuv polls and uWebSockets drains its
+    topic tree (its post-poll handler) between iterations."""
+    uv = app.loop.uv_loop
+    os.set_blocking(sys.stdin.fileno(), False)
+    say(f"PORT {port} {json.dumps(say_info())}")
+    state: dict[str, Any] = {"buf": b"", "waits": [], "next": None, "armed": False}
+    keep: list[Any] = []  # timers stay referenced until they have fired and a later one runs
+
+    def later(ms: int, fn: Any) -> None:
+        keep.append(uv.create_timer(ms, 0, lambda _data: fn(), None))
+        if len(keep) > 4:
+            del keep[:-4]
+
+    def run_broadcast(m: int, size: int, batch: int, by_room: bool) -> None:
+        payload = payload_for(size, kind)
+        k = len(rooms)
+        if by_room and (k == 0 or m % k):
+            say(f"ERROR BCASTROOMS needs ROOMS first and m a multiple of k (k={k})")
+            return
+        sizes = [app.num_subscribers(topic) for topic in rooms] if by_room else []
+        everyone = len(conns)
+        publish = app.publish
+        progress = {"left": m // batch, "delivered": 0, "j": 0}
+        t0 = time.perf_counter()
+
+        def iteration() -> None:
+            state["armed"] = False
+            for _ in range(batch):
+                if by_room:
+                    j = progress["j"]
+                    publish(rooms[j % k], payload, opcode, compress)
+                    progress["delivered"] += sizes[j % k]
+                    progress["j"] = j + 1
+                else:
+                    publish("bench", payload, opcode, compress)
+                    progress["delivered"] += everyone
+            progress["left"] -= 1
+            if progress["left"] <= 0:
+                state["next"] = None
+                say(f"SENT {time.perf_counter() - t0:.6f} {progress['delivered']} 0 0")
+
+        if progress["left"] > 0:
+            state["next"] = iteration
+            arm()
+        else:
+            say("SENT 0.0 0 0 0")
+
+    def arm() -> None:
+        # A 0 ms timer armed here fires in the *next* libuv iteration (one armed
+        # from a timer callback would fire in the same timer pass), and its being
+        # due keeps that iteration's poll from blocking.
+        if state["next"] is not None and not state["armed"]:
+            state["armed"] = True
+            later(0, state["next"])
+
+    def on_check(_data: Any) -> None:  # after every poll (uWS drained its topics already
+        arm()                           # or does so in this same check phase)
+
+    def poll(_data: Any) -> None:
+        now = time.monotonic()
+        for w in list(state["waits"]):
+            n, deadline = w
+            if len(conns) >= n or now > deadline:
+                say(f"CONNECTED {len(conns)}")
+                state["waits"].remove(w)
+        try:
+            chunk = os.read(sys.stdin.fileno(), 65536)
+        except BlockingIOError:
+            return
+        if not chunk:
+            uv.stop()
+            return
+        state["buf"] += chunk
+        while b"\n" in state["buf"]:
+            raw, state["buf"] = state["buf"].split(b"\n", 1)
+            cmd = raw.decode().split()
+            if not cmd:
+                continue
+            if cmd[0] == "WAIT":
+                timeout = float(cmd[2]) if len(cmd) > 2 else 60.0
+                state["waits"].append((int(cmd[1]), now + timeout))
+            elif cmd[0] in ("BCAST", "BCASTROOMS"):
+                run_broadcast(int(cmd[1]), int(cmd[2]), int(cmd[3]), cmd[0] == "BCASTROOMS")
+            elif cmd[0] == "ROOMS":
+                k = int(cmd[1])
+                for topic in rooms:
+                    for ws in conns.values():
+                        ws.unsubscribe(topic)
+                rooms[:] = [f"room{j}" for j in range(k)]
+                for i, ws in enumerate(conns.values()):
+                    ws.subscribe(rooms[i % k])
+                say("OK")
+            elif cmd[0] == "STATS":
+                ru = resource.getrusage(resource.RUSAGE_SELF)
+                say(f"STATS {ru.ru_utime:.6f} {ru.ru_stime:.6f} {ru.ru_maxrss}")
+            elif cmd[0] == "GC":
+                gc.collect()
+                say("OK")
+            elif cmd[0] == "QUIT":
+                uv.stop()
+                return
+            else:
+                say(f"ERROR unknown command {cmd[0]}")
+
+    interval = int(options.get("stdin_poll_ms", 5))
+    stdin_timer = uv.create_timer(interval, interval, poll, None)
+    check = uv.create_check(on_check, None)
+    uv.run()
+    check.stop()
+    stdin_timer.stop()
 
 
 def _version() -> str:
