@@ -41,6 +41,7 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
     ("max-write-buffer", "BENCH_MAX_WRITE_BUFFER", 1 << 20,
      "reinhardt max_write_buffer in the slow-consumer scenario"),
     ("clients-per-process", "BENCH_CLIENTS_PER_PROCESS", 2500, "sockets per client process"),
+    ("compression-n", "BENCH_COMPRESSION_N", 1000, "room size in test_compression.py"),
     ("client-poll", "BENCH_CLIENT_POLL", 0.001,
      "seconds a client sleeps between non-blocking polls during a phase (0: block in epoll)"),
 ]
@@ -84,6 +85,7 @@ class BenchConfig:
     max_write_buffer: int
     clients_per_process: int
     client_poll: float
+    compression_n: int
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -91,8 +91,9 @@ def load(paths: list[Path]) -> dict[str, Any]:
     """Read one or more --benchmark-json files (later files add to the first)."""
     data = json.loads(paths[0].read_text())
     for extra in paths[1:]:
-        data["benchmarks"] = data.get("benchmarks", []) + json.loads(extra.read_text()).get(
-            "benchmarks", [])
+        more = json.loads(extra.read_text())
+        data["benchmarks"] = data.get("benchmarks", []) + more.get("benchmarks", [])
+        data["absent"] = {**data.get("absent", {}), **more.get("absent", {})}
     by_scenario: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for bench in data.get("benchmarks", []):
         info = dict(bench.get("extra_info", {}))
@@ -669,6 +670,66 @@ def rewrite_readme(readme: Path, block: str) -> None:
     readme.write_text(text[:section.start(1)] + new_body + text[section.end(1):])
 
 
+# -- compression -------------------------------------------------------------------------
+COMPRESSION_ORDER = ["reinhardt-cy-deflate", "reinhardt-cy-plain", "reinhardt-py-deflate",
+                     "websockets-deflate", "websockets-deflate-nct", "socketify-shared"]
+
+
+def compression_section(rows: list[dict[str, Any]]) -> tuple[str, list[str]]:
+    """test_compression.py: the table, and the three targets of issue 12."""
+    if not rows:
+        return "", []
+    by = {r["contestant"]: r for r in rows}
+
+    def rank(name: str) -> int:
+        return COMPRESSION_ORDER.index(name) if name in COMPRESSION_ORDER else 99
+
+    table = []
+    for name in sorted(by, key=rank):
+        r = by[name]
+        table.append([
+            name, fmt(r.get("cpu_us_per_delivery"), ".2f"),
+            fmt(r.get("cpu_ratio_to_plain_paired"), ".2f", "x"),
+            fmt(r.get("wire_bytes_per_delivery"), ",.0f"),
+            f"{r.get('compressed_deliveries', 0):,} / {r.get('delivered', 0):,}",
+            f"`{r.get('negotiated', '?')}`", "yes" if r.get("complete") else "**NO**",
+        ])
+    r0 = rows[0]
+    text = "\n".join([
+        f"## Compression (N = {r0.get('n')}, {r0.get('size')} B JSON, one broadcast per "
+        "iteration)", "",
+        f"The clients offer `{r0.get('offer')}`, inflate every compressed message and compare "
+        "it with the payload.  *x plain*: CPU per delivery over reinhardt-cy with "
+        "compression=None, paired (its rounds alternate with this one's).  *wire B*: bytes of "
+        "the frames per delivery.", "",
+        md_table(["variant", "CPU us/delivery", "x plain (paired)", "wire B/delivery",
+                  "compressed", "negotiated", "complete"], table), ""])
+    targets: list[str] = []
+    ours = by.get("reinhardt-cy-deflate")
+    if ours is None:
+        return text, targets
+    done = bool(ours.get("complete"))
+    ratio = ours.get("cpu_ratio_to_plain_paired", math.nan)
+    ok = None if ratio is None or math.isnan(ratio) else ratio <= 1.3 and done
+    targets.append(f"| compression, N={ours.get('n')}: reinhardt-cy compressed CPU/delivery <= "
+                   f"1.3x uncompressed | {fmt(ratio, '.2f', 'x')} | {verdict(ok)} |")
+    ws = by.get("websockets-deflate")
+    if ws is not None:
+        less = ws["cpu_us_per_delivery"] / ours["cpu_us_per_delivery"]
+        ok = None if math.isnan(less) else less >= 10 and done and bool(ws.get("complete"))
+        targets.append(f"| compression: >= 10x less CPU/delivery than websockets' compressed "
+                       f"broadcast | {fmt(less, '.1f', 'x')} less | {verdict(ok)} |")
+    nct = by.get("websockets-deflate-nct")
+    if nct is not None:
+        mine, theirs = ours["wire_bytes_per_delivery"], nct["wire_bytes_per_delivery"]
+        ok = None if math.isnan(mine) or math.isnan(theirs) else mine <= theirs and done
+        targets.append(f"| compression: wire bytes/delivery <= websockets no-context-takeover "
+                       f"({fmt(theirs, ',.0f')} B) | {fmt(mine, ',.0f')} B | {verdict(ok)} |")
+    return text, targets
+
+
+
+
 # -- charts ------------------------------------------------------------------------------
 def draw_charts(charts: dict[str, Any], out: Path) -> list[str]:
     try:
@@ -754,6 +815,7 @@ def main(argv: list[str] | None = None) -> int:
     slow, t3 = slow_section(by.get("slow_consumer", []), charts)
     micro = micro_section(by.get("micro", []), charts)
     rooms, t4 = small_rooms_section(by.get("small_rooms", []), data)
+    comp, t5 = compression_section(by.get("compression", []))
     written = draw_charts(charts, args.out)
 
     mi = data.get("machine_info", {})
@@ -771,12 +833,12 @@ def main(argv: list[str] | None = None) -> int:
         "Numbers from one noisy shared machine: compare ratios within this run, not absolute "
         "values across runs.", "",
     ]
-    targets = t1 + t2 + t3 + t4
+    targets = t1 + t2 + t3 + t4 + t5
     tsec = (["## Targets", "", "| target | measured | verdict |", "|---|---|---|", *targets, ""]
             if targets else [])
     charts_md = ["## Charts", "", *[f"![{w}]({w})" for w in written], ""] if written else []
     report = "\n".join([*head, contestants_section(data), *tsec,
-                        fan, rooms, idle, slow, micro, *charts_md])
+                        fan, rooms, idle, slow, comp, micro, *charts_md])
     (args.out / "REPORT.md").write_text(report)
     print(f"wrote {args.out / 'REPORT.md'} and {len(written)} chart(s)")
     if args.readme is not None:

@@ -66,6 +66,9 @@ def test_slow_consumer(benchmark, arena_pool: ArenaPool, bench_config, floor_bui
     max_write_buffer = bench_config.max_write_buffer
     if spec.server == "reinhardt":
         spec = spec.with_options(max_write_buffer=max_write_buffer)
+    elif spec.server == "socketify":
+        # uWebSockets' own limit: above it a publish skips the socket (drops).
+        spec = spec.with_options(max_backpressure=max_write_buffer)
     messages, size = bench_config.slow_messages, bench_config.slow_size
     deliveries = SLOW_HEALTHY * messages
     arena: Arena = arena_pool.fresh(spec, SLOW_HEALTHY + 1)
@@ -92,6 +95,7 @@ def test_slow_consumer(benchmark, arena_pool: ArenaPool, bench_config, floor_bui
         messages=messages, size=size, loop=bench_config.loop, server_info=arena.info,
         policy=dict(spec.options).get("slow_consumer", ""),
         max_write_buffer=max_write_buffer if spec.server == "reinhardt" else None,
+        max_backpressure=max_write_buffer if spec.server == "socketify" else None,
         healthy_complete=r.complete, short_sockets=r.short_sockets, missing_bytes=r.missing_bytes,
         healthy_completeness=1 - r.missing_bytes / (deliveries * wire.frame_len(size)),
         send_loop_finished=r.send_wall_s == r.send_wall_s,  # NaN when it never finished

@@ -5,14 +5,24 @@
 - Framing: ``build_frame(opcode, payload)`` of each implementation, 64 B and 4 KiB.
 - Rooms: ``RoomManager.join`` then ``leave`` of 200 real server-side connections
   (a reinhardt server on loopback, raw clients), per implementation.
+- Compression (where it runs): the 4 KiB JSON of test_compression.py deflated with
+  the server's default parameters (12-bit window, memLevel 5, level 6) by the room
+  fan-out's ``SharedCompressor`` (one zlib stream per parameter set, reused, full
+  flush per message), by the same stream called bare (what calling zlib without
+  our Python wrapper would cost), by a fresh ``compressobj`` per message, by
+  one-shot ``zlib.compress``, by ``compressed_frame`` (split, compress, frame: the
+  whole per-broadcast step), and handed to a worker thread (zlib releases the GIL)
+  with ``run_in_executor``, against the same calls inline on the loop.
 Per-operation times are in the report (``extra_info["ops_per_call"]``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -136,4 +146,79 @@ def test_room_join_leave(benchmark, implementation: str, bench_config) -> None:
         finally:
             loop.run_until_complete(stop(server, writers))
     finally:
+        loop.close()
+
+
+COMPRESS_WAYS = ("shared-compressor", "bare-compressobj", "fresh-compressobj",
+                 "zlib.compress", "compressed_frame")
+
+
+@pytest.mark.parametrize("way", COMPRESS_WAYS)
+def test_compress_4k(benchmark, way: str) -> None:
+    from reinhardt_ws.protocol.extensions.permessage_deflate import SharedCompressor
+    from reinhardt_ws.rooms._compression import compressed_frame
+
+    payload = wire.make_json_payload(4096)
+    shared = SharedCompressor(12, 5, 6, 128)
+    bare = zlib.compressobj(6, zlib.DEFLATED, -12, 5)
+
+    def bare_call(data: bytes) -> bytes:
+        return (bare.compress(data) + bare.flush(zlib.Z_FULL_FLUSH))[:-4]
+
+    def fresh_call(data: bytes) -> bytes:
+        c = zlib.compressobj(6, zlib.DEFLATED, -12, 5)
+        return (c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+    def oneshot(data: bytes) -> bytes:
+        return zlib.compress(data, 6, -12)  # ends in a final block: no 00 00 ff ff to cut
+
+    frame = _fanout.build_frame(0x1, payload)
+    fn: Any = {"shared-compressor": shared.compress, "bare-compressobj": bare_call,
+               "fresh-compressobj": fresh_call, "zlib.compress": oneshot,
+               "compressed_frame": lambda data: compressed_frame(frame, shared)}[way]
+    benchmark.group = "compress 4 KiB JSON (once per broadcast)"
+    benchmark.extra_info.update(scenario="micro", way=way, size=len(payload))
+    out = benchmark(fn, payload)
+    body = out[4:] if way == "compressed_frame" else out  # 4-byte frame header
+    inflated = zlib.decompressobj(-15).decompress(bytes(body) + b"\x00\x00\xff\xff")
+    assert inflated == payload
+    assert len(body) < len(payload) // 2
+
+
+OFFLOAD_CALLS = 100
+
+
+@pytest.mark.parametrize("where", ["inline", "worker-thread"])
+def test_compress_offload(benchmark, where: str, bench_config) -> None:
+    """100 broadcasts' compression one after another on the event loop: inline, or
+    each handed to a thread pool and awaited (zlib releases the GIL, so the loop
+    could serve other connections meanwhile; the cost is the hand-off)."""
+    from reinhardt_ws.protocol.extensions.permessage_deflate import SharedCompressor
+
+    if bench_config.loop == "uvloop":
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    payload = wire.make_json_payload(4096)
+    shared = SharedCompressor(12, 5, 6, 128)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+
+    async def inline() -> None:
+        for _ in range(OFFLOAD_CALLS):
+            shared.compress(payload)
+
+    async def offloaded() -> None:
+        for _ in range(OFFLOAD_CALLS):
+            await loop.run_in_executor(pool, shared.compress, payload)
+
+    body = inline if where == "inline" else offloaded
+    benchmark.group = "compress 4 KiB JSON: inline vs worker thread"
+    benchmark.extra_info.update(scenario="micro", where=where, ops_per_call=OFFLOAD_CALLS)
+    try:
+        benchmark.pedantic(lambda: loop.run_until_complete(body()), rounds=30, iterations=1,
+                           warmup_rounds=2)
+    finally:
+        pool.shutdown()
         loop.close()

@@ -48,6 +48,7 @@ BENCH_DIR = HERE.parent
 SERVER_MAIN = HERE / "server_main.py"
 NODE_DIR = BENCH_DIR / "node"
 NODE_SERVER = NODE_DIR / "fanout_server.js"
+SOCKETIFY_MAIN = HERE / "socketify_main.py"  # socketify runs its own loop: its own process
 CLIENT_WORKER = HERE / "client_worker.py"
 FLOOR_SOURCE = BENCH_DIR / "floor.c"
 
@@ -104,6 +105,8 @@ CONTESTANT_SPECS: tuple[ContestantSpec, ...] = (
     ContestantSpec("websockets", "websockets", needs="websockets", rooms=True),
     ContestantSpec("aiohttp", "aiohttp", needs="aiohttp", rooms=True),
     ContestantSpec("node-ws", "node", rooms=True, probe=lambda: node_absent_reason()),
+    ContestantSpec("socketify", "socketify", needs="socketify", rooms=True,
+                   probe=lambda: socketify_absent_reason()),
 )
 
 
@@ -136,6 +139,19 @@ def node_absent_reason() -> str | None:
     if wrong:
         return f"{', '.join(wrong)}: run `npm ci` in bench/node"
     return None
+
+
+@functools.cache
+def socketify_absent_reason() -> str | None:
+    """Why socketify, installed, does not load (no libuv1, a wrong wheel...), or None.
+    Imported in a fresh interpreter, so that a native library that crashes on load
+    cannot take the benchmark session with it."""
+    proc = subprocess.run([sys.executable, "-c", "import socketify"], capture_output=True,
+                          text=True, timeout=120, check=False)
+    if proc.returncode == 0:
+        return None
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    return f"socketify does not import: {lines[-1] if lines else f'exit status {proc.returncode}'}"
 
 
 def build_floor(out_dir: Path) -> Path:
@@ -288,6 +304,8 @@ class PhaseResult:
     rss_before: int = 0
     rss_peak: int = 0  # VmHWM after the phase
     reason: str = ""
+    wire_bytes: int = 0  # deflate mode: bytes of the frames that carried the messages
+    compressed_messages: int = 0  # deflate mode: of the deliveries, those sent compressed
 
     @property
     def cpu_us_per_delivery(self) -> float:
@@ -325,8 +343,16 @@ class Arena:
         verify: bool = True,
         poll_interval: float = 0.0,
         log_dir: Path | None = None,
+        deflate: str = "",
+        payload: str = "binary",
     ) -> None:
+        """*deflate*: the clients offer this Sec-WebSocket-Extensions value and parse
+        frames (the compression benchmark); *payload* is then the kind of message
+        they expect ("json": wire.make_json_payload)."""
         self.spec = spec
+        self.deflate = deflate
+        self.payload = payload
+        self.negotiated = ""  # deflate mode: the 101's Sec-WebSocket-Extensions
         self.n = n
         self.floor_binary = floor_binary
         self.loop = loop
@@ -364,8 +390,11 @@ class Arena:
             for key, value in self.spec.options:
                 argv += [f"--{key}", value]
             return argv, env
-        argv = [sys.executable, str(SERVER_MAIN), "--contestant", self.spec.server,
-                "--loop", self.loop]
+        if self.spec.server == "socketify":
+            argv = [sys.executable, str(SOCKETIFY_MAIN), "--loop", self.loop]
+        else:
+            argv = [sys.executable, str(SERVER_MAIN), "--contestant", self.spec.server,
+                    "--loop", self.loop]
         for key, value in self.spec.options:
             argv += ["--option", f"{key}={value}"]
         return argv, env
@@ -408,6 +437,8 @@ class Arena:
                     "--connect-timeout", str(timeout), "--connect-batch", str(max(8, 64 // procs))]
             if not self.verify:
                 argv.append("--no-verify")
+            if self.deflate:
+                argv += ["--deflate", self.deflate]
             if self.poll_interval > 0:
                 argv += ["--poll-interval", str(self.poll_interval)]
             self.clients.append(LineProcess(f"clients{i}-{tag}", argv, client_env, self.log_dir))
@@ -417,6 +448,12 @@ class Arena:
             ready = c.read_line(timeout)
             if not ready.startswith("READY "):
                 raise BenchError(f"{c.name}: {ready}; {self.server.stderr_tail()}")
+            if self.deflate:
+                answer = ready.split(" ", 2)[2] if ready.count(" ") >= 2 else "-"
+                if self.negotiated and answer != self.negotiated:
+                    raise BenchError(f"client processes negotiated {self.negotiated!r} "
+                                     f"and {answer!r}")
+                self.negotiated = answer
         (count_s,) = self.server.expect("CONNECTED", timeout)
         if int(count_s) != self.n:
             raise BenchError(f"{self.spec.id}: server sees {count_s} of {self.n} clients")
@@ -522,7 +559,11 @@ class Arena:
         rss_before = self.rss()["VmRSS"]
         cpu0 = self.server_cpu()
         for c in self.clients:
-            c.send(f"EXPECT {nbytes} {size} {timeout:.1f} {stall_timeout:.1f}")
+            if self.deflate:
+                c.send(f"EXPECTMSG {messages} {size} {self.payload} {timeout:.1f} "
+                       f"{stall_timeout:.1f}")
+            else:
+                c.send(f"EXPECT {nbytes} {size} {timeout:.1f} {stall_timeout:.1f}")
         for c in self.clients:
             c.expect("ARMED", 30)
         t0 = time.perf_counter()
@@ -574,6 +615,7 @@ class Arena:
         short = missing = 0
         reasons: list[str] = []
         client_cpu = 0.0
+        wire_bytes = compressed = 0
         for c in self.clients:
             o = outcomes.get(c.name)
             if o is None:
@@ -581,6 +623,9 @@ class Arena:
                 short += 1
             elif o[0] == "DONE":
                 client_cpu += float(o[1])
+                if self.deflate:
+                    wire_bytes += int(o[2])
+                    compressed += int(o[3])
             else:
                 short += int(o[1])
                 missing += int(o[2])
@@ -597,6 +642,8 @@ class Arena:
             short_sockets=short, missing_bytes=missing, client_cpu_s=client_cpu,
             rss_before=rss_before, rss_peak=max(status["VmHWM"], peak_sampled),
             reason="; ".join(reasons),
+            wire_bytes=wire_bytes if self.deflate else healthy * nbytes,
+            compressed_messages=compressed,
         )
         if not result.complete:
             self.broken = True

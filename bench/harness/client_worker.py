@@ -14,11 +14,28 @@ Control: one command per line on stdin, one reply per line on stdout.
                                 -> ARMED, then later exactly one of
                                    DONE <client_cpu_s>
                                    SHORT <short_sockets> <missing_bytes> <closed> <corrupt> <over>
+    EXPECTMSG <messages> <size> <kind> <timeout> <stall_timeout>      (--deflate only)
+                                -> ARMED, then DONE <client_cpu_s> <wire_bytes> <compressed>
+                                   or SHORT ... as for EXPECT
   QUIT                          -> (exit)
 EXPECT arms a phase: every active socket must receive exactly <bytes> more bytes,
 the stream of frames of <size>-byte payloads.  SHORT is sent when the phase times
 out, makes no progress for <stall_timeout> seconds, or a socket gets a wrong byte,
 too many bytes or EOF.
+
+``--deflate OFFER`` (additive mode for the compression benchmark): the handshake
+carries ``Sec-WebSocket-Extensions: OFFER``, READY reports what the 101 answered
+(``READY <count> <extensions header or ->``, the same on every socket or it is an
+error), and the sockets are parsed frame by frame: RSV1 messages are inflated with
+raw deflate (``zlib`` wbits -15, which reads any smaller window), with a fresh
+inflater per message when the server answered ``server_no_context_takeover`` and
+one per socket otherwise (a no-context payload already inflated and matched in
+this process is not inflated again: the same bytes inflate the same), and every
+message is compared with the expected
+payload (``<kind>``: ``json`` for wire.make_json_payload, else make_payload).
+EXPECTMSG counts messages instead of bytes (compressed sizes are not known in
+advance) and DONE reports the wire bytes that carried them and how many of the
+messages were compressed, summed over the sockets.
 """
 
 from __future__ import annotations
@@ -29,6 +46,7 @@ import select
 import socket
 import sys
 import time
+import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import wire
@@ -42,8 +60,11 @@ def say(line: str) -> None:
 
 
 def handshake_all(host: str, port: int, count: int, batch: int,
-                  timeout: float) -> list[socket.socket]:
+                  timeout: float, offer: str | None = None,
+                  answers: list[str] | None = None) -> list[socket.socket]:
     request = wire.upgrade_request(host, port)
+    if offer:
+        request = request[:-2] + f"Sec-WebSocket-Extensions: {offer}\r\n\r\n".encode()
     accept = wire.ACCEPT.encode()
     socks: list[socket.socket] = []
     deadline = time.monotonic() + timeout
@@ -75,9 +96,110 @@ def handshake_all(host: str, port: int, count: int, batch: int,
                 raise ConnectionError("wrong or missing Sec-WebSocket-Accept")
             if rest:
                 raise ConnectionError(f"{len(rest)} bytes arrived right after the handshake")
+            if answers is not None:
+                answers.append(headers.get(b"sec-websocket-extensions", b"-").decode())
             s.setblocking(False)
         socks.extend(group)
     return socks
+
+
+#: Compressed payloads (no context) that inflated to the expected message: the
+#: client checks each distinct one once per process, so that verifying a shared
+#: compressed frame costs what comparing a plain one does.
+_INFLATED_OK: set[bytes] = set()
+
+
+class DeflateStream:
+    """One socket's frames in --deflate mode: parses, inflates, verifies."""
+
+    __slots__ = ("buf", "compressed", "error", "fragments", "keep_context", "messages",
+                 "rsv1", "want_opcode", "want_payload", "wire", "z")
+
+    def __init__(self, keep_context: bool) -> None:
+        self.buf = bytearray()
+        self.keep_context = keep_context
+        self.z = zlib.decompressobj(-15)
+        self.messages = 0  # complete, verified messages since the phase was armed
+        self.compressed = 0
+        self.wire = 0  # bytes of those messages' frames
+        self.error = ""
+        self.fragments: list[bytes] = []
+        self.rsv1 = False
+        self.want_payload = b""
+        self.want_opcode = 2
+
+    def arm(self, payload: bytes, opcode: int) -> None:
+        self.messages = self.compressed = self.wire = 0
+        self.want_payload, self.want_opcode = payload, opcode
+
+    def feed(self, data: bytes | memoryview) -> None:
+        """Parse every complete frame in the buffer; sets ``error`` on a bad one."""
+        buf = self.buf
+        buf += data
+        pos = 0
+        end = len(buf)
+        while end - pos >= 2:
+            b0, b1 = buf[pos], buf[pos + 1]
+            if b1 & 0x80:
+                self.error = "masked server frame"
+                return
+            n = b1 & 0x7F
+            start = pos + 2
+            if n == 126:
+                if end - pos < 4:
+                    break
+                n = int.from_bytes(buf[pos + 2:pos + 4], "big")
+                start = pos + 4
+            elif n == 127:
+                if end - pos < 10:
+                    break
+                n = int.from_bytes(buf[pos + 2:pos + 10], "big")
+                start = pos + 10
+            if end - start < n:
+                break
+            opcode = b0 & 0x0F
+            fin = b0 & 0x80
+            if opcode == 0:
+                if not self.fragments:
+                    self.error = "continuation without a message"
+                    return
+            elif self.fragments or opcode != self.want_opcode or b0 & 0x30:
+                self.error = f"unexpected frame: first byte {b0:#x}"
+                return
+            else:
+                self.rsv1 = bool(b0 & 0x40)
+            self.fragments.append(bytes(buf[start:start + n]))
+            frame_bytes = start + n - pos
+            pos = start + n
+            self.wire += frame_bytes
+            if not fin:
+                continue
+            payload = b"".join(self.fragments)
+            self.fragments = []
+            if self.rsv1:
+                self.compressed += 1
+                if not self.keep_context and payload in _INFLATED_OK:
+                    # The same compressed bytes, inflated without context, were
+                    # already inflated and matched: they would again.
+                    self.messages += 1
+                    continue
+                try:
+                    inflated = self.z.decompress(payload + b"\x00\x00\xff\xff")
+                except zlib.error as exc:
+                    self.error = f"inflate: {exc}"
+                    return
+                if not self.keep_context:
+                    self.z = zlib.decompressobj(-15)
+                    if inflated == self.want_payload:
+                        if len(_INFLATED_OK) > 64:
+                            _INFLATED_OK.clear()
+                        _INFLATED_OK.add(payload)
+                payload = inflated
+            if payload != self.want_payload:
+                self.error = f"message {self.messages} differs ({len(payload)} bytes)"
+                return
+            self.messages += 1
+        del buf[:pos]
 
 
 def main() -> int:
@@ -88,18 +210,30 @@ def main() -> int:
     ap.add_argument("--connect-batch", type=int, default=256)
     ap.add_argument("--connect-timeout", type=float, default=120.0)
     ap.add_argument("--no-verify", action="store_true", help="count bytes without checking them")
+    ap.add_argument("--deflate", default="",
+                    help="offer this Sec-WebSocket-Extensions value and parse frames (see doc)")
     ap.add_argument("--poll-interval", type=float, default=0.0,
                     help="during a phase, sleep this many seconds between non-blocking polls "
                          "instead of blocking in epoll (0: block)")
     args = ap.parse_args()
 
     wire.raise_nofile_limit()
+    answers: list[str] = []
     try:
         socks = handshake_all(args.host, args.port, args.count, args.connect_batch,
-                              args.connect_timeout)
+                              args.connect_timeout, args.deflate or None, answers)
     except (OSError, ConnectionError) as exc:
         say(f"ERROR {type(exc).__name__}: {exc}".replace("\n", " "))
         return 1
+    streams: list[DeflateStream] = []
+    if args.deflate:
+        if len(set(answers)) != 1:
+            say(f"ERROR sockets negotiated different extensions: {sorted(set(answers))}")
+            return 1
+        answer = answers[0]
+        agreed = answer.lower().replace(" ", "").split(";")
+        keep = "server_no_context_takeover" not in agreed
+        streams = [DeflateStream(keep) for _ in socks]
 
     n = len(socks)
     max_fd = max(s.fileno() for s in socks)
@@ -114,7 +248,7 @@ def main() -> int:
     ep.register(stdin_fd, select.EPOLLIN)
     for s in socks:
         ep.register(s.fileno(), select.EPOLLIN)
-    say(f"READY {n}")
+    say(f"READY {n} {answers[0]}" if args.deflate else f"READY {n}")
 
     buf = bytearray(RECV_SIZE)
     mv = memoryview(buf)
@@ -134,12 +268,18 @@ def main() -> int:
     corrupt = over = 0
     cpu_at_arm = 0.0
     line_buf = b""
+    by_message = False  # EXPECTMSG: count messages (--deflate)
+    want_messages = 0
 
     def finish_short(reason: str) -> None:
         nonlocal armed
         short = missing = 0
         for i in range(n):
-            if (active[i] or closed[i]) and received[i] < target:
+            if by_message:
+                if (active[i] or closed[i]) and streams[i].messages < want_messages:
+                    short += 1
+                    missing += want_messages - streams[i].messages
+            elif (active[i] or closed[i]) and received[i] < target:
                 short += 1
                 missing += target - received[i]
         n_closed = sum(closed)
@@ -182,6 +322,34 @@ def main() -> int:
                                 ep.unregister(socks[i].fileno())
                                 active[i] = False
                         say("OK")
+                    elif cmd[0] == "EXPECTMSG" and streams:
+                        want_messages, size, kind = int(cmd[1]), int(cmd[2]), cmd[3]
+                        timeout, stall_timeout = float(cmd[4]), float(cmd[5])
+                        if any(closed):
+                            say(f"SHORT {sum(closed)} 0 {sum(closed)} 0 0 closed-before-phase")
+                            continue
+                        bad = sum(1 for st in streams if st.error or st.buf or st.fragments)
+                        if bad:
+                            say(f"SHORT {bad} 0 0 0 {bad} bytes-before-phase")
+                            continue
+                        if kind == "json":
+                            want, want_opcode = wire.make_json_payload(size), 0x1
+                        else:
+                            want, want_opcode = wire.make_payload(size), 0x2
+                        for st in streams:
+                            st.arm(want, want_opcode)
+                        remaining = sum(1 for i in range(n) if active[i]) if want_messages else 0
+                        by_message = True
+                        corrupt = over = 0
+                        now = time.monotonic()
+                        deadline = now + timeout
+                        stall_deadline = now + stall_timeout
+                        armed = True
+                        cpu_at_arm = sum(os.times()[:2])
+                        say("ARMED")
+                        if remaining == 0:
+                            armed = False
+                            say(f"DONE {sum(os.times()[:2]) - cpu_at_arm:.3f} 0 0")
                     elif cmd[0] == "EXPECT":
                         nbytes, size = int(cmd[1]), int(cmd[2])
                         timeout, stall_timeout = float(cmd[3]), float(cmd[4])
@@ -195,6 +363,7 @@ def main() -> int:
                             say(f"SHORT {uneven} 0 {sum(closed)} 0 0 uneven-before-phase")
                             continue
                         target = base + nbytes
+                        by_message = False
                         remaining = sum(1 for i in range(n) if active[i]) if nbytes else 0
                         frame = wire.make_frame(size)
                         flen = len(frame)
@@ -229,6 +398,30 @@ def main() -> int:
             before = received[i]
             after = before + got
             received[i] = after
+            if streams:
+                st = streams[i]
+                st.feed(mv[:got])
+                if not armed:
+                    st.error = st.error or "bytes outside a phase"
+                    continue
+                stall_deadline = time.monotonic() + stall_timeout
+                if st.error:
+                    corrupt += 1
+                    finish_short(f"corrupt:{st.error.replace(' ', '_')}")
+                    continue
+                if st.messages >= want_messages:
+                    if st.messages > want_messages or st.buf or st.fragments:
+                        over += 1
+                        finish_short("too-many-messages")
+                        continue
+                    remaining -= 1
+                    if remaining == 0:
+                        armed = False
+                        wire_bytes = sum(s.wire for s in streams)
+                        compressed = sum(s.compressed for s in streams)
+                        say(f"DONE {sum(os.times()[:2]) - cpu_at_arm:.3f} {wire_bytes} "
+                            f"{compressed}")
+                continue
             if not armed:
                 continue
             stall_deadline = time.monotonic() + stall_timeout

@@ -42,7 +42,8 @@ class Contestant:
         raise NotImplementedError
 
     async def run(self, payload: bytes, messages: int, batch: int) -> tuple[int, int, int]:
-        """Broadcast *messages* binary messages, *batch* per loop iteration.
+        """Broadcast *messages* binary messages (text when *payload* is a str: the
+        compression benchmark's JSON), *batch* per loop iteration.
 
         Returns (delivered, dropped, failed) as far as the library reports them.
         """
@@ -177,7 +178,23 @@ class WebsocketsBroadcast(Contestant):
             finally:
                 conns.pop(ws, None)
 
-        self.server = await serve(handler, host, 0, ping_interval=None, compression=None)
+        # Option compression: "deflate" is websockets' default permessage-deflate
+        # (context takeover, 12-bit windows, memLevel 5); "deflate-nct" the same with
+        # server_no_context_takeover; absent: off (the fan-out scenarios' clients
+        # do not offer it anyway).
+        kwargs: dict[str, Any] = {"compression": None}
+        mode = self.options.get("compression", "")
+        if mode == "deflate":
+            kwargs["compression"] = "deflate"
+        elif mode == "deflate-nct":
+            from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+
+            kwargs["extensions"] = [ServerPerMessageDeflateFactory(
+                server_no_context_takeover=True, server_max_window_bits=12,
+                client_max_window_bits=12, compress_settings={"memLevel": 5})]
+        elif mode:
+            raise ValueError(f"unknown websockets compression option {mode!r}")
+        self.server = await serve(handler, host, 0, ping_interval=None, **kwargs)
         return int(self.server.sockets[0].getsockname()[1])
 
     def count(self) -> int:
@@ -356,6 +373,8 @@ class Reinhardt(Contestant):
             kwargs["max_write_buffer"] = int(self.options["max_write_buffer"])
         if self.options.get("slow_consumer"):
             kwargs["slow_consumer"] = self.options["slow_consumer"]
+        if self.options.get("compression") == "none":
+            kwargs["compression"] = None  # else serve()'s default (permessage-deflate)
         self.server = await serve(Handler(), host, 0, **kwargs)
         return int(self.server.port)
 

@@ -33,7 +33,7 @@ __all__ = [
 NS = (100, 1000, 5000)
 SIZES = (64, 4096)
 BATCHES = (1, 8)  # broadcasts per event-loop iteration; for the floor, frames per send()
-PEERS = ("picows", "websockets", "aiohttp")
+PEERS = ("picows", "websockets", "aiohttp", "node-ws", "socketify")
 
 #: Contestants by id.  Tests parametrize over ids (plain strings serialize into the
 #: --benchmark-json file) and look the spec up here.

@@ -53,11 +53,13 @@ async def serve(name: str, options: dict[str, str], loop_name: str) -> None:
         say(f"CONNECTED {contestant.count()}")
 
     async def broadcast(m: int, size: int, batch: int, to_rooms: bool = False) -> None:
-        payload = wire.make_payload(size)
+        # Option payload=json (the compression benchmark): a JSON text message.
+        payload: bytes | str = (wire.make_json_payload(size).decode()
+                                if options.get("payload") == "json" else wire.make_payload(size))
         t0 = time.perf_counter()
         try:
             run = contestant.run_rooms if to_rooms else contestant.run
-            delivered, dropped, failed = await run(payload, m, batch)
+            delivered, dropped, failed = await run(payload, m, batch)  # type: ignore[arg-type]
         except Exception as exc:  # report, do not die: the harness fails the run
             say(f"ERROR broadcast raised {type(exc).__name__}: {exc}".replace("\n", " "))
             return

@@ -18,6 +18,7 @@ __all__ = [
     "frame_header_len",
     "frame_len",
     "make_frame",
+    "make_json_payload",
     "make_payload",
     "raise_nofile_limit",
     "upgrade_request",
@@ -46,6 +47,44 @@ def upgrade_request(host: str, port: int, path: str = "/bench") -> bytes:
 def make_payload(size: int) -> bytes:
     """The bench payload of *size* bytes; floor.c builds the same bytes."""
     return bytes(i % 251 for i in range(size))
+
+
+def make_json_payload(size: int) -> bytes:
+    """A deterministic JSON document of exactly *size* bytes (at least 64): a
+    chat room's recent events, the kind of text permessage-deflate is for
+    (repeated keys, similar values, varied words and numbers).  Every process
+    builds the same bytes."""
+    if size < 64:
+        raise ValueError("a JSON payload needs at least 64 bytes")
+    words = ("hello", "world", "meeting", "at", "noon", "see", "you", "there", "thanks",
+             "deploy", "done", "the", "build", "is", "green", "again", "lunch", "review",
+             "ship", "it", "tomorrow", "coffee", "sounds", "good", "fixed", "bug")
+    users = ("ada", "grace", "linus", "guido", "ken", "barbara", "edsger", "margaret")
+    state = 12345  # a small LCG: the same "random" text in every process
+
+    def rnd(n: int) -> int:
+        nonlocal state
+        state = (state * 1103515245 + 12345) & 0x7FFFFFFF
+        return state % n
+
+    head = '{"type":"history","room":"bench","events":['
+    parts: list[str] = []
+    length = len(head) + len('],"pad":""}')
+    i = 0
+    while True:
+        text = " ".join(words[rnd(len(words))] for _ in range(3 + rnd(9)))
+        event = (f'{{"id":{1000 + i},"user":"{users[rnd(len(users))]}","ts":'
+                 f'{1700000000 + 7 * i + rnd(7)},"text":"{text}","likes":{rnd(20)}}}')
+        extra = len(event) + (1 if parts else 0)
+        if length + extra > size:
+            break
+        parts.append(event)
+        length += extra
+        i += 1
+    pad = "".join(chr(97 + rnd(26)) for _ in range(size - length))
+    out = (head + ",".join(parts) + '],"pad":"' + pad + '"}').encode()
+    assert len(out) == size
+    return out
 
 
 def frame_header_len(size: int) -> int:
