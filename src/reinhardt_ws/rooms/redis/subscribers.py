@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -258,13 +259,16 @@ class Subscriptions(Core):
         self._bad_message(channel, "a stored publication without history")
 
     def _bad_message(self, channel: bytes, why: str) -> None:
-        """Count and log (the first, then at most one line per 10 s) a message
-        from Redis that is not delivered because it is not a sound envelope."""
+        """Count and log a message from Redis that is not delivered because it is
+        not a sound envelope: a warning for the first and then at most one per
+        10 s, the others at debug level (a flood cannot flood the log)."""
         self._stats["bad_messages"] += 1
         loop = self._rt.loop
         now = loop.time() if loop is not None else 0.0
+        level = logging.DEBUG
         if self._stats["bad_messages"] == 1 or now - self._rt.last_bad_log >= 10.0:
             self._rt.last_bad_log = now
-            logger.warning("redis backend: ignoring a message on %r that is not a sound "
-                           "reinhardt-ws envelope (%s); %d ignored so far", channel, why,
-                           self._stats["bad_messages"])
+            level = logging.WARNING
+        logger.log(level, "redis backend: ignoring a message on %r that is not a sound "
+                   "reinhardt-ws envelope (%s); %d ignored so far", channel, why,
+                   self._stats["bad_messages"])
