@@ -587,6 +587,8 @@ class RoomManager:
             return await self._broadcast_with_history(room, frame, excluded, marks)
         if marks is not None:
             frame = stamp(frame, marks, None)
+        if not self._backend.distributed:  # the in-memory hot path: no suspension
+            return self.deliver_local(room, frame, excluded)
         return await self._deliver_and_publish(room, frame, excluded)
 
     def _for_cluster(self, frame: bytes) -> Carried | None:
