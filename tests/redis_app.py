@@ -2,6 +2,8 @@
 Redis fan-out benchmark: ``python -m tests.redis_app --redis URL --port P``.
 
 Commands (text): ``{"op": OP, ...}``; every command gets ``{"reply": OP, ...}``.
+A connection to ``/?join=ROOM`` joins ROOM as it opens (for clients that send
+nothing, such as the raw permessage-deflate ones).
 With ``--history N`` every room keeps its last N publications and ``join`` takes
 ``since`` ([epoch, offset]) or ``recent``.
 Room messages reach clients as ``{"msg": DATA}`` (text), or, from ``blast``, as
@@ -22,7 +24,7 @@ import time
 from typing import Any
 
 import reinhardt_ws as rw
-from reinhardt_ws.rooms import HistoryPolicy, Position, RoomManager
+from reinhardt_ws.rooms import HistoryPolicy, Position, RoomManager, _compression
 from reinhardt_ws.rooms.redis import RedisBackend
 
 __all__ = ["BLAST_HEADER", "RoomsApp", "main"]
@@ -34,6 +36,13 @@ BLAST_HEADER = struct.Struct("!QI")
 class RoomsApp(rw.WebSocketHandler):
     def __init__(self, rooms: RoomManager) -> None:
         self.rooms = rooms
+
+    async def on_connect(self, conn: rw.WebSocketConnection) -> None:
+        _path, _, query = conn.path.partition("?")
+        for part in query.split("&"):
+            name, _, value = part.partition("=")
+            if name == "join" and value:
+                await self.rooms.join(value, conn)
 
     async def on_message(self, conn: rw.WebSocketConnection, message: rw.Message) -> None:
         request = json.loads(message.payload)
@@ -104,7 +113,8 @@ class RoomsApp(rw.WebSocketHandler):
 
     async def op_stats(self, conn: rw.WebSocketConnection) -> dict[str, Any]:
         backend = self.rooms.backend
-        return {"stats": backend.stats() if isinstance(backend, RedisBackend) else {}}
+        return {"stats": backend.stats() if isinstance(backend, RedisBackend) else {},
+                "compression": _compression.stats()}
 
     async def op_blast(self, conn: rw.WebSocketConnection, room: str, count: int,
                        size: int, batch: int = 1, rate: float = 0.0) -> dict[str, Any]:
@@ -129,14 +139,19 @@ class RoomsApp(rw.WebSocketHandler):
 async def serve(args: argparse.Namespace) -> None:
     history = HistoryPolicy(size=args.history, ttl=60, max_recovery=args.history) \
         if args.history else None
+    deflate = rw.DeflateSettings(server_max_window_bits=args.deflate_window,
+                                 level=args.deflate_level)
     if args.redis == "memory":  # the single-process baseline of the benchmark
         rooms = RoomManager(history=history, presence=args.presence)
     else:
         rooms = RoomManager(backend=RedisBackend(
             args.redis, prefix=args.prefix, ttl=args.ttl, heartbeat_interval=args.ttl / 4,
             backoff_max=args.backoff_max, sharded=args.sharded, command_timeout=1.0,
-            connect_timeout=1.0), history=history, presence=args.presence)
-    server = await rw.serve(RoomsApp(rooms), "127.0.0.1", args.port, ping_interval=None)
+            connect_timeout=1.0,
+            compression=None if args.no_cluster_compression else deflate),
+            history=history, presence=args.presence)
+    server = await rw.serve(RoomsApp(rooms), "127.0.0.1", args.port, ping_interval=None,
+                            compression=deflate)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -161,6 +176,11 @@ def main() -> None:
     parser.add_argument("--history", type=int, default=0,
                         help="keep this many publications per room (and recover as many)")
     parser.add_argument("--uvloop", action="store_true")
+    parser.add_argument("--deflate-window", type=int, default=12,
+                        help="server_max_window_bits of serve() and of the backend")
+    parser.add_argument("--deflate-level", type=int, default=6)
+    parser.add_argument("--no-cluster-compression", action="store_true",
+                        help="RedisBackend(compression=None): publish plain frames")
     args = parser.parse_args()
     import logging
 

@@ -239,7 +239,8 @@ class AppProcess:
 
     def __init__(self, redis_url: str, prefix: str, implementation: str, log: Path, *,
                  ttl: float = 6.0, backoff_max: float = 0.5, sharded: bool = False,
-                 uvloop: bool = False, history: int = 0, presence: bool = False) -> None:
+                 uvloop: bool = False, history: int = 0, presence: bool = False,
+                 extra_args: Sequence[str] = ()) -> None:
         self.redis_url = redis_url
         self.prefix = prefix
         self.implementation = implementation
@@ -250,6 +251,7 @@ class AppProcess:
         self.uvloop = uvloop
         self.history = history
         self.presence = presence
+        self.extra_args = tuple(extra_args)
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -266,6 +268,7 @@ class AppProcess:
             argv += ["--history", str(self.history)]
         if self.presence:
             argv.append("--presence")
+        argv += self.extra_args
         self.proc, (ready,) = start_process(argv, child_env(self.implementation), self.log,
                                             "READY")
         assert ready.split()[2] == self.implementation, ready

@@ -162,7 +162,11 @@ def _admission_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _redis_options(args: argparse.Namespace) -> dict[str, Any]:
     ttl = float(args.redis_ttl)
-    return {"prefix": args.redis_prefix, "ttl": ttl, "heartbeat_interval": ttl / 3}
+    # Compressed once per cluster with the server's parameters; not at all
+    # when the server does not compress.
+    compression = None if getattr(args, "no_compression", False) else "deflate"
+    return {"prefix": args.redis_prefix, "ttl": ttl, "heartbeat_interval": ttl / 3,
+            "compression": compression}
 
 
 def _redacted(url: str) -> str:

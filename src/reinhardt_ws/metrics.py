@@ -135,7 +135,7 @@ class Metrics:
              "fanout": the hub's stats() (absent outside an event loop),
              "rooms": RoomManager.stats() (if rooms), "redis": the Redis
              backend's stats() (if it has one), "compression": {"bytes_in",
-             "bytes_out"} of the shared room compressors}
+             "bytes_out", "reused"} of the shared room compressors}
         """
         out: dict[str, Any] = {}
         if self.server is not None:
@@ -206,6 +206,9 @@ class Metrics:
               "Payload bytes given to the shared room compressors.", comp["bytes_in"])
         w.one("compression_bytes_out_total", "counter",
               "Compressed bytes out of the shared room compressors.", comp["bytes_out"])
+        w.one("compression_reused_total", "counter",
+              "Room fan-outs that sent a frame compressed once for the cluster (here or "
+              "in the publishing process) instead of compressing it here.", comp["reused"])
         if comp["bytes_in"]:
             w.one("compression_ratio", "gauge",
                   "Compressed bytes out per payload byte in (lower is better).",

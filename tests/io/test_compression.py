@@ -47,11 +47,11 @@ class DeflateRawClient:
         self.reader, self.writer, self.head = reader, writer, head
 
     @classmethod
-    async def open(cls, port: int, offer: str | None) -> DeflateRawClient:
+    async def open(cls, port: int, offer: str | None, path: str = "/") -> DeflateRawClient:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         key = base64.b64encode(os.urandom(16)).decode()
         extra = f"Sec-WebSocket-Extensions: {offer}\r\n" if offer is not None else ""
-        writer.write((f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        writer.write((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
                       f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n{extra}"
                       "Sec-WebSocket-Version: 13\r\n\r\n").encode())
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)

@@ -34,6 +34,12 @@ class Backend(Protocol):
       not wait for the network.  What arrives from elsewhere is handed to
       ``manager.deliver_local(room, frame, exclude)`` and
       ``manager.deliver_to_local(conn_id, frame)``.
+    - optional, ``cluster_compressor``: a backend that has this attribute (a
+      ``SharedCompressor``, not None) is given each compressible broadcast
+      compressed once, as a fourth argument of ``publish`` (a
+      ``rooms._compression.Carried``), and hands what it receives compressed to
+      ``deliver_local(..., compressed)`` (``RedisBackend`` does; see
+      ``docs/redis.md``).  Backends without it are called as above.
     - ``send_to(conn_id, frame)``: the connection is not in this process; True if
       another process took the frame for it.
     - ``room_size`` / ``list_rooms``: the answer over every process (this one

@@ -31,7 +31,14 @@ from ..protocol.messages import (
     WebSocketMessage,
     frame_parts,
 )
-from ._compression import CompressionGroups, compressed_frame
+from ._compression import (
+    Carried,
+    CompressionGroups,
+    _counts,
+    compress_for_cluster,
+    compressed_frame,
+    fits,
+)
 from .backend import Backend, InMemoryBackend
 from .history import (
     HistoryPolicy,
@@ -220,8 +227,11 @@ class RoomManager:
         self._rooms_of: dict[str, set[str]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._room_limit_refusals = 0
-        # permessage-deflate: members by shared compressor (rooms/_compression.py)
+        # permessage-deflate: members by shared compressor (rooms/_compression.py),
+        # and the backend's compressor of broadcasts compressed once per cluster.
         self._deflate_groups = CompressionGroups()
+        self._cluster_compressor = getattr(self._backend, "cluster_compressor", None) \
+            if self._backend.distributed else None
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RoomManager:
@@ -463,10 +473,7 @@ class RoomManager:
         if message is None:
             return
         frame = encode_frame(message)  # ephemeral: around history, not into it
-        excluded = frozenset((conn_id,))
-        self.deliver_local(room, frame, excluded)
-        if self._backend.distributed:
-            await self._backend.publish(room, frame, excluded)
+        await self._deliver_and_publish(room, frame, frozenset((conn_id,)))
 
     @_on_owning_loop()
     async def presence(self, room: str) -> dict[str, dict[str, Any]]:
@@ -580,9 +587,28 @@ class RoomManager:
             return await self._broadcast_with_history(room, frame, excluded, marks)
         if marks is not None:
             frame = stamp(frame, marks, None)
-        result = self.deliver_local(room, frame, excluded)
+        if not self._backend.distributed:  # the in-memory hot path: no suspension
+            return self.deliver_local(room, frame, excluded)
+        return await self._deliver_and_publish(room, frame, excluded)
+
+    def _for_cluster(self, frame: bytes) -> Carried | None:
+        """*frame* compressed once for every process, when the backend carries
+        compressed broadcasts and compression pays."""
+        compressor = self._cluster_compressor
+        return None if compressor is None else compress_for_cluster(frame, compressor)
+
+    async def _deliver_and_publish(self, room: str | None, frame: bytes,
+                                   excluded: frozenset[str]) -> BroadcastResult:
+        """Fan *frame* out here, then hand it to the other processes (compressed
+        once for all of them when the backend carries that)."""
+        carried = self._for_cluster(frame)
+        result = self.deliver_local(room, frame, excluded, carried)
         if self._backend.distributed:
-            await self._backend.publish(room, frame, excluded)
+            if carried is None:
+                await self._backend.publish(room, frame, excluded)
+            else:
+                await self._backend.publish(room, frame, excluded,  # type: ignore[call-arg]
+                                            carried)
         return result
 
     async def _broadcast_with_history(self, room: str, frame: bytes, excluded: frozenset[str],
@@ -592,25 +618,27 @@ class RoomManager:
         process, this one included, delivers in the order the store assigned."""
         if self._ring is not None:
             position, frame = self._ring.append(room, frame, marks)
-            result = self.deliver_local(room, frame, excluded)
-            if self._backend.distributed:
-                await self._backend.publish(room, frame, excluded)
+            result = await self._deliver_and_publish(room, frame, excluded)
             return BroadcastResult(result.delivered, result.dropped, result.failed, position)
+        # A positioned frame is stamped by the store: it cannot be compressed before.
+        carried = self._for_cluster(frame) if marks is None else None
         published: tuple[Position | None, BroadcastResult | None] = \
             await self._backend.publish_history(  # type: ignore[attr-defined]
-                room, frame, excluded, marks)
+                room, frame, excluded, marks, carried)
         stored_at, remote = published
         if remote is None:  # not stored (Redis unreachable): this process only
             if marks is not None:
                 frame = stamp(frame, marks, None)
-            remote = self.deliver_local(room, frame, excluded)
+            remote = self.deliver_local(room, frame, excluded, carried)
         return BroadcastResult(remote.delivered, remote.dropped, remote.failed, stored_at)
 
     def deliver_history(self, room: str, at: Position, frame: bytes,
-                        exclude: frozenset[str]) -> BroadcastResult:
+                        exclude: frozenset[str],
+                        compressed: Carried | None = None) -> BroadcastResult:
         """Fan out a stored publication (at *at*) of *room* to this process's
-        members; members being recovered hold it until their replay is done.
-        Backends with a shared history call it, on the owning loop, in offset order."""
+        members; members being recovered hold it (plain) until their replay is
+        done.  Backends with a shared history call it, on the owning loop, in
+        offset order; *compressed* as for :meth:`deliver_local`."""
         recovering = self._recovering.get(room)
         if recovering:
             for conn_id, held in recovering.items():
@@ -626,7 +654,7 @@ class RoomManager:
             if not floors:
                 del self._floors[room]
             exclude = exclude | replayed
-        return self.deliver_local(room, frame, exclude)
+        return self.deliver_local(room, frame, exclude, compressed)
 
     @_on_owning_loop()
     async def history(self, room: str, *, since: Position | None = None,
@@ -656,11 +684,14 @@ class RoomManager:
             raise ConnectionError("the room's history cannot be read now (redis unreachable)")
         return read
 
-    def deliver_local(self, room: str | None, frame: bytes,
-                      exclude: frozenset[str]) -> BroadcastResult:
+    def deliver_local(self, room: str | None, frame: bytes, exclude: frozenset[str],
+                      compressed: Carried | None = None) -> BroadcastResult:
         """Fan a ready frame out to this process's members of *room* (None: of
         every room).  Call on the owning loop; backends use it for remote
-        broadcasts."""
+        broadcasts.  *compressed*: the same message compressed once for the
+        cluster (here or by the process that published it), sent as it is to
+        every group of members it is valid for (see ``_compression.fits``);
+        other compressing groups get the frame compressed here, once per group."""
         members = self._everyone if room is None else self._rooms.get(room)
         if not members:
             return BroadcastResult()
@@ -671,7 +702,13 @@ class RoomManager:
             delivered = dropped = 0
             failed: list[str] = []
             for compressor, group in list(groups.items()):
-                out = frame if compressor is None else compressed_frame(frame, compressor)
+                if compressor is None:
+                    out = frame
+                elif compressed is not None and fits(compressed, compressor):
+                    out = compressed.frame
+                    _counts[2] += 1
+                else:
+                    out = compressed_frame(frame, compressor)
                 d, n, f = self._hub.fanout(group, out, exclude or None)
                 delivered, dropped = delivered + d, dropped + n
                 failed.extend(f)

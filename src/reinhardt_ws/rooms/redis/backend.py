@@ -65,6 +65,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from ...protocol.extensions.permessage_deflate import DeflateSettings, shared_compressor
 from .core import FAILURES, MiB, Runtime, _describe, _safe_url, _stop_tasks, logger
 from .presence import Presence
 
@@ -94,6 +95,14 @@ class RedisBackend(Presence):
     - ``max_pending_bytes``: publications waiting for Redis beyond this are
       dropped (and counted) rather than buffered without bound.
     - ``redis_options``: extra keyword arguments for the redis-py client.
+    - ``compression``: how a broadcast is compressed once for the whole cluster
+      (permessage-deflate, no context): ``"deflate"`` (the default) with
+      :class:`~reinhardt_ws.DeflateSettings`' defaults, the server's; a
+      ``DeflateSettings`` (give the one ``serve(compression=...)`` has); or
+      None: publish plain frames only and let each process compress for its
+      members (also the first step of a rolling upgrade from a version that
+      predates compressed envelopes, which would ignore them).  See
+      ``docs/redis.md``.
     """
 
     distributed = True
@@ -113,6 +122,7 @@ class RedisBackend(Presence):
         backoff_max: float = 3.0,
         max_pending_bytes: int = 16 * MiB,
         redis_options: Mapping[str, Any] | None = None,
+        compression: str | DeflateSettings | None = "deflate",
     ) -> None:
         if not prefix or "{" in prefix or "}" in prefix:
             raise ValueError("prefix must be non-empty and must not contain '{' or '}'")
@@ -144,6 +154,15 @@ class RedisBackend(Presence):
         self.backoff_max = float(backoff_max)
         self.max_pending_bytes = int(max_pending_bytes)
         self.redis_options = dict(redis_options or {})
+        if compression == "deflate":
+            compression = DeflateSettings()
+        elif compression is not None and not isinstance(compression, DeflateSettings):
+            raise ValueError("compression must be 'deflate', a DeflateSettings or None")
+        self.compression: DeflateSettings | None = compression
+        #: The compressor of broadcasts compressed once for the cluster (the
+        #: same object as the local room groups of that parameter set), or None.
+        self.cluster_compressor = None if compression is None else shared_compressor(
+            compression.server_max_window_bits or 15, compression)
 
         #: This process's id in Redis (16 hex digits, random per backend).
         self.process_id = os.urandom(8).hex()

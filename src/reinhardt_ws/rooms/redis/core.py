@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import RedisError
 
 if TYPE_CHECKING:
+    from ...protocol.extensions.permessage_deflate import SharedCompressor
     from ..manager import RoomManager
     from .subscribers import Subscriber
 
@@ -57,6 +58,7 @@ class Runtime:
         self.down_since: float | None = None
         self.dropped_in_outage = 0
         self.last_drop_log = -1e9
+        self.last_bad_log = -1e9
         self.need_resync = False
         self.beats = 0
 
@@ -77,6 +79,7 @@ class Core:
     max_pending_bytes: int
     redis_options: dict[str, Any]
     process_id: str
+    cluster_compressor: SharedCompressor | None
 
     def __init__(self) -> None:
         """Called once the options and ``process_id`` are set: every key and

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from .._compression import Carried, inflate_carried
 from ..envelope import KIND_HISTORY, Envelope, pack_envelope
 from ..history import HistoryPolicy, HistoryResult, Position, Publication, new_epoch
 from .core import FAILURES, _text
@@ -34,8 +35,11 @@ if TYPE_CHECKING:
 __all__ = ["History", "hash_tag"]
 
 #: KEYS: meta, stream.  ARGV: fresh epoch, maxlen, stream ttl ms, meta ttl ms,
-#: frame, channel, envelope head, publish command, nonce, and the byte indexes of
-#: the offset and epoch marks ('' for none).  Returns {offset, epoch}.
+#: frame, channel, envelope head, publish command, nonce, the byte indexes of
+#: the offset and epoch marks ('' for none), and what to publish instead of the
+#: frame ('' for the frame itself: the deflate payload of a compressed envelope;
+#: the stream always stores the plain frame, which replays send).  Returns
+#: {offset, epoch}.
 PUBLISH_SCRIPT = """
 local meta, stream = KEYS[1], KEYS[2]
 local epoch = redis.call('HGET', meta, 'e')
@@ -54,7 +58,9 @@ end
 redis.call('XADD', stream, 'MAXLEN', ARGV[2], offset .. '-0', 'f', frame)
 redis.call('PEXPIRE', stream, ARGV[3])
 redis.call('PEXPIRE', meta, ARGV[4])
-redis.call(ARGV[8], ARGV[6], ARGV[7] .. offset .. ' ' .. epoch .. ' ' .. ARGV[9] .. ' ' .. frame)
+local body = frame
+if ARGV[12] ~= '' then body = ARGV[12] end
+redis.call(ARGV[8], ARGV[6], ARGV[7] .. offset .. ' ' .. epoch .. ' ' .. ARGV[9] .. ' ' .. body)
 return {offset, epoch}
 """
 
@@ -123,6 +129,9 @@ class History(Supervisor):
         self._nonce = 0
         #: broadcasts of this process waiting for their own copy, by nonce
         self._echo_waiters: dict[int, asyncio.Future[BroadcastResult]] = {}
+        #: ... and the frames they carry when published compressed (their own
+        #: copy then needs no inflating)
+        self._echo_frames: dict[int, tuple[bytes, Carried]] = {}
 
     def use_history(self, policy: HistoryPolicy) -> None:
         """Keep *policy*'s rooms' history in Redis (called by the manager)."""
@@ -133,11 +142,14 @@ class History(Supervisor):
         return tag + b":m:" + channel, tag + b":s:" + channel
 
     async def publish_history(self, room: str, frame: bytes, exclude: frozenset[str],
-                              marks: tuple[int, int] | None = None
+                              marks: tuple[int, int] | None = None,
+                              compressed: Carried | None = None
                               ) -> tuple[Position | None, BroadcastResult | None]:
         """Store *frame* and publish it to every process (this one included):
         its position, and what this process's fan-out did with it.  ``(None,
-        None)`` when Redis cannot take it (the caller delivers it locally only)."""
+        None)`` when Redis cannot take it (the caller delivers it locally only).
+        With *compressed* (not with *marks*: the store stamps those) the stream
+        keeps the plain frame and the processes receive the deflate payload."""
         policy = self._history_policy
         loop = self._rt.loop
         if policy is None or loop is None or self._rt.closed:
@@ -147,18 +159,24 @@ class History(Supervisor):
         meta, stream = self._history_keys(channel)
         self._nonce += 1
         nonce = self._nonce
-        head = pack_envelope(KIND_HISTORY, self._origin, exclude, b"")
+        if marks is not None:
+            compressed = None
+        head = pack_envelope(KIND_HISTORY, self._origin, exclude, b"",
+                             None if compressed is None else compressed.deflate)
+        body = b"" if compressed is None else compressed.payload
         subscribed = channel in self._rt.room_of
         echo: asyncio.Future[BroadcastResult] | None = None
         if subscribed:
             echo = self._echo_waiters[nonce] = loop.create_future()
+            if compressed is not None:
+                self._echo_frames[nonce] = (frame, compressed)
         reply: asyncio.Future[Any] = loop.create_future()
         args = ("EVAL", PUBLISH_SCRIPT, 2, meta, stream, new_epoch(), policy.size,
                 max(1, int(policy.ttl * 1000)), max(1, int(policy.position_ttl * 1000)),
                 frame, channel, head, self._publish_command, nonce,
-                "" if marks is None else marks[0], "" if marks is None else marks[1])
+                "" if marks is None else marks[0], "" if marks is None else marks[1], body)
         try:
-            if not self._enqueue_command(args, len(frame) + len(head) + 64, reply):
+            if not self._enqueue_command(args, len(frame) + len(head) + len(body) + 64, reply):
                 return None, None
             answer = await reply
             if not isinstance(answer, list):  # dropped: the connection broke
@@ -177,6 +195,7 @@ class History(Supervisor):
             return position, result
         finally:
             self._echo_waiters.pop(nonce, None)
+            self._echo_frames.pop(nonce, None)
 
     def _on_history(self, channel: bytes, envelope: Envelope, own: bool) -> None:
         manager = self._rt.manager
@@ -184,14 +203,26 @@ class History(Supervisor):
         if manager is None or room is None:
             return
         try:
-            offset, epoch, nonce, frame = envelope.frame.split(b" ", 3)
+            offset, epoch, raw_nonce, frame = envelope.frame.split(b" ", 3)
             at = Position(epoch.decode("ascii"), int(offset))
+            nonce = int(raw_nonce)
         except ValueError:
-            self._bad_message(channel)
+            self._bad_message(channel, "a stored publication without its position")
             return
-        result = manager.deliver_history(room, at, frame, frozenset(envelope.ids))
+        compressed = None
+        if envelope.deflate is not None:
+            mine = self._echo_frames.pop(nonce, None) if own else None
+            if mine is not None:
+                frame, compressed = mine
+            else:
+                try:
+                    frame, compressed = inflate_carried(envelope.deflate, frame)
+                except ValueError as exc:
+                    self._bad_message(channel, str(exc))
+                    return
+        result = manager.deliver_history(room, at, frame, frozenset(envelope.ids), compressed)
         if own:
-            waiter = self._echo_waiters.get(int(nonce))
+            waiter = self._echo_waiters.get(nonce)
             if waiter is not None and not waiter.done():
                 waiter.set_result(result)
 

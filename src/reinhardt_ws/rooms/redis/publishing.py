@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..envelope import KIND_ALL, KIND_ROOM, pack_envelope
 from .subscribers import Subscriptions
+
+if TYPE_CHECKING:
+    from .._compression import Carried
 
 __all__ = ["Publishing"]
 
@@ -14,14 +17,21 @@ __all__ = ["Publishing"]
 class Publishing(Subscriptions):
     """Queue publications, send them in batches, count what cannot be sent."""
 
-    async def publish(self, room: str | None, frame: bytes, exclude: frozenset[str]) -> None:
+    async def publish(self, room: str | None, frame: bytes, exclude: frozenset[str],
+                      compressed: Carried | None = None) -> None:
         """Queue *frame* for the other processes; never waits for Redis, never
-        raises because of it (a publication that cannot be made is counted)."""
-        if room is None:
-            self._enqueue(self._ch_all, pack_envelope(KIND_ALL, self._origin, exclude, frame))
+        raises because of it (a publication that cannot be made is counted).
+        With *compressed* (the manager compressed it with
+        :attr:`cluster_compressor`), only the deflate payload is published
+        (envelope version 2): each receiver inflates it once and sends those
+        bytes as they are to its members whose parameters allow."""
+        kind = KIND_ALL if room is None else KIND_ROOM
+        channel = self._ch_all if room is None else self._room_channel(room)
+        if compressed is None:
+            self._enqueue(channel, pack_envelope(kind, self._origin, exclude, frame))
         else:
-            self._enqueue(self._room_channel(room),
-                          pack_envelope(KIND_ROOM, self._origin, exclude, frame))
+            self._enqueue(channel, pack_envelope(kind, self._origin, exclude,
+                                                 compressed.payload, compressed.deflate))
 
     def _enqueue(self, channel: bytes, envelope: bytes,
                  fut: asyncio.Future[Any] | None = None) -> bool:

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from .._compression import inflate_carried
 from ..envelope import (
-    ENVELOPE_VERSION,
     KIND_ALL,
     KIND_DIRECT,
     KIND_HISTORY,
@@ -220,34 +221,54 @@ class Subscriptions(Core):
             if own and data[OFFSET["kind"]] != KIND_HISTORY:
                 return  # our own: delivered locally when it was published
             envelope = unpack_envelope(data)
-        except ValueError:
-            self._bad_message(channel)
+        except ValueError as exc:
+            self._bad_message(channel, str(exc))
             return
         manager = self._rt.manager
         if manager is None:
             return
         self._stats["received"] += 1
         kind, frame = envelope.kind, envelope.frame
+        if kind == KIND_HISTORY:
+            self._on_history(channel, envelope, own)
+            return
+        compressed = None
+        if envelope.deflate is not None:
+            if kind != KIND_ROOM and kind != KIND_ALL:
+                self._bad_message(channel, f"a compressed envelope of kind {kind}")
+                return
+            try:
+                frame, compressed = inflate_carried(envelope.deflate, frame)
+            except ValueError as exc:
+                self._bad_message(channel, str(exc))
+                return
         if kind == KIND_ROOM:
             room = self._rt.room_of.get(channel)
             if room is not None:
-                manager.deliver_local(room, frame, frozenset(envelope.ids))
+                manager.deliver_local(room, frame, frozenset(envelope.ids), compressed)
         elif kind == KIND_ALL:
-            manager.deliver_local(None, frame, frozenset(envelope.ids))
+            manager.deliver_local(None, frame, frozenset(envelope.ids), compressed)
         elif kind == KIND_DIRECT:
             for conn_id in envelope.ids:
                 manager.deliver_to_local(conn_id, frame)
-        elif kind == KIND_HISTORY:
-            self._on_history(channel, envelope, own)
         else:
-            self._bad_message(channel)
+            self._bad_message(channel, f"unknown kind {kind}")
 
     def _on_history(self, channel: bytes, envelope: Envelope, own: bool) -> None:
         """A stored publication (see :mod:`.history`, which overrides this)."""
-        self._bad_message(channel)
+        self._bad_message(channel, "a stored publication without history")
 
-    def _bad_message(self, channel: bytes) -> None:
+    def _bad_message(self, channel: bytes, why: str) -> None:
+        """Count and log a message from Redis that is not delivered because it is
+        not a sound envelope: a warning for the first and then at most one per
+        10 s, the others at debug level (a flood cannot flood the log)."""
         self._stats["bad_messages"] += 1
-        if self._stats["bad_messages"] == 1:
-            logger.warning("redis backend: ignoring a message on %r that is not a "
-                           "reinhardt-ws envelope (version %d)", channel, ENVELOPE_VERSION)
+        loop = self._rt.loop
+        now = loop.time() if loop is not None else 0.0
+        level = logging.DEBUG
+        if self._stats["bad_messages"] == 1 or now - self._rt.last_bad_log >= 10.0:
+            self._rt.last_bad_log = now
+            level = logging.WARNING
+        logger.log(level, "redis backend: ignoring a message on %r that is not a sound "
+                   "reinhardt-ws envelope (%s); %d ignored so far", channel, why,
+                   self._stats["bad_messages"])
