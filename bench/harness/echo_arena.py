@@ -57,6 +57,16 @@ ECHO_SPECS: tuple[EchoSpec, ...] = (
     EchoSpec("websockets", "websockets", needs="websockets"),
 )
 
+#: ``BENCH_ECHO_BASELINE=/path/to/an/other/checkout/src`` adds ``reinhardt-baseline``:
+#: the same echo from that tree (its extension built in place), for a before/after
+#: comparison within one run.
+BASELINE_SRC = os.environ.get("BENCH_ECHO_BASELINE", "")
+if BASELINE_SRC:
+    ECHO_SPECS = (*ECHO_SPECS[:1], EchoSpec(
+        "reinhardt-baseline", "reinhardt",
+        env=(("REINHARDT_WS_NO_EXTENSIONS", None), ("PYTHONPATH", BASELINE_SRC)),
+        needs="reinhardt_ws", expect_implementation="cython"), *ECHO_SPECS[1:])
+
 
 def absent_reason(spec: EchoSpec) -> str | None:
     """Why *spec* cannot run here (None: it can)."""
