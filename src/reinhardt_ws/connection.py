@@ -101,6 +101,7 @@ class WebSocketConnection:
         "_handler",
         "_inbox",
         "_inbox_bytes",
+        "_inline_budget",
         "_lost",
         "_opts",
         "_owner",
@@ -166,6 +167,9 @@ class WebSocketConnection:
         self._close_listeners: list[Callable[[WebSocketConnection], object]] = []
         self._inbox: collections.deque[Message] = collections.deque()
         self._inbox_bytes = 0
+        # Messages on_message may still take at once (in the read callback) before
+        # one goes through the worker task, which yields to the other connections.
+        self._inline_budget = opts.max_queue
         self._parked: collections.deque[tuple[int, bool, int, bytes]] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._connect_done = False
@@ -506,9 +510,12 @@ class WebSocketConnection:
         inbox = self._inbox
         handler = self._handler
         if (handler is not None and self._worker is None and not inbox and self._accepted
-                and not self._dispatch_stopped):
+                and not self._dispatch_stopped and self._inline_budget):
             # Nothing is ahead of this message (no callback running, nothing
-            # queued): hand it to on_message now instead of through a task.
+            # queued): hand it to on_message now instead of through a task.  Every
+            # max_queue-th message still goes through the worker, so one read full
+            # of small messages cannot keep the loop from the other connections.
+            self._inline_budget -= 1
             self._dispatch_now(handler, message)
             return
         inbox.append(message)
@@ -653,6 +660,7 @@ class WebSocketConnection:
             raise
         finally:
             self._worker = None
+            self._inline_budget = self._opts.max_queue
         if (inbox and self._dispatching()) or (self._lost and not self._disconnect_done):
             # Something arrived while the last await was finishing.
             self._start_worker()

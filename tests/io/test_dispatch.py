@@ -215,3 +215,36 @@ def test_shutdown_cancels_a_suspended_first_message_and_on_disconnect_runs(run: 
         assert [k for k, _c, _m in handler.events].count("disconnect") == 1
 
     run(main())
+
+
+class WhereItRan(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_task: list[bool] = []
+
+    async def on_message(self, conn: rw.WebSocketConnection, message: rw.Message) -> None:
+        self.in_task.append(asyncio.current_task() is not None)
+        await conn.send(message)
+
+
+def test_every_max_queue_th_message_goes_through_the_worker(run: Run) -> None:
+    """One read full of small messages must not run them all in the read callback:
+    after max_queue of them, the next goes through the worker task (which yields
+    to the other connections every max_queue messages)."""
+    async def main() -> None:
+        handler = WhereItRan()
+        async with running_server(handler, max_queue=4) as server, \
+                ws_connect(url_of(server)) as ws:
+            for i in range(10):  # one at a time: nothing is ever queued
+                await ws.send(f"m{i}")
+                assert await asyncio.wait_for(ws.recv(), 5) == f"m{i}"
+            flood = [f"f{i}" for i in range(40)]
+            for name in flood:  # back to back: most arrive in one read
+                await ws.send(name)
+            assert [await asyncio.wait_for(ws.recv(), 5) for _ in flood] == flood
+        assert handler.in_task[:10] == [False] * 4 + [True] + [False] * 4 + [True]
+        # In the flood no run of inline calls is longer than max_queue.
+        runs = "".join("t" if t else "i" for t in handler.in_task[10:]).split("t")
+        assert max(len(r) for r in runs) <= 4, handler.in_task
+
+    run(main())
