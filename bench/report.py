@@ -731,6 +731,73 @@ def compression_section(rows: list[dict[str, Any]]) -> tuple[str, list[str]]:
 
 
 # -- charts ------------------------------------------------------------------------------
+ECHO_ORDER = ["reinhardt-cy", "reinhardt-baseline", "reinhardt-cy-asyncio", "reinhardt-py",
+              "picows", "socketify", "node-ws", "websockets"]
+ECHO_REFERENCES = ("socketify", "node-ws")  # target 1: at most their CPU per message
+
+
+def echo_section(rows: list[dict[str, Any]]) -> tuple[str, list[str]]:
+    """bench/test_echo.py: the receive path (issue 14, target 1)."""
+    if not rows:
+        return "", []
+    rows = sorted(rows, key=lambda r: (ECHO_ORDER.index(r["contestant"])
+                                       if r["contestant"] in ECHO_ORDER else 99))
+    first = rows[0]
+    out = ["## Echo: the receive path", "",
+           f"{first.get('clients', '?')} clients, each sending a {first.get('size', '?')} B "
+           f"text message and waiting for its echo, {first.get('seconds', '?')} s per round; "
+           "server CPU per echoed message (getrusage in the server). Medians of the rounds.",
+           ""]
+    table = []
+    for r in rows:
+        table.append([r["contestant"], str(r.get("loop", "?")),
+                      fmt(r.get("cpu_us_per_message"), ".2f", " us"),
+                      fmt(r.get("messages_per_s"), ",.0f"),
+                      fmt(r.get("p50_us"), ",.0f", " us"), fmt(r.get("p99_us"), ",.0f", " us")])
+    out += [md_table(["contestant", "loop", "CPU per message", "messages/s", "p50", "p99"],
+                     table), ""]
+    targets: list[str] = []
+    absent: dict[str, str] = {}
+    paired_rows = [r for r in rows if r.get("paired")]
+    if paired_rows:
+        out += ["Paired: before each round of ours, one round of each reference on its own "
+                "arena; the ratio is the median of the per-round ratios of CPU per message.",
+                ""]
+        refs = sorted({ref for r in paired_rows for ref in r["paired"]},
+                      key=lambda x: ECHO_ORDER.index(x) if x in ECHO_ORDER else 99)
+        ptable = []
+        for r in paired_rows:
+            absent.update(r.get("absent") or {})
+            cells = [r["contestant"], fmt(r.get("cpu_us_per_message"), ".2f", " us")]
+            for ref in refs:
+                p = r["paired"].get(ref)
+                cells.append("absent" if p is None else
+                             f"{fmt(p.get('cpu_us_per_message'), '.2f')} us "
+                             f"({fmt(p.get('cpu_ratio'), '.2f')}x)")
+            ptable.append(cells)
+        out += [md_table(["ours", "CPU per message", *[f"{ref} (ours / it)" for ref in refs]],
+                         ptable), ""]
+    ours = next((r for r in paired_rows if r["contestant"] == "reinhardt-cy"), None)
+    if ours is not None:
+        for ref in ECHO_REFERENCES:
+            p = ours["paired"].get(ref)
+            if p is None:
+                targets.append(f"| echo: reinhardt-cy CPU per message <= {ref}'s | absent "
+                               f"({absent.get(ref, 'not measured')}) | n/a |")
+                continue
+            ratio = p.get("cpu_ratio", math.nan)
+            ok = None if math.isnan(ratio) else ratio <= 1.0
+            targets.append(f"| echo: reinhardt-cy CPU per message <= {ref}'s (paired) | "
+                           f"{fmt(ratio, '.2f')}x | {verdict(ok)} |")
+        floor = ours["paired"].get("picows")
+        if floor is not None:
+            out += [f"Above picows' own echo (the floor of our stack): "
+                    f"{fmt(floor.get('cpu_ratio'), '.2f')}x its CPU per message.", ""]
+    if absent:
+        out += ["Absent: " + "; ".join(f"{k}: {v}" for k, v in sorted(absent.items())), ""]
+    return "\n".join(out), targets
+
+
 def draw_charts(charts: dict[str, Any], out: Path) -> list[str]:
     try:
         import matplotlib
@@ -816,6 +883,7 @@ def main(argv: list[str] | None = None) -> int:
     micro = micro_section(by.get("micro", []), charts)
     rooms, t4 = small_rooms_section(by.get("small_rooms", []), data)
     comp, t5 = compression_section(by.get("compression", []))
+    echo, t_echo = echo_section(by.get("echo", []))
     written = draw_charts(charts, args.out)
 
     mi = data.get("machine_info", {})
@@ -833,12 +901,12 @@ def main(argv: list[str] | None = None) -> int:
         "Numbers from one noisy shared machine: compare ratios within this run, not absolute "
         "values across runs.", "",
     ]
-    targets = t1 + t2 + t3 + t4 + t5
+    targets = t1 + t2 + t3 + t4 + t5 + t_echo
     tsec = (["## Targets", "", "| target | measured | verdict |", "|---|---|---|", *targets, ""]
             if targets else [])
     charts_md = ["## Charts", "", *[f"![{w}]({w})" for w in written], ""] if written else []
     report = "\n".join([*head, contestants_section(data), *tsec,
-                        fan, rooms, idle, slow, comp, micro, *charts_md])
+                        fan, rooms, idle, slow, comp, echo, micro, *charts_md])
     (args.out / "REPORT.md").write_text(report)
     print(f"wrote {args.out / 'REPORT.md'} and {len(written)} chart(s)")
     if args.readme is not None:

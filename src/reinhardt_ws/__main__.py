@@ -17,7 +17,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
@@ -37,6 +37,44 @@ EPILOG = "Run 'reinhardt-ws serve --help' or 'reinhardt-ws echo --help' for thei
 
 #: The environment variable that holds the chat server's token secret.
 TOKEN_SECRET_ENV = "REINHARDT_WS_TOKEN_SECRET"
+
+
+#: The choices of ``--loop``.
+LOOPS = ("auto", "uvloop", "asyncio")
+
+
+def loop_factory(kind: str) -> tuple[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """The event loop ``--loop`` *kind* means, as (name, factory): ``auto`` is uvloop
+    when it imports (it does not exist on Windows), else asyncio's own loop, as
+    uvicorn chooses; ``uvloop`` raises ImportError without it."""
+    if kind not in LOOPS:
+        raise ValueError(f"unknown event loop {kind!r}: use one of {', '.join(LOOPS)}")
+    if kind != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if kind == "uvloop":
+                raise
+        else:
+            return "uvloop", uvloop.new_event_loop
+    return "asyncio", asyncio.new_event_loop
+
+
+def _run_on(factory: Callable[[], asyncio.AbstractEventLoop],
+            main: Coroutine[Any, Any, None]) -> None:
+    """``asyncio.run(main)`` on a loop made by *factory*."""
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(main)
+        return
+    loop = factory()  # pragma: no cover - Python 3.10
+    try:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(main)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
 
 
 class StartError(Exception):
@@ -120,6 +158,10 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--no-metrics", action="store_true",
                          help="do not answer GET /metrics (Prometheus metrics, on the "
                               "same port; on by default)")
+        cmd.add_argument("--loop", choices=LOOPS, default="auto",
+                         help="event loop: uvloop when it is installed (auto, the default; "
+                              "pip install 'reinhardt-ws[uvloop]'), uvloop (and fail "
+                              "without it), or asyncio (the standard library's)")
         cmd.add_argument("--reuse-port", action="store_true",
                          help="bind with SO_REUSEPORT, so that several processes share the "
                               "port (--workers sets it)")
@@ -331,7 +373,7 @@ async def _run(args: argparse.Namespace) -> None:
             pass
     # One write per line: with --workers, several processes share this stdout.
     sys.stdout.write(f"reinhardt-ws {args.command} listening on ws://{args.host}:"
-                     f"{server.port}/ (pid {os.getpid()})\n")
+                     f"{server.port}/ (pid {os.getpid()}, event loop {args.loop_name})\n")
     sys.stdout.flush()
     waiter = asyncio.ensure_future(stop.wait())
     await asyncio.wait([waiter, asyncio.ensure_future(server.serve_forever())],
@@ -423,6 +465,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "token_ttl", 1.0) > 0:
         print("reinhardt-ws: --token-ttl must be positive", file=sys.stderr)
         return 2
+    try:
+        args.loop_name, factory = loop_factory(args.loop)
+    except ImportError:
+        print("reinhardt-ws: --loop uvloop needs uvloop: pip install 'reinhardt-ws[uvloop]' "
+              "(or --loop auto, which falls back to asyncio's loop)", file=sys.stderr)
+        return 2
     if getattr(args, "redis", None) is not None:
         if getattr(args, "redis_ttl", 1.0) <= 0:
             print("reinhardt-ws: --redis-ttl must be positive", file=sys.stderr)
@@ -466,7 +514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_workers(workers, list(argv if argv is not None else sys.argv[1:]))
     args.file_limit = _raise_file_limit()
     try:
-        asyncio.run(_run(args))
+        _run_on(factory, _run(args))
     except StartError as exc:
         print(f"reinhardt-ws: {exc}", file=sys.stderr)
         return 1

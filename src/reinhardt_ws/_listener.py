@@ -15,6 +15,9 @@ _KEEPALIVE = b"rws-keepalive"
 
 _TEXT, _BINARY, _CLOSE = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CLOSE
 _PING, _PONG, _CONT = WSMsgType.PING, WSMsgType.PONG, WSMsgType.CONTINUATION
+#: Data frames' opcodes as plain ints (an enum's ``.value`` is a property lookup).
+_DATA_OPCODES: dict[WSMsgType, int] = {_TEXT: _TEXT.value, _BINARY: _BINARY.value,
+                                      _CONT: _CONT.value}
 
 
 class ConnectionListener(WSListener):
@@ -42,8 +45,9 @@ class ConnectionListener(WSListener):
             conn._on_transport_close()
         op = frame.msg_type
         rsv = frame.rsv1 << 2 | frame.rsv2 << 1 | frame.rsv3  # RSV1 = 4: permessage-deflate
-        if op is _TEXT or op is _BINARY or op is _CONT:
-            conn._on_data_frame(op.value, frame.fin, rsv, frame.get_payload_as_bytes())
+        opcode = _DATA_OPCODES.get(op)
+        if opcode is not None:
+            conn._on_data_frame(opcode, frame.fin, rsv, frame.get_payload_as_bytes())
         elif rsv:
             conn._fail(CloseCode.PROTOCOL_ERROR, "reserved bits set on a control frame")
         elif op is _PING:

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from picows import WSCloseCode, WSMsgType
@@ -29,7 +31,7 @@ from ._logging import client_fault
 from .errors import AuthenticationFailed, ConnectionClosed, ProtocolError, SendError
 from .options import ConnectionOptions
 from .protocol.assembler import MessageAssembler
-from .protocol.closing import ClosingHandshake, PeerClose, fit_reason
+from .protocol.closing import CloseState, ClosingHandshake, PeerClose, fit_reason
 from .protocol.extensions.permessage_deflate import PerMessageDeflate, build_compressed_frame
 from .protocol.limits import TokenBucket
 from .protocol.messages import (
@@ -37,8 +39,10 @@ from .protocol.messages import (
     OPCODE_CLOSE,
     OPCODE_PING,
     OPCODE_PONG,
+    OPCODE_TEXT,
     CloseCode,
     Message,
+    MessageType,
     WebSocketMessage,
     encode_close_payload,
     frame_parts,
@@ -97,6 +101,7 @@ class WebSocketConnection:
         "_handler",
         "_inbox",
         "_inbox_bytes",
+        "_inline_budget",
         "_lost",
         "_opts",
         "_owner",
@@ -162,6 +167,9 @@ class WebSocketConnection:
         self._close_listeners: list[Callable[[WebSocketConnection], object]] = []
         self._inbox: collections.deque[Message] = collections.deque()
         self._inbox_bytes = 0
+        # Messages on_message may still take at once (in the read callback) before
+        # one goes through the worker task, which yields to the other connections.
+        self._inline_budget = opts.max_queue
         self._parked: collections.deque[tuple[int, bool, int, bytes]] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._connect_done = False
@@ -237,6 +245,13 @@ class WebSocketConnection:
         :class:`ConnectionClosed` when the connection is closed or closing and
         :class:`SendError` for what cannot be sent.
         """
+        if type(message) is Message:  # an echo or a relay: no conversion to make
+            data_opcode = _DATA_OPCODES.get(message.type)
+            if data_opcode is not None:
+                if self._write_paused:
+                    await self._wait_writable()
+                self._send_frame(data_opcode, message._payload)
+                return
         opcode, payload = frame_parts(message)
         if opcode == OPCODE_CLOSE:
             assert isinstance(message, Message)
@@ -285,7 +300,7 @@ class WebSocketConnection:
         return await fut
 
     def _send_frame(self, opcode: int, payload: bytes) -> None:
-        if not self._closing.is_open:
+        if self._closing.state is not _OPEN:
             raise self._closed_error()
         peer = self._peer
         # permessage-deflate: data frames go compressed when that pays.
@@ -487,14 +502,24 @@ class WebSocketConnection:
             self._note("message_rate")
             self._fail(CloseCode.POLICY_VIOLATION, "message rate exceeded")
             return
-        inbox = self._inbox
-        inbox.append(message)
-        size = len(message.payload)
-        self._inbox_bytes += size
+        size = len(message._payload)
         owner = self._owner
         if owner is not None:  # metrics: two integer additions per message
             owner._messages_received += 1
             owner._bytes_received += size
+        inbox = self._inbox
+        handler = self._handler
+        if (handler is not None and self._worker is None and not inbox and self._accepted
+                and not self._dispatch_stopped and self._inline_budget):
+            # Nothing is ahead of this message (no callback running, nothing
+            # queued): hand it to on_message now instead of through a task.  Every
+            # max_queue-th message still goes through the worker, so one read full
+            # of small messages cannot keep the loop from the other connections.
+            self._inline_budget -= 1
+            self._dispatch_now(handler, message)
+            return
+        inbox.append(message)
+        self._inbox_bytes += size
         opts = self._opts
         if len(inbox) >= opts.max_queue or self._inbox_bytes >= (opts.max_queue_bytes or 0):
             if not self._reading_paused:
@@ -507,7 +532,7 @@ class WebSocketConnection:
 
     def _take(self) -> Message:
         message = self._inbox.popleft()
-        self._inbox_bytes -= len(message.payload)
+        self._inbox_bytes -= len(message._payload)
         if self._below_low_water():
             if self._parked is not None:
                 self._unpark()
@@ -558,12 +583,48 @@ class WebSocketConnection:
         failed, nor once the server decided to close (but for a shutdown)."""
         return not self._dispatch_stopped
 
-    async def _run_handler(self) -> None:
+    def _dispatch_now(self, handler: WebSocketHandler, message: Message) -> None:
+        """Run ``on_message`` for *message* at once, up to its first suspension.
+
+        Most calls never suspend (an echo, a broadcast): they complete here, in
+        the read callback, with no task and no loop iteration in between.  One
+        that suspends continues in the worker task, which then serves whatever
+        queued meanwhile, in order.  The call runs in a copy of the current
+        context, as a task would, and its exceptions are handled as the
+        worker's are (logged, 1011).
+        """
+        context = contextvars.copy_context()
+        coro = handler.on_message(self, message)
+        if type(coro) is not CoroutineType:  # another awaitable (or a mistake)
+            self._worker = asyncio.get_running_loop().create_task(
+                self._run_handler(_awaited(coro)))
+            return
+        try:
+            yielded = context.run(coro.send, None)
+        except StopIteration:
+            return
+        except asyncio.CancelledError:
+            return  # it cancelled itself: as a cancelled worker, nothing more to do
+        except Exception as exc:
+            self._handler_error("on_message", exc)
+            return
+        self._worker = asyncio.get_running_loop().create_task(
+            self._run_handler(_Resumed(coro, yielded, context)))
+
+    async def _run_handler(self, pending: Awaitable[object] | None = None) -> None:
+        """The worker task: on_connect, then the inbox, one on_message at a time;
+        *pending* is an ``on_message`` call to finish first (it suspended when
+        :meth:`_dispatch_now` started it)."""
         handler = self._handler
         assert handler is not None
         inbox = self._inbox
         try:
-            if not self._connect_done:
+            if pending is not None:
+                try:
+                    await pending
+                except Exception as exc:
+                    self._handler_error("on_message", exc)
+            elif not self._connect_done:
                 self._connect_done = True
                 if await self._authenticate():
                     self._accepted = True
@@ -599,6 +660,7 @@ class WebSocketConnection:
             raise
         finally:
             self._worker = None
+            self._inline_budget = self._opts.max_queue
         if (inbox and self._dispatching()) or (self._lost and not self._disconnect_done):
             # Something arrived while the last await was finishing.
             self._start_worker()
@@ -706,7 +768,16 @@ class WebSocketConnection:
                 self._parked = collections.deque()
             self._parked.append((opcode, fin, rsv, payload))
             return
-        self._assemble(opcode, fin, rsv, payload)
+        # What _assemble() does, without one more call per frame.
+        if self._dispatch_stopped:
+            return
+        try:
+            message = self._assembler.feed(opcode, fin, rsv, payload)
+        except ProtocolError as exc:
+            self._fail(exc.code, str(exc))
+            return
+        if message is not None:
+            self._deliver(message)
 
     def _assemble(self, opcode: int, fin: bool, rsv: int, payload: bytes) -> None:
         if self._dispatch_stopped:
@@ -833,6 +904,43 @@ class WebSocketConnection:
 
 
 _PICOWS_CODES = frozenset(c.value for c in WSCloseCode)
+_OPEN = CloseState.OPEN
+#: The data messages' opcodes by type (``send``'s fast path).
+_DATA_OPCODES = {MessageType.TEXT: OPCODE_TEXT, MessageType.BINARY: OPCODE_BINARY}
+
+
+class _Resumed:
+    """Awaiting this finishes a coroutine whose first step already ran (it
+    yielded *yielded*): what ``await coro`` would have done from there on, each
+    step in *context*.  Cancellation is thrown into the coroutine, as a task's is."""
+
+    __slots__ = ("_context", "_coro", "_yielded")
+
+    def __init__(self, coro: CoroutineType[Any, Any, Any], yielded: object,
+                 context: contextvars.Context) -> None:
+        self._coro = coro
+        self._yielded = yielded
+        self._context = context
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, run = self._coro, self._context.run
+        yielded, self._yielded = self._yielded, None
+        while True:
+            try:
+                value = yield yielded
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:
+                try:
+                    yielded = run(coro.throw, exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    yielded = run(coro.send, value)
+                except StopIteration as stop:
+                    return stop.value
 
 
 # Peer addresses in the connection log.
@@ -842,6 +950,11 @@ def _address(peer: object) -> str:
         host = str(peer[0])
         return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
     return str(peer)
+
+
+async def _awaited(awaitable: Any) -> object:
+    """``await awaitable`` (a TypeError if it is not one), as a coroutine."""
+    return await awaitable
 
 
 async def _swallow(waiter: Awaitable[object]) -> None:

@@ -23,6 +23,15 @@ class WebSocketHandler:
     connection notices.  While ``on_message`` is slow, the connection's inbound
     queue fills up to the server's ``max_queue`` and the server stops reading
     that socket (TCP backpressure) until it drains.
+
+    A message with nothing ahead of it (no callback of that connection running,
+    nothing queued) is handed to ``on_message`` at once, in the read callback;
+    only a call that suspends (awaits something not yet done) continues in a
+    task.  Each call runs in its own copy of the context, as in a task; but
+    until its first suspension ``asyncio.current_task()`` is None there, so
+    code that needs a current task (``asyncio.timeout()``, and on Python 3.12+
+    ``asyncio.wait_for``) must come after an ``await`` that suspends, or run
+    in a task of its own.
     """
 
     async def on_connect(self, conn: WebSocketConnection) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 import reinhardt_ws as rw
 from reinhardt_ws import CloseCode, Message, MessageType, WebSocketMessage
-from reinhardt_ws.protocol.messages import frame_parts
+from reinhardt_ws.protocol.messages import binary_message, frame_parts, text_message
 
 # -- Message -------------------------------------------------------------------
 
@@ -277,3 +277,28 @@ def test_error_attributes() -> None:
     refused = rw.HandshakeError("no", 403, b"body")
     assert (refused.status, refused.body) == (403, b"body")
     assert rw.HandshakeError("timeout").status is None
+
+
+# The receive path's unchecked constructors build what the checked one builds.
+@pytest.mark.parametrize("text", ["", "hé", "x" * 300])
+def test_text_message_of_the_receive_path_equals_the_checked_one(text: str) -> None:
+    fast = text_message(text, text.encode("utf-8"))
+    checked = Message.text(text)
+    assert fast == checked and hash(fast) == hash(checked)
+    assert (fast.type, fast.data, fast.code, fast.reason, fast.payload, fast.opcode) == (
+        checked.type, checked.data, checked.code, checked.reason, checked.payload,
+        checked.opcode)
+    with pytest.raises(AttributeError):
+        fast.data = "changed"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("data", [b"", b"\x00\xff", b"y" * 300])
+def test_binary_message_of_the_receive_path_equals_the_checked_one(data: bytes) -> None:
+    fast = binary_message(data)
+    checked = Message.binary(data)
+    assert fast == checked and repr(fast) == repr(checked)
+    assert (fast.type, fast.data, fast.code, fast.reason, fast.payload, fast.opcode) == (
+        checked.type, checked.data, checked.code, checked.reason, checked.payload,
+        checked.opcode)
+    with pytest.raises(AttributeError):
+        del fast.data

@@ -19,7 +19,8 @@ from .messages import (
     OPCODE_TEXT,
     CloseCode,
     Message,
-    MessageType,
+    binary_message,
+    text_message,
 )
 
 __all__ = ["MessageAssembler"]
@@ -94,8 +95,8 @@ class MessageAssembler:
                 except UnicodeDecodeError as exc:
                     raise ProtocolError(f"invalid UTF-8 in text message: {exc.reason}",
                                         CloseCode.INVALID_PAYLOAD) from None
-                return Message(MessageType.TEXT, text, _payload=payload)
-            return Message(MessageType.BINARY, payload)
+                return text_message(text, payload)
+            return binary_message(payload)
         self._opcode = opcode
         self._size = 0
         self._inflate = inflate
@@ -138,5 +139,6 @@ class MessageAssembler:
         self._decoder = None
         self._inflate = None
         if decoder is not None:
-            return Message(MessageType.TEXT, "".join(parts))  # type: ignore[arg-type]
-        return Message(MessageType.BINARY, b"".join(parts))  # type: ignore[arg-type]
+            text = "".join(parts)  # type: ignore[arg-type]
+            return text_message(text, text.encode("utf-8"))
+        return binary_message(b"".join(parts))  # type: ignore[arg-type]

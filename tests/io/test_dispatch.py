@@ -1,0 +1,250 @@
+"""How a message reaches ``on_message``: at once, in the read callback, when
+nothing is ahead of it (no callback running, nothing queued), and through the
+connection's worker task once a call suspends.  The handler's promises hold on
+both paths: one call at a time, arrival order, a failing call closes with 1011,
+each call in its own copy of the context."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed as WsClosed
+
+import reinhardt_ws as rw
+
+from ..core_helpers import Run
+from ..fixtures import Recorder, eventually, running_server, url_of
+
+TAG: contextvars.ContextVar[str] = contextvars.ContextVar("TAG", default="unset")
+
+
+class Mixed(Recorder):
+    """Messages named ``wait*`` suspend (twice); the others complete at once.
+    Records the order of starts and ends and any overlap on a connection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log: list[str] = []
+        self.active = 0
+        self.overlaps = 0
+        self.tasks: list[asyncio.Task[Any] | None] = []
+
+    async def on_message(self, conn: rw.WebSocketConnection, message: rw.Message) -> None:
+        self.active += 1
+        if self.active > 1:
+            self.overlaps += 1
+        text = str(message.data)
+        self.log.append(f"start {text}")
+        try:
+            if text.startswith("wait"):
+                await asyncio.sleep(0.01)
+                await asyncio.sleep(0)
+                self.tasks.append(asyncio.current_task())
+            else:
+                self.tasks.append(asyncio.current_task())
+            await conn.send(text)
+        finally:
+            self.active -= 1
+            self.log.append(f"end {text}")
+
+
+def test_order_and_one_call_at_a_time_across_both_paths(run: Run) -> None:
+    async def main() -> None:
+        handler = Mixed()
+        names = ["a", "wait1", "b", "c", "wait2", "wait3", "d", "e"]
+        async with running_server(handler) as server, ws_connect(url_of(server)) as ws:
+            for name in names:
+                await ws.send(name)
+            echoes = [await asyncio.wait_for(ws.recv(), 5) for _ in names]
+            assert echoes == names
+            # Then one at a time: a message that completes at once, after a pause.
+            await ws.send("f")
+            assert await asyncio.wait_for(ws.recv(), 5) == "f"
+        assert handler.overlaps == 0
+        expected = [f"{kind} {n}" for n in [*names, "f"] for kind in ("start", "end")]
+        assert handler.log == expected
+        # "f" arrived with nothing ahead of it: it ran in the read callback, no task.
+        assert handler.tasks[-1] is None
+        # A call that suspended finished in a task.
+        assert isinstance(handler.tasks[names.index("wait1")], asyncio.Task)
+
+    run(main())
+
+
+class Raiser(Recorder):
+    def __init__(self, after_await: bool) -> None:
+        super().__init__()
+        self.after_await = after_await
+
+    async def on_message(self, conn: rw.WebSocketConnection, message: rw.Message) -> None:
+        await super().on_message(conn, message)
+        if message.data == "boom":
+            if self.after_await:
+                await asyncio.sleep(0.01)
+            raise RuntimeError("handler bug")
+        await conn.send(message)
+
+
+@pytest.mark.parametrize("after_await", [False, True], ids=["at-once", "after-await"])
+def test_a_failing_on_message_closes_with_1011_and_nothing_after_it_is_handled(
+        run: Run, caplog: pytest.LogCaptureFixture, after_await: bool) -> None:
+    async def main() -> None:
+        handler = Raiser(after_await)
+        async with running_server(handler) as server:
+            async with ws_connect(url_of(server)) as other, ws_connect(url_of(server)) as ws:
+                await ws.send("ok")
+                assert await asyncio.wait_for(ws.recv(), 5) == "ok"
+                await ws.send("boom")
+                await ws.send("never")
+                with pytest.raises(WsClosed):
+                    await asyncio.wait_for(ws.recv(), 5)
+                assert ws.close_code == 1011
+                assert ws.close_reason == "on_message failed"
+                # The other connection goes on.
+                await other.send("still")
+                assert await asyncio.wait_for(other.recv(), 5) == "still"
+            await eventually(lambda: sum(k == "disconnect" for k, _c, _m in handler.events) == 2)
+        sent = [str(m.data) for kind, _cid, m in handler.events if kind == "message"]
+        assert "never" not in sent
+        assert any("on_message of" in r.getMessage() and r.exc_info for r in caplog.records)
+
+    with caplog.at_level(logging.ERROR, logger="reinhardt_ws"):
+        run(main())
+
+
+class ContextUser(Recorder):
+    """Sets a context variable in every call and reports what it found first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, str]] = []
+
+    async def on_message(self, conn: rw.WebSocketConnection, message: rw.Message) -> None:
+        text = str(message.data)
+        before = TAG.get()
+        TAG.set(text)
+        if text.startswith("wait"):
+            await asyncio.sleep(0.01)
+        self.seen.append((before, TAG.get()))
+        await conn.send(text)
+
+
+def test_each_call_runs_in_its_own_copy_of_the_context(run: Run) -> None:
+    async def main() -> None:
+        handler = ContextUser()
+        async with running_server(handler) as server, ws_connect(url_of(server)) as ws:
+            for name in ("one", "wait-two", "three"):
+                await ws.send(name)
+                assert await asyncio.wait_for(ws.recv(), 5) == name
+        # No call sees another's value; a value set before a suspension survives it.
+        assert handler.seen == [("unset", "one"), ("unset", "wait-two"), ("unset", "three")]
+
+    run(main())
+
+
+class NotACoroutine(Recorder):
+    def on_message(self, conn: rw.WebSocketConnection,  # type: ignore[override]
+                   message: rw.Message) -> None:
+        self.events.append(("message", conn.id, message))
+
+
+class Awaitable(Recorder):
+    """on_message returns a plain awaitable (a Future), not a coroutine."""
+
+    def on_message(self, conn: rw.WebSocketConnection,  # type: ignore[override]
+                   message: rw.Message) -> asyncio.Future[None]:
+        self.events.append(("message", conn.id, message))
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_later(0.01, fut.set_result, None)
+        asyncio.get_running_loop().call_later(0.005, lambda: asyncio.ensure_future(
+            conn.send(f"echo {message.data}")))
+        return fut
+
+
+def test_an_on_message_that_is_not_awaitable_closes_with_1011(run: Run) -> None:
+    async def main() -> None:
+        handler = NotACoroutine()
+        async with running_server(handler) as server, ws_connect(url_of(server)) as ws:
+            await ws.send("x")
+            with pytest.raises(WsClosed):
+                await asyncio.wait_for(ws.recv(), 5)
+            assert ws.close_code == 1011
+
+    run(main())
+
+
+def test_an_on_message_returning_another_awaitable_is_awaited(run: Run) -> None:
+    async def main() -> None:
+        handler = Awaitable()
+        async with running_server(handler) as server, ws_connect(url_of(server)) as ws:
+            for name in ("p", "q"):
+                await ws.send(name)
+                assert await asyncio.wait_for(ws.recv(), 5) == f"echo {name}"
+
+    run(main())
+
+
+class Stuck(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.cancelled = 0
+
+    async def on_message(self, conn: rw.WebSocketConnection, message: rw.Message) -> None:
+        await super().on_message(conn, message)
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+
+
+def test_shutdown_cancels_a_suspended_first_message_and_on_disconnect_runs(run: Run) -> None:
+    async def main() -> None:
+        handler = Stuck()
+        server = await rw.serve(handler, "127.0.0.1", 0, ping_interval=None)
+        async with ws_connect(url_of(server)) as ws:
+            await ws.send("hang")
+            await eventually(lambda: any(k == "message" for k, _c, _m in handler.events))
+            await server.close(timeout=0.2)
+        assert handler.cancelled == 1
+        assert [k for k, _c, _m in handler.events].count("disconnect") == 1
+
+    run(main())
+
+
+class WhereItRan(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_task: list[bool] = []
+
+    async def on_message(self, conn: rw.WebSocketConnection, message: rw.Message) -> None:
+        self.in_task.append(asyncio.current_task() is not None)
+        await conn.send(message)
+
+
+def test_every_max_queue_th_message_goes_through_the_worker(run: Run) -> None:
+    """One read full of small messages must not run them all in the read callback:
+    after max_queue of them, the next goes through the worker task (which yields
+    to the other connections every max_queue messages)."""
+    async def main() -> None:
+        handler = WhereItRan()
+        async with running_server(handler, max_queue=4) as server, \
+                ws_connect(url_of(server)) as ws:
+            for i in range(10):  # one at a time: nothing is ever queued
+                await ws.send(f"m{i}")
+                assert await asyncio.wait_for(ws.recv(), 5) == f"m{i}"
+            flood = [f"f{i}" for i in range(40)]
+            for name in flood:  # back to back: most arrive in one read
+                await ws.send(name)
+            assert [await asyncio.wait_for(ws.recv(), 5) for _ in flood] == flood
+        assert handler.in_task[:10] == [False] * 4 + [True] + [False] * 4 + [True]
+        # In the flood no run of inline calls is longer than max_queue.
+        runs = "".join("t" if t else "i" for t in handler.in_task[10:]).split("t")
+        assert max(len(r) for r in runs) <= 4, handler.in_task
+
+    run(main())
