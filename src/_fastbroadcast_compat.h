@@ -42,6 +42,14 @@ static Py_ssize_t rws_sendv(int fd, rws_iovec *iov, int n) {
 }
 #endif
 
+/* A hint that *p* will be read soon (the flush loop's next members); no-op
+ * where the compiler has no such builtin. */
+#if defined(__GNUC__) || defined(__clang__)
+#define rws_prefetch(p) __builtin_prefetch((p), 0, 2)
+#else
+#define rws_prefetch(p) ((void)(p))
+#endif
+
 static int rws_would_block(int err) {
 #if defined(EWOULDBLOCK) && EWOULDBLOCK != EAGAIN
     if (err == EWOULDBLOCK) return 1;
