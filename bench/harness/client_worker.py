@@ -10,20 +10,27 @@ sent after the handshake: client work stays small and out of the server process.
 Control: one command per line on stdin, one reply per line on stdout.
   (start)                       -> READY <count>   |  ERROR <reason>
   STALL <k>                     -> OK   (stop reading the first k sockets for good)
-  EXPECT <bytes> <size> <timeout> <stall_timeout>
+  EXPECT <bytes> <size> <timeout> <stall_timeout> [<record>]
                                 -> ARMED, then later exactly one of
                                    DONE <client_cpu_s>
                                    SHORT <short_sockets> <missing_bytes> <closed> <corrupt> <over>
+  ARRIVALS                      -> ARRIVALS <json: per recorded socket, the
+                                   time.monotonic() at which each frame of the
+                                   last phase was complete>
   QUIT                          -> (exit)
 EXPECT arms a phase: every active socket must receive exactly <bytes> more bytes,
 the stream of frames of <size>-byte payloads.  SHORT is sent when the phase times
 out, makes no progress for <stall_timeout> seconds, or a socket gets a wrong byte,
-too many bytes or EOF.
+too many bytes or EOF.  With <record> = k > 0 the first k active sockets note
+when each frame of the phase arrived whole (for the latency measurement; the
+time is that of the read that completed it, so a --poll-interval adds up to
+that much).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import select
 import socket
@@ -134,6 +141,7 @@ def main() -> int:
     corrupt = over = 0
     cpu_at_arm = 0.0
     line_buf = b""
+    recorded: dict[int, list[float]] = {}  # socket slot -> arrival time of each frame
 
     def finish_short(reason: str) -> None:
         nonlocal armed
@@ -182,9 +190,13 @@ def main() -> int:
                                 ep.unregister(socks[i].fileno())
                                 active[i] = False
                         say("OK")
+                    elif cmd[0] == "ARRIVALS":
+                        say(f"ARRIVALS {json.dumps(list(recorded.values()))}")
                     elif cmd[0] == "EXPECT":
                         nbytes, size = int(cmd[1]), int(cmd[2])
                         timeout, stall_timeout = float(cmd[3]), float(cmd[4])
+                        record = int(cmd[5]) if len(cmd) > 5 else 0
+                        recorded = {i: [] for i in [i for i in range(n) if active[i]][:record]}
                         firsts = [received[i] for i in range(n) if active[i]]
                         base = firsts[0] if firsts else 0
                         if any(closed):
@@ -232,6 +244,12 @@ def main() -> int:
             if not armed:
                 continue
             stall_deadline = time.monotonic() + stall_timeout
+            if recorded:
+                arrivals = recorded.get(i)
+                if arrivals is not None:
+                    done = (after - base) // flen - (before - base) // flen
+                    if done > 0:
+                        arrivals.extend([time.monotonic()] * done)
             if verify and not pattern.startswith(mv[:got], (before - base) % flen):
                 corrupt += 1
                 finish_short("corrupt")

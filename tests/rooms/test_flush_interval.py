@@ -39,6 +39,17 @@ def test_flush_interval_is_a_manager_option_of_from_url() -> None:
     assert rw.RoomManager().flush_interval is None
 
 
+def test_flush_interval_can_be_changed_and_is_validated_then_too() -> None:
+    rooms = rw.RoomManager()
+    rooms.flush_interval = 0.5
+    assert rooms.flush_interval == 0.5
+    with pytest.raises(ValueError, match="flush_interval"):
+        rooms.flush_interval = 0
+    assert rooms.flush_interval == 0.5
+    rooms.flush_interval = None
+    assert rooms.flush_interval is None
+
+
 def test_a_stream_of_single_broadcasts_arrives_whole_in_order_in_few_writes(run: Run) -> None:
     """One broadcast per loop iteration, 300 of them, with a 20 ms budget: every
     client gets every message in order, and the members are written far fewer

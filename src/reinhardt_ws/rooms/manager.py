@@ -199,16 +199,9 @@ class RoomManager:
                  flush_interval: float | None = None) -> None:
         if max_rooms_per_connection is not None and max_rooms_per_connection < 1:
             raise ValueError("max_rooms_per_connection must be positive or None")
-        if flush_interval is not None:
-            if isinstance(flush_interval, bool) or not isinstance(flush_interval, (int, float)):
-                raise TypeError("flush_interval must be a number of seconds or None")
-            if not (math.isfinite(flush_interval) and 0 < flush_interval <= 1):
-                raise ValueError("flush_interval must be within 0 < flush_interval <= 1 "
-                                 f"second, not {flush_interval!r}")
-        #: Seconds a broadcast may be held to share a write (None: written within
-        #: the event-loop iteration).
-        self.flush_interval = None if flush_interval is None else float(flush_interval)
-        self._hold = self.flush_interval or 0.0
+        self._flush_interval: float | None = None
+        self._hold = 0.0
+        self.flush_interval = flush_interval
         if history is not None and not isinstance(history, HistoryPolicy):
             raise TypeError("history must be a HistoryPolicy or None")
         self._backend: Backend = backend if backend is not None else InMemoryBackend()
@@ -263,6 +256,26 @@ class RoomManager:
 
             return cls(backend=RedisBackend(url, **options), **mine)
         raise ValueError(f"no backend for {url!r}")
+
+    @property
+    def flush_interval(self) -> float | None:
+        """Seconds a broadcast may be held to share a write with the next ones
+        (None: written within the event-loop iteration).  May be changed at any
+        time; it applies to broadcasts made from then on.  ``TypeError`` for
+        what is not a number, ``ValueError`` unless ``0 < value <= 1``."""
+        return self._flush_interval
+
+    @flush_interval.setter
+    def flush_interval(self, value: float | None) -> None:
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError("flush_interval must be a number of seconds or None")
+            if not (math.isfinite(value) and 0 < value <= 1):
+                raise ValueError("flush_interval must be within 0 < flush_interval <= 1 "
+                                 f"second, not {value!r}")
+            value = float(value)
+        self._flush_interval = value
+        self._hold = value or 0.0
 
     @property
     def backend(self) -> Backend:
