@@ -28,9 +28,12 @@ cdef extern from "_fastbroadcast_compat.h":
     int RWS_HAVE_DIRECT
     Py_ssize_t rws_sendv(int fd, rws_iovec *iov, int n) nogil
     void rws_prefetch(const void *p) nogil
+    object rws_descr_get(object descr, object obj)
+    object rws_call_unbound(object func, object obj)
     int rws_would_block(int err) nogil
 
 from collections.abc import Mapping as _Mapping
+from inspect import getattr_static as _getattr_static
 
 __all__ = ["DELIVERED", "DROPPED", "FAILED", "IMPLEMENTATION", "Hub", "Peer", "build_frame"]
 
@@ -117,6 +120,11 @@ cdef class Peer:
         # touches the transport only, where three bound-method objects were three
         # more cache misses per member per flush (perf showed them dominating).
         object _transport
+        # What the flush asks each time, found once on the types (see
+        # _type_attribute): saves an attribute lookup per question per flush.
+        object _is_closing_f
+        object _buffer_size_f
+        object _close_sent_d
         object _on_overflow
         object _on_failure
         int _fd
@@ -152,6 +160,9 @@ cdef class Peer:
         self._hub = hub
         self._ws = ws
         self._transport = transport
+        self._is_closing_f = _type_attribute(transport, "is_closing")
+        self._buffer_size_f = _type_attribute(transport, "get_write_buffer_size")
+        self._close_sent_d = _type_attribute(ws, "is_close_frame_sent") if ws is not None else None
         self._fd = fd if RWS_HAVE_DIRECT else -1
         self._scheduled = False
         self._held = False
@@ -198,6 +209,21 @@ cdef class Peer:
         self._q[self._qlen] = <PyObject *>frame
         self._qlen += 1
         return 0
+
+    cdef inline object _closing_now(self):
+        if self._is_closing_f is not None:
+            return rws_call_unbound(self._is_closing_f, self._transport)
+        return self._transport.is_closing()
+
+    cdef inline object _close_sent(self):
+        if self._close_sent_d is not None:
+            return rws_descr_get(self._close_sent_d, self._ws)
+        return self._ws.is_close_frame_sent
+
+    cdef inline object _buffer_size(self):
+        if self._buffer_size_f is not None:
+            return rws_call_unbound(self._buffer_size_f, self._transport)
+        return self._transport.get_write_buffer_size()
 
     # -- queueing -----------------------------------------------------------
     def send(self, bytes frame not None):
@@ -295,10 +321,10 @@ cdef class Peer:
         """
         cdef Py_ssize_t buffered, backlog
         try:
-            buffered = self._transport.get_write_buffer_size()
+            buffered = self._buffer_size()
             if buffered == 0 and self.pending_size:
                 self._flush()
-                buffered = self._transport.get_write_buffer_size()
+                buffered = self._buffer_size()
         except Exception:  # transport already gone
             buffered = 0
         self._transport_size = buffered
@@ -310,7 +336,7 @@ cdef class Peer:
         transport (not what the kernel's socket buffer holds).  Exact; costs one
         call to the transport's ``get_write_buffer_size``."""
         try:
-            return <Py_ssize_t>self._transport.get_write_buffer_size() + self.pending_size
+            return <Py_ssize_t>self._buffer_size() + self.pending_size
         except Exception:  # transport already gone
             return self.pending_size
 
@@ -341,7 +367,7 @@ cdef class Peer:
         try:
             if self.failed:
                 return 0
-            if self._ws is not None and self._ws.is_close_frame_sent:
+            if self._ws is not None and self._close_sent():
                 # picows closed the connection itself (a protocol error it
                 # detected): nothing may follow its close frame.
                 self.closed = True
@@ -365,11 +391,11 @@ cdef class Peer:
         cdef object frame
         cdef char *buf
         cdef Hub hub = self._hub
-        if self._transport.is_closing():  # closed by someone else: no more bytes
+        if self._closing_now():  # closed by someone else: no more bytes
             self._fail(None)
             return 0
         hub._flushes += 1
-        if self._fd >= 0 and self._transport.get_write_buffer_size() == 0:
+        if self._fd >= 0 and self._buffer_size() == 0:
             self._transport_size = 0
             while start < count:
                 cnt = count - start
@@ -416,13 +442,13 @@ cdef class Peer:
                     hub._transport_writes += count - start
                     for j in range(start, count):
                         self._transport.write(<object>frames[j])
-                    self._transport_size = self._transport.get_write_buffer_size()
+                    self._transport_size = self._buffer_size()
                     return 0
             return 0
         hub._transport_writes += count
         for i in range(count):
             self._transport.write(<object>frames[i])
-        self._transport_size = self._transport.get_write_buffer_size()
+        self._transport_size = self._buffer_size()
         return 0
 
     cdef void _drop_pending(self):
@@ -620,6 +646,20 @@ cdef class Hub:
             "transport_writes": self._transport_writes,
             "write_failures": self._write_failures,
         }
+
+
+cdef object _type_attribute(obj, str name):
+    """*name* as *obj*'s type defines it (a function, or a data descriptor such
+    as a Cython attribute), when asking the type gives what ``getattr(obj,
+    name)`` gives; else None (an instance attribute, a static or class method,
+    a property, nothing): the peer then asks the object itself."""
+    raw = _getattr_static(obj, name, None)
+    if raw is None or isinstance(raw, (staticmethod, classmethod, property)):
+        return None
+    instance_dict = getattr(obj, "__dict__", None)
+    if instance_dict is not None and name in instance_dict:
+        return None
+    return raw
 
 
 cdef int _flush_peers(list peers, bint held) except -1:
