@@ -114,7 +114,28 @@ cdef class Peer:
     """
 
     cdef:
+        # Declared in the order they are touched: what every frame of a fan-out
+        # reads and writes (flags, sizes, the queue) shares the first cache lines
+        # after the object header; what only the flush reads comes after.
+        readonly bint closed
+        readonly bint failed
+        readonly bint paused
+        readonly bint drop_slow
+        readonly bint over_limit
+        bint _scheduled
+        bint _held
+        readonly Py_ssize_t pending_size
+        Py_ssize_t _transport_size
+        readonly Py_ssize_t max_write_buffer
+        # The queue: owned references to frames, in order; _q is _inline until
+        # a queue outgrows it.  No Python list: nothing to allocate or free per
+        # flush, and one cache line less to touch per member.
+        Py_ssize_t _qlen
+        Py_ssize_t _qcap
+        PyObject **_q
+        PyObject *_inline[INLINE_FRAMES]
         Hub _hub
+        int _fd
         object _ws
         # The transport itself, not its bound methods: calling a method on it
         # touches the transport only, where three bound-method objects were three
@@ -125,27 +146,9 @@ cdef class Peer:
         object _is_closing_f
         object _buffer_size_f
         object _close_sent_d
+        readonly str conn_id
         object _on_overflow
         object _on_failure
-        int _fd
-        # The queue: owned references to frames, in order; _q is _inline until
-        # a queue outgrows it.  No Python list: nothing to allocate or free per
-        # flush, and one cache line less to touch per member.
-        PyObject **_q
-        Py_ssize_t _qlen
-        Py_ssize_t _qcap
-        PyObject *_inline[INLINE_FRAMES]
-        bint _scheduled
-        bint _held
-        Py_ssize_t _transport_size
-        readonly str conn_id
-        readonly Py_ssize_t max_write_buffer
-        readonly Py_ssize_t pending_size
-        readonly bint drop_slow
-        readonly bint paused
-        readonly bint closed
-        readonly bint failed
-        readonly bint over_limit
 
     def __cinit__(self):
         self._q = self._inline
