@@ -264,7 +264,7 @@ class Reinhardt(Contestant):
         from reinhardt_ws import RoomManager, WebSocketHandler, serve
 
         interval = float(self.options.get("flush_interval") or 0)
-        rooms = RoomManager(flush_interval=interval or None)
+        rooms = RoomManager(flush_interval=interval) if interval else RoomManager()
         self.rooms = rooms
         self.connected = 0
         outer = self
