@@ -701,7 +701,11 @@ class RoomManager:
         members = self._everyone if room is None else self._rooms.get(room)
         if not members:
             return BroadcastResult()
-        assert self._hub is not None
+        hub = self._hub
+        assert hub is not None
+        # A flush interval is passed only when set: the plain call stays the plain call.
+        fanout = functools.partial(hub.fanout, flush_interval=self._hold) if self._hold \
+            else hub.fanout
         groups = self._deflate_groups.of(room)
         if groups is not None:
             # permessage-deflate: one compressed frame per group, the plain one to the rest.
@@ -709,12 +713,11 @@ class RoomManager:
             failed: list[str] = []
             for compressor, group in list(groups.items()):
                 out = frame if compressor is None else compressed_frame(frame, compressor)
-                d, n, f = self._hub.fanout(group, out, exclude or None, self._hold)
+                d, n, f = fanout(group, out, exclude or None)
                 delivered, dropped = delivered + d, dropped + n
                 failed.extend(f)
         else:
-            delivered, dropped, failed = self._hub.fanout(members, frame, exclude or None,
-                                                          self._hold)
+            delivered, dropped, failed = fanout(members, frame, exclude or None)
         for conn_id in failed:
             self._remove_everywhere(conn_id)
         return BroadcastResult(delivered, dropped, tuple(failed))
