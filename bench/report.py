@@ -213,8 +213,9 @@ def flush_interval_section(rows: list[dict[str, Any]]) -> tuple[str, list[str]]:
              "One 64 B broadcast per loop iteration to N clients.  Per round: the floor "
              "(one send() per delivery), reinhardt without an interval, reinhardt with it.  "
              "*x floor* is deliveries per server CPU-second against the floor's (paired, "
-             "median of rounds).  Latency is client arrival (first 50 sockets of each client "
-             "process) minus the server's time of the broadcast, same monotonic clock; the "
+             "median of rounds).  Latency is client arrival (50 sockets of each client "
+             "process, spread over them) minus the server's time of the broadcast, same "
+             "monotonic clock; the "
              "*added delay* is the p99 with the interval minus the p99 without it (median "
              "over rounds; negative: the interval lowered the tail, since the writes it "
              "saves were what the messages queued behind).", ""]

@@ -21,7 +21,8 @@ Control: one command per line on stdin, one reply per line on stdout.
 EXPECT arms a phase: every active socket must receive exactly <bytes> more bytes,
 the stream of frames of <size>-byte payloads.  SHORT is sent when the phase times
 out, makes no progress for <stall_timeout> seconds, or a socket gets a wrong byte,
-too many bytes or EOF.  With <record> = k > 0 the first k active sockets note
+too many bytes or EOF.  With <record> = k > 0, k active sockets spread evenly
+over this process's sockets note
 when each frame of the phase arrived whole (for the latency measurement; the
 time is that of the read that completed it, so a --poll-interval adds up to
 that much).
@@ -196,7 +197,11 @@ def main() -> int:
                         nbytes, size = int(cmd[1]), int(cmd[2])
                         timeout, stall_timeout = float(cmd[3]), float(cmd[4])
                         record = int(cmd[5]) if len(cmd) > 5 else 0
-                        recorded = {i: [] for i in [i for i in range(n) if active[i]][:record]}
+                        # Spread over the sockets (accept order is about the order
+                        # the server writes them in): not only the first ones.
+                        actives = [i for i in range(n) if active[i]]
+                        step = max(1, len(actives) // record) if record else 1
+                        recorded = {i: [] for i in actives[::step][:record]}
                         firsts = [received[i] for i in range(n) if active[i]]
                         base = firsts[0] if firsts else 0
                         if any(closed):
