@@ -200,6 +200,85 @@ def fanout_section(rows: list[dict[str, Any]], charts: dict[str, Any]) -> tuple[
     return "\n".join(lines[:2] + summary + lines[2:]), targets
 
 
+def fanout_floor_targets(rows: list[dict[str, Any]]) -> list[str]:
+    """Issue 14's fan-out targets beyond the ones above: at B = 8 reinhardt-cy's
+    CPU per delivery at most 1.15x the coalesced floor (8 frames per send(),
+    paired), and in every cell at least 10 % less than socketify's (n/a while
+    socketify is absent from the run)."""
+    cell: dict[tuple[int, int, int], dict[str, dict[str, Any]]] = defaultdict(dict)
+    for r in rows:
+        cell[(r["n"], r["size"], r["batch"])][r["contestant"]] = r
+    targets: list[str] = []
+    for (n, size, batch), contestants in sorted(cell.items()):
+        ours = contestants.get("reinhardt-cy")
+        if ours is None or n < 1000:
+            continue
+        cpu = ours.get("cpu_us_per_delivery", math.nan)
+        where = f"B={batch}, N={n}, {size_label(size)}"
+        if batch > 1:
+            ratio = ours.get("cpu_ratio_to_coalesced_floor", math.nan)
+            ok = None if math.isnan(ratio) else ratio <= 1.15 and bool(ours.get("complete"))
+            targets.append(f"| {where}: CPU/delivery <= 1.15x coalesced floor "
+                           f"| {fmt(ratio, '.2f', 'x')} | {verdict(ok)} |")
+        peer = contestants.get("socketify")
+        peer_cpu = peer.get("cpu_us_per_delivery", math.nan) if peer else math.nan
+        rel = cpu / peer_cpu if peer_cpu and not math.isnan(peer_cpu) else math.nan
+        ok = None if math.isnan(rel) else rel <= 0.90 and bool(ours.get("complete"))
+        targets.append(f"| {where}: CPU/delivery <= 0.90x socketify's "
+                       f"| {fmt(rel, '.2f', 'x') if peer else 'socketify absent'} "
+                       f"| {verdict(ok)} |")
+    return targets
+
+
+# -- the latency budget (bench/test_flush_interval.py) ---------------------------------
+def flush_interval_section(rows: list[dict[str, Any]]) -> tuple[str, list[str]]:
+    """RoomManager(flush_interval=...): deliveries per CPU-second against the
+    one-syscall floor (target >= 4x) and the added delay at p99 (target: within
+    the interval), for a stream of single broadcasts."""
+    if not rows:
+        return "", []
+    lines = ["## Latency budget: `RoomManager(flush_interval=...)`", "",
+             "One 64 B broadcast per loop iteration to N clients.  Per round: the floor "
+             "(one send() per delivery), reinhardt without an interval, reinhardt with it.  "
+             "*x floor* is deliveries per server CPU-second against the floor's (paired, "
+             "median of rounds).  Latency is client arrival (50 sockets of each client "
+             "process, spread over them) minus the server's time of the broadcast, same "
+             "monotonic clock; the "
+             "*added delay* is the p99 with the interval minus the p99 without it (median "
+             "over rounds; negative: the interval lowered the tail, since the writes it "
+             "saves were what the messages queued behind).", ""]
+    table, targets = [], []
+    for r in sorted(rows, key=lambda r: (r["n"], order_key(r["contestant"]), r["interval"])):
+        interval = r["interval"]
+        tput = r.get("throughput_ratio_to_floor_paired", math.nan)
+        added = r.get("added_delay_p99_s", math.nan)
+        complete = bool(r.get("complete"))
+        table.append([
+            r["contestant"], str(r["n"]), fmt(interval * 1e3, "g", " ms"),
+            fmt(r.get("cpu_us_per_delivery"), ".3f"),
+            fmt((r.get("floor_paired") or {}).get("cpu_us_per_delivery"), ".3f"),
+            fmt(tput, ".2f", "x"),
+            fmt(r.get("no_interval_cpu_ratio_to_floor_paired"), ".2f", "x"),
+            fmt(r.get("latency_p50_s", math.nan) * 1e3, ".2f"),
+            fmt(r.get("latency_p99_s", math.nan) * 1e3, ".2f"),
+            fmt(r.get("no_interval_latency_p99_s", math.nan) * 1e3, ".2f"),
+            fmt(added * 1e3, ".2f"), "yes" if complete else "**NO**",
+        ])
+        if r["contestant"] == "reinhardt-cy":
+            where = f"flush_interval={interval * 1e3:g} ms, N={r['n']}"
+            ok = None if math.isnan(tput) else tput >= 4.0 and complete
+            targets.append(f"| {where}: deliveries/CPU-s >= 4x floor "
+                           f"| {fmt(tput, '.2f', 'x')} | {verdict(ok)} |")
+            ok = None if math.isnan(added) else added <= interval and complete
+            targets.append(f"| {where}: added delay p99 <= the interval "
+                           f"| {fmt(added * 1e3, '.2f', ' ms')} | {verdict(ok)} |")
+    lines.append(md_table(["contestant", "N", "interval", "CPU us/delivery", "floor us",
+                           "deliv/CPU-s x floor", "CPU x floor without", "p50 ms", "p99 ms",
+                           "p99 ms without", "added p99 ms", "complete"], table))
+    lines.append("")
+    return "\n".join(lines), targets
+
+
 # -- memory ----------------------------------------------------------------------------
 def idle_section(rows: list[dict[str, Any]], charts: dict[str, Any]) -> tuple[str, list[str]]:
     if not rows:
@@ -884,6 +963,8 @@ def main(argv: list[str] | None = None) -> int:
     rooms, t4 = small_rooms_section(by.get("small_rooms", []), data)
     comp, t5 = compression_section(by.get("compression", []))
     echo, t_echo = echo_section(by.get("echo", []))
+    t1 += fanout_floor_targets(by.get("fanout", []))
+    held, t_held = flush_interval_section(by.get("flush_interval", []))
     written = draw_charts(charts, args.out)
 
     mi = data.get("machine_info", {})
@@ -901,12 +982,12 @@ def main(argv: list[str] | None = None) -> int:
         "Numbers from one noisy shared machine: compare ratios within this run, not absolute "
         "values across runs.", "",
     ]
-    targets = t1 + t2 + t3 + t4 + t5 + t_echo
+    targets = t1 + t2 + t3 + t4 + t5 + t_echo + t_held
     tsec = (["## Targets", "", "| target | measured | verdict |", "|---|---|---|", *targets, ""]
             if targets else [])
     charts_md = ["## Charts", "", *[f"![{w}]({w})" for w in written], ""] if written else []
     report = "\n".join([*head, contestants_section(data), *tsec,
-                        fan, rooms, idle, slow, comp, echo, micro, *charts_md])
+                        fan, held, rooms, idle, slow, comp, echo, micro, *charts_md])
     (args.out / "REPORT.md").write_text(report)
     print(f"wrote {args.out / 'REPORT.md'} and {len(written)} chart(s)")
     if args.readme is not None:

@@ -13,7 +13,9 @@ descriptor a peer may write to, the validation of its limits) is the selector's,
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.dict cimport PyDict_Next
 from cpython.number cimport PyNumber_Index
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
+from cpython.ref cimport Py_DECREF, Py_INCREF
 from cpython.set cimport PySet_Contains
 from libc.errno cimport errno
 from libc.string cimport memcpy
@@ -25,9 +27,13 @@ cdef extern from "_fastbroadcast_compat.h":
         size_t iov_len
     int RWS_HAVE_DIRECT
     Py_ssize_t rws_sendv(int fd, rws_iovec *iov, int n) nogil
+    void rws_prefetch(const void *p) nogil
+    object rws_descr_get(object descr, object obj)
+    object rws_call_unbound(object func, object obj)
     int rws_would_block(int err) nogil
 
 from collections.abc import Mapping as _Mapping
+from inspect import getattr_static as _getattr_static
 
 __all__ = ["DELIVERED", "DROPPED", "FAILED", "IMPLEMENTATION", "Hub", "Peer", "build_frame"]
 
@@ -39,6 +45,13 @@ FAILED = 2
 
 cdef enum:
     IOV_CHUNK = 256
+    # Frames a peer holds without a heap array (one broadcast burst of a loop
+    # iteration usually fits).
+    INLINE_FRAMES = 8
+    # Up to this many bytes, a queue of several frames is copied into one buffer
+    # and written with one send(): the kernel copies one segment instead of many
+    # (what the coalesced floor does).  Larger queues go by sendmsg's iovecs.
+    COALESCE_MAX = 16384
 
 cpdef bytes build_frame(object opcode, object payload):
     """Return one unmasked, final server frame (RFC 6455 section 5.2) carrying *payload*.
@@ -101,38 +114,61 @@ cdef class Peer:
     """
 
     cdef:
-        Hub _hub
-        object _ws
-        object _write
-        object _get_write_buffer_size
-        object _is_closing
-        object _on_overflow
-        object _on_failure
-        int _fd
-        list _pending
-        list _spare
-        bint _scheduled
-        Py_ssize_t _transport_size
-        readonly str conn_id
-        readonly Py_ssize_t max_write_buffer
-        readonly Py_ssize_t pending_size
-        readonly bint drop_slow
-        readonly bint paused
+        # Declared in the order they are touched: what every frame of a fan-out
+        # reads and writes (flags, sizes, the queue) shares the first cache lines
+        # after the object header; what only the flush reads comes after.
         readonly bint closed
         readonly bint failed
+        readonly bint paused
+        readonly bint drop_slow
         readonly bint over_limit
+        bint _scheduled
+        bint _held
+        readonly Py_ssize_t pending_size
+        Py_ssize_t _transport_size
+        readonly Py_ssize_t max_write_buffer
+        # The queue: owned references to frames, in order; _q is _inline until
+        # a queue outgrows it.  No Python list: nothing to allocate or free per
+        # flush, and one cache line less to touch per member.
+        Py_ssize_t _qlen
+        Py_ssize_t _qcap
+        PyObject **_q
+        PyObject *_inline[INLINE_FRAMES]
+        Hub _hub
+        int _fd
+        object _ws
+        # The transport itself, not its bound methods: calling a method on it
+        # touches the transport only, where three bound-method objects were three
+        # more cache misses per member per flush (perf showed them dominating).
+        object _transport
+        # What the flush asks each time, found once on the types (see
+        # _type_attribute): saves an attribute lookup per question per flush.
+        object _is_closing_f
+        object _buffer_size_f
+        object _close_sent_d
+        readonly str conn_id
+        object _on_overflow
+        object _on_failure
+
+    def __cinit__(self):
+        self._q = self._inline
+        self._qlen = 0
+        self._qcap = INLINE_FRAMES
+
+    def __dealloc__(self):
+        self._release_queue()
 
     def __init__(self, Hub hub not None, transport, ws, int fd, str conn_id not None,
                  Py_ssize_t max_write_buffer, bint drop_slow, on_overflow, on_failure):
         self._hub = hub
         self._ws = ws
-        self._write = transport.write
-        self._get_write_buffer_size = transport.get_write_buffer_size
-        self._is_closing = transport.is_closing
+        self._transport = transport
+        self._is_closing_f = _type_attribute(transport, "is_closing")
+        self._buffer_size_f = _type_attribute(transport, "get_write_buffer_size")
+        self._close_sent_d = _type_attribute(ws, "is_close_frame_sent") if ws is not None else None
         self._fd = fd if RWS_HAVE_DIRECT else -1
-        self._pending = []
-        self._spare = None
         self._scheduled = False
+        self._held = False
         self._transport_size = 0
         self._on_overflow = on_overflow
         self._on_failure = on_failure
@@ -144,6 +180,53 @@ cdef class Peer:
         self.closed = False
         self.failed = False
         self.over_limit = False
+
+    # -- the queue ------------------------------------------------------------
+    cdef void _release_queue(self):
+        """Drop every queued frame and go back to the inline array."""
+        cdef Py_ssize_t i
+        cdef PyObject **q = self._q
+        cdef Py_ssize_t n = self._qlen
+        self._q = self._inline
+        self._qlen = 0
+        self._qcap = INLINE_FRAMES
+        for i in range(n):
+            Py_DECREF(<object>q[i])
+        if q != self._inline:
+            PyMem_Free(q)
+
+    cdef int _append(self, bytes frame) except -1:
+        cdef PyObject **grown
+        cdef Py_ssize_t cap
+        if self._qlen == self._qcap:
+            cap = self._qcap * 2
+            grown = <PyObject **>PyMem_Malloc(cap * sizeof(PyObject *))
+            if grown == NULL:
+                raise MemoryError()
+            memcpy(grown, self._q, self._qlen * sizeof(PyObject *))
+            if self._q != self._inline:
+                PyMem_Free(self._q)
+            self._q = grown
+            self._qcap = cap
+        Py_INCREF(frame)
+        self._q[self._qlen] = <PyObject *>frame
+        self._qlen += 1
+        return 0
+
+    cdef inline object _closing_now(self):
+        if self._is_closing_f is not None:
+            return rws_call_unbound(self._is_closing_f, self._transport)
+        return self._transport.is_closing()
+
+    cdef inline object _close_sent(self):
+        if self._close_sent_d is not None:
+            return rws_descr_get(self._close_sent_d, self._ws)
+        return self._ws.is_close_frame_sent
+
+    cdef inline object _buffer_size(self):
+        if self._buffer_size_f is not None:
+            return rws_call_unbound(self._buffer_size_f, self._transport)
+        return self._transport.get_write_buffer_size()
 
     # -- queueing -----------------------------------------------------------
     def send(self, bytes frame not None):
@@ -159,7 +242,7 @@ cdef class Peer:
         broken connection; the failure is reported by the return value.
         ``TypeError`` if *frame* is not ``bytes``.
         """
-        cdef int status = self._send(frame)
+        cdef int status = self._send(frame, 0.0)
         cdef Hub hub = self._hub
         if status == 0:
             hub._delivered += 1
@@ -170,7 +253,7 @@ cdef class Peer:
             hub._failed += 1
         return status
 
-    cdef int _send(self, bytes frame) except -1:
+    cdef int _send(self, bytes frame, double hold) except -1:
         if self.closed or self.failed:
             return 2
         cdef Py_ssize_t size = PyBytes_GET_SIZE(frame)
@@ -190,14 +273,21 @@ cdef class Peer:
                 self._hub._loop.call_soon(self._on_overflow)
                 return 1
         self.over_limit = False
-        self._enqueue(frame, size)
+        self._enqueue(frame, size, hold)
         return 0
 
-    cdef inline int _enqueue(self, bytes frame, Py_ssize_t size) except -1:
-        """Append to the queue; the first frame of an iteration schedules the flush."""
-        self._pending.append(frame)
+    cdef inline int _enqueue(self, bytes frame, Py_ssize_t size, double hold) except -1:
+        """Append to the queue.  The first frame of an iteration schedules the
+        flush; with *hold* > 0 (a fan-out with a flush interval) the first frame
+        arms the hub's held flush instead, at most *hold* seconds away."""
+        self._append(frame)
         self.pending_size += size
-        if not self._scheduled:
+        if hold > 0.0:
+            if not self._scheduled and not self._held:
+                self._held = True
+                self._hub._held_peers.append(self)
+                self._hub._arm(hold)
+        elif not self._scheduled:
             self._scheduled = True
             self._hub._dirty.append(self)
             self._hub._schedule()
@@ -220,7 +310,7 @@ cdef class Peer:
         cdef Py_ssize_t size = PyBytes_GET_SIZE(frame)
         hub._pushed += 1
         hub._bytes_queued += size
-        self._enqueue(frame, size)
+        self._enqueue(frame, size, 0.0)
         if self.pending_size > self.max_write_buffer:
             self._flush()
         return 0
@@ -234,10 +324,10 @@ cdef class Peer:
         """
         cdef Py_ssize_t buffered, backlog
         try:
-            buffered = self._get_write_buffer_size()
+            buffered = self._buffer_size()
             if buffered == 0 and self.pending_size:
-                self.flush()
-                buffered = self._get_write_buffer_size()
+                self._flush()
+                buffered = self._buffer_size()
         except Exception:  # transport already gone
             buffered = 0
         self._transport_size = buffered
@@ -249,7 +339,7 @@ cdef class Peer:
         transport (not what the kernel's socket buffer holds).  Exact; costs one
         call to the transport's ``get_write_buffer_size``."""
         try:
-            return <Py_ssize_t>self._get_write_buffer_size() + self.pending_size
+            return <Py_ssize_t>self._buffer_size() + self.pending_size
         except Exception:  # transport already gone
             return self.pending_size
 
@@ -259,52 +349,79 @@ cdef class Peer:
         self._flush()
 
     cdef int _flush(self) except -1:
-        cdef list pending = self._pending
-        if not pending:
+        cdef Py_ssize_t count = self._qlen
+        if count == 0:
             return 0
-        # Swap in the spare list: no allocation per peer per flush.
-        self._pending = self._spare if self._spare is not None else []
-        self._spare = None
+        # Detach the queue first (whatever the transport calls back finds an
+        # empty one): a small queue is copied to the stack, a heap one is taken.
+        cdef PyObject *local[INLINE_FRAMES]
+        cdef PyObject **frames
+        cdef PyObject **heap = NULL
+        cdef Py_ssize_t i
+        if self._q == self._inline:
+            memcpy(local, self._inline, count * sizeof(PyObject *))
+            frames = local
+        else:
+            heap = frames = self._q
+        self._q = self._inline
+        self._qlen = 0
+        self._qcap = INLINE_FRAMES
         self.pending_size = 0
         try:
             if self.failed:
                 return 0
-            if self._ws is not None and self._ws.is_close_frame_sent:
+            if self._ws is not None and self._close_sent():
+                # picows closed the connection itself (a protocol error it
+                # detected): nothing may follow its close frame.
                 self.closed = True
                 return 0
             try:
-                self._write_out(pending)
+                self._write_out(frames, count)
             except Exception as exc:  # OSError, or whatever the transport raised
                 self._fail(exc)
         finally:
-            pending.clear()  # no slice object
-            self._spare = pending
+            for i in range(count):
+                Py_DECREF(<object>frames[i])
+            if heap != NULL:
+                PyMem_Free(heap)
         return 0
 
-    cdef int _write_out(self, list frames) except -1:
+    cdef int _write_out(self, PyObject **frames, Py_ssize_t count) except -1:
         cdef rws_iovec iov[IOV_CHUNK]
-        cdef Py_ssize_t count = len(frames)
         cdef Py_ssize_t start = 0
-        cdef Py_ssize_t cnt, i, j, sent, flen
+        cdef Py_ssize_t cnt, i, j, sent, flen, total
         cdef int err
-        cdef bytes frame
+        cdef object frame
+        cdef char *buf
         cdef Hub hub = self._hub
-        if self._is_closing():  # closed by someone else: no more bytes
+        if self._closing_now():  # closed by someone else: no more bytes
             self._fail(None)
             return 0
         hub._flushes += 1
-        if self._fd >= 0 and self._get_write_buffer_size() == 0:
+        if self._fd >= 0 and self._buffer_size() == 0:
             self._transport_size = 0
             while start < count:
                 cnt = count - start
                 if cnt > IOV_CHUNK:
                     cnt = IOV_CHUNK
+                total = 0
                 for i in range(cnt):
-                    frame = <bytes>frames[start + i]
-                    iov[i].iov_base = PyBytes_AS_STRING(frame)
-                    iov[i].iov_len = <size_t>PyBytes_GET_SIZE(frame)
+                    iov[i].iov_base = PyBytes_AS_STRING(<object>frames[start + i])
+                    iov[i].iov_len = <size_t>PyBytes_GET_SIZE(<object>frames[start + i])
+                    total += <Py_ssize_t>iov[i].iov_len
                 hub._syscalls += 1
-                sent = rws_sendv(self._fd, iov, <int>cnt)
+                if cnt > 1 and total <= COALESCE_MAX:
+                    # One segment for the kernel to copy: the frames side by side.
+                    buf = hub._scratch
+                    j = 0
+                    for i in range(cnt):
+                        memcpy(buf + j, iov[i].iov_base, iov[i].iov_len)
+                        j += <Py_ssize_t>iov[i].iov_len
+                    hub._one.iov_base = buf
+                    hub._one.iov_len = <size_t>total
+                    sent = rws_sendv(self._fd, &hub._one, 1)
+                else:
+                    sent = rws_sendv(self._fd, iov, <int>cnt)
                 if sent < 0:
                     err = errno
                     # As in asyncio's transports, every other error is fatal.
@@ -319,26 +436,26 @@ cdef class Peer:
                         start += 1
                         continue
                     if sent:
-                        frame = <bytes>frames[start]
+                        frame = <object>frames[start]
                         hub._transport_writes += 1
-                        self._write(PyBytes_FromStringAndSize(
+                        self._transport.write(PyBytes_FromStringAndSize(
                             PyBytes_AS_STRING(frame) + sent, flen - sent))
                         sent = 0
                         start += 1
                     hub._transport_writes += count - start
                     for j in range(start, count):
-                        self._write(frames[j])
-                    self._transport_size = self._get_write_buffer_size()
+                        self._transport.write(<object>frames[j])
+                    self._transport_size = self._buffer_size()
                     return 0
             return 0
         hub._transport_writes += count
-        for frame in frames:
-            self._write(frame)
-        self._transport_size = self._get_write_buffer_size()
+        for i in range(count):
+            self._transport.write(<object>frames[i])
+        self._transport_size = self._buffer_size()
         return 0
 
     cdef void _drop_pending(self):
-        self._pending = []
+        self._release_queue()
         self.pending_size = 0
 
     cdef int _fail(self, exc) except -1:
@@ -356,7 +473,7 @@ cdef class Peer:
         if frame is not None:
             if self.closed or self.failed:
                 return
-            self._pending.append(frame)
+            self._append(frame)
             self.pending_size += PyBytes_GET_SIZE(frame)
             self._hub._pushed += 1
             self._hub._bytes_queued += PyBytes_GET_SIZE(frame)
@@ -382,13 +499,23 @@ cdef class Peer:
 
 cdef class Hub:
     """Per-event-loop fan-out engine: one flush per loop iteration for all peers,
-    and the counters of everything its fan-outs and peers did."""
+    a held flush for fan-outs with a flush interval, and the counters of
+    everything its fan-outs and peers did."""
 
     cdef:
         object _loop
         list _dirty
         bint _flush_scheduled
         object _flush_cb
+        # Peers with frames held by a fan-out's flush interval, and the timer
+        # that writes them (its deadline on the loop's clock).
+        list _held_peers
+        object _held_handle
+        double _held_deadline
+        object _held_cb
+        object _time
+        rws_iovec _one
+        char _scratch[COALESCE_MAX]
         # Plain integers, read by stats(): no lock, no dict in the hot path.
         long long _fanouts
         long long _delivered
@@ -406,7 +533,12 @@ cdef class Hub:
         self._loop = loop
         self._dirty = []
         self._flush_scheduled = False
-        self._flush_cb = self.flush
+        self._flush_cb = self._flush_soon
+        self._held_peers = []
+        self._held_handle = None
+        self._held_deadline = 0.0
+        self._held_cb = self._flush_held
+        self._time = loop.time
         self._fanouts = 0
         self._delivered = 0
         self._dropped = 0
@@ -429,24 +561,51 @@ cdef class Hub:
             self._loop.call_soon(self._flush_cb)
         return 0
 
-    def flush(self):
-        """Write out every peer that has something queued."""
+    cdef int _arm(self, double hold) except -1:
+        """Make sure the held flush runs at most *hold* seconds from now."""
+        cdef double deadline = <double>self._time() + hold
+        if self._held_handle is not None:
+            if self._held_deadline <= deadline:
+                return 0
+            self._held_handle.cancel()  # a shorter interval than the armed one
+        self._held_deadline = deadline
+        self._held_handle = self._loop.call_at(deadline, self._held_cb)
+        return 0
+
+    def _flush_soon(self):
+        """The iteration's flush (scheduled with ``call_soon``)."""
         self._flush_scheduled = False
         cdef list dirty = self._dirty
         self._dirty = []
-        cdef Peer peer
-        for peer in dirty:
-            peer._scheduled = False
-            peer._flush()
+        _flush_peers(dirty, False)
 
-    def fanout(self, peers, bytes frame not None, exclude=None):
+    def _flush_held(self):
+        """The held flush (the timer armed by a fan-out with a flush interval)."""
+        self._held_handle = None
+        cdef list held = self._held_peers
+        self._held_peers = []
+        _flush_peers(held, True)
+
+    def flush(self):
+        """Write out every peer that has something queued, held frames included."""
+        if self._held_handle is not None:
+            self._held_handle.cancel()
+        self._flush_soon()
+        self._flush_held()
+
+    def fanout(self, peers, bytes frame not None, exclude=None, double flush_interval=0.0):
         """Queue *frame* on every peer not excluded (by ``conn_id``), each under the
         slow-consumer rule of :meth:`Peer.send`.
 
         *peers* is a mapping whose values are peers, or an iterable of peers;
-        *exclude* a ``frozenset`` of connection ids, or None.  Returns
-        ``(delivered, dropped, failed_ids)``.  ``TypeError`` for a *frame* that is
-        not ``bytes`` or an *exclude* that is not a ``frozenset``.
+        *exclude* a ``frozenset`` of connection ids, or None.  *flush_interval*
+        (seconds, 0: none) holds the frame instead of writing it in this
+        iteration: a peer's held frames are written together at most that long
+        after the first of them was queued (earlier if the peer is flushed for
+        another reason, or must be written early under the slow-consumer rule).
+        Returns ``(delivered, dropped, failed_ids)``.  ``TypeError`` for a *frame*
+        that is not ``bytes`` or an *exclude* that is not a ``frozenset``;
+        ``ValueError`` for a negative or non-finite *flush_interval*.
         """
         cdef Py_ssize_t counts[2]
         cdef list failed = []
@@ -456,14 +615,17 @@ cdef class Hub:
         if exclude is not None and type(exclude) is not frozenset:
             raise TypeError(f"exclude must be a frozenset or None, not "
                             f"{type(exclude).__name__}")
+        if not 0.0 <= flush_interval < 1e300:
+            raise ValueError(f"flush_interval must be finite and not negative, "
+                             f"not {flush_interval!r}")
         counts[0] = counts[1] = 0
         if type(peers) is dict:
             while PyDict_Next(peers, &pos, &key, &value):
-                _offer(<Peer?><object>value, frame, exclude, counts, failed)
+                _offer(<Peer?><object>value, frame, exclude, counts, failed, flush_interval)
         else:
             values = peers.values() if isinstance(peers, _Mapping) else peers
             for obj in values:
-                _offer(<Peer?>obj, frame, exclude, counts, failed)
+                _offer(<Peer?>obj, frame, exclude, counts, failed, flush_interval)
         self._fanouts += 1
         self._delivered += counts[0]
         self._dropped += counts[1]
@@ -489,12 +651,56 @@ cdef class Hub:
         }
 
 
+cdef object _type_attribute(obj, str name):
+    """*name* as *obj*'s type defines it (a function, or a data descriptor such
+    as a Cython attribute), when asking the type gives what ``getattr(obj,
+    name)`` gives; else None (an instance attribute, a static or class method,
+    a property, nothing): the peer then asks the object itself."""
+    raw = _getattr_static(obj, name, None)
+    if raw is None or isinstance(raw, (staticmethod, classmethod, property)):
+        return None
+    instance_dict = getattr(obj, "__dict__", None)
+    if instance_dict is not None and name in instance_dict:
+        return None
+    return raw
+
+
+cdef int _flush_peers(list peers, bint held) except -1:
+    """Flush each peer of *peers* (the iteration's dirty list, or the held list).
+
+    Each write is a syscall whose kernel work evicts the caches, so the objects
+    of the next members are prefetched while the current one is written: the
+    member after next (its Peer), and the next one's transport and picows
+    transport (what its flush reads).
+    """
+    cdef Py_ssize_t i, n = len(peers)
+    cdef Peer peer, nxt
+    for i in range(n):
+        if i + 2 < n:
+            rws_prefetch(<PyObject *>peers[i + 2])
+        if i + 1 < n:
+            nxt = <Peer>peers[i + 1]
+            rws_prefetch(<PyObject *>nxt._transport)
+            rws_prefetch(<PyObject *>nxt._ws)
+        peer = <Peer>peers[i]
+        if held:
+            if not peer._held:
+                continue
+            peer._held = False
+            if peer._scheduled:  # this iteration's flush writes it
+                continue
+        else:
+            peer._scheduled = False
+        peer._flush()
+    return 0
+
+
 cdef inline int _offer(Peer peer, bytes frame, object exclude, Py_ssize_t *counts,
-                       list failed) except -1:
+                       list failed, double hold) except -1:
     """One member of a fan-out: skip if excluded, else queue and count."""
     if exclude is not None and PySet_Contains(exclude, peer.conn_id):
         return 0
-    cdef int status = peer._send(frame)
+    cdef int status = peer._send(frame, hold)
     if status == 2:
         failed.append(peer.conn_id)
     else:

@@ -42,6 +42,33 @@ static Py_ssize_t rws_sendv(int fd, rws_iovec *iov, int n) {
 }
 #endif
 
+/* A hint that *p* will be read soon (the flush loop's next members); no-op
+ * where the compiler has no such builtin. */
+#if defined(__GNUC__) || defined(__clang__)
+#define rws_prefetch(p) __builtin_prefetch((p), 0, 2)
+#else
+#define rws_prefetch(p) ((void)(p))
+#endif
+
+/* The flush's per-member questions, asked without an attribute lookup: *descr* is
+ * the attribute as found on the object's type, looked up once per peer.  A
+ * descriptor (picows' is_close_frame_sent) is read through its __get__ slot; a
+ * function (the transport's is_closing, get_write_buffer_size) is called with
+ * the object as its one argument, as `type(obj).name(obj)` would. */
+static PyObject *rws_descr_get(PyObject *descr, PyObject *obj) {
+    descrgetfunc get = Py_TYPE(descr)->tp_descr_get;
+    if (get == NULL) {
+        Py_INCREF(descr);
+        return descr;
+    }
+    return get(descr, obj, (PyObject *)Py_TYPE(obj));
+}
+
+static PyObject *rws_call_unbound(PyObject *func, PyObject *obj) {
+    PyObject *args[1] = {obj};
+    return PyObject_Vectorcall(func, args, 1, NULL);
+}
+
 static int rws_would_block(int err) {
 #if defined(EWOULDBLOCK) && EWOULDBLOCK != EAGAIN
     if (err == EWOULDBLOCK) return 1;

@@ -487,6 +487,34 @@ class Arena:
         ut, st, _maxrss = self.server.expect("STATS", 60)
         return float(ut) + float(st)
 
+    def set(self, key: str, value: object) -> None:
+        """Change a setting of the contestant between phases (``SET``)."""
+        assert self.server is not None
+        self.server.send(f"SET {key} {value}")
+        self.server.expect("OK", 30)
+
+    def send_times(self) -> list[float]:
+        """The server's monotonic time at each broadcast of the last phase
+        (after ``set("record", 1)``)."""
+        assert self.server is not None
+        self.server.send("SENDTIMES")
+        line = self.server.read_line(60)
+        if not line.startswith("SENDTIMES "):
+            raise BenchError(f"{self.spec.id}: SENDTIMES: {line!r}")
+        return [float(t) for t in json.loads(line.split(" ", 1)[1])]
+
+    def arrivals(self) -> list[list[float]]:
+        """Per recorded socket (all client processes), the monotonic time at
+        which each frame of the last phase had arrived whole."""
+        out: list[list[float]] = []
+        for c in self.clients:
+            c.send("ARRIVALS")
+            line = c.read_line(60)
+            if not line.startswith("ARRIVALS "):
+                raise BenchError(f"{c.name}: ARRIVALS: {line!r}")
+            out.extend(json.loads(line.split(" ", 1)[1]))
+        return out
+
     def stall(self, k: int = 1) -> None:
         """Make the first *k* sockets of the first client process stop reading."""
         self.clients[0].send(f"STALL {k}")
@@ -527,11 +555,14 @@ class Arena:
         stall_timeout: float = 15.0,
         sample_rss: bool = False,
         to_rooms: bool = False,
+        record: int = 0,
     ) -> PhaseResult:
         """Broadcast *messages* messages of *size* bytes, *batch* per loop iteration.
 
         With *to_rooms* (after :meth:`set_rooms`), message j goes to room j % k only
         (``BCASTROOMS``): every socket then receives messages / k frames.
+        With *record* > 0, the first *record* sockets of each client process note
+        the arrival of each frame (:meth:`arrivals`).
         Returns the measurements; raises :class:`PhaseFailed` when a client is short.
         """
         if self.broken or self.server is None:
@@ -542,14 +573,14 @@ class Arena:
             raise ValueError("to_rooms needs set_rooms(k) first and messages a multiple of k")
         try:
             return self._phase(messages, size, batch, timeout, stall_timeout, sample_rss,
-                               to_rooms)
+                               to_rooms, record)
         except BaseException:
             self.broken = True
             raise
 
     def _phase(
         self, messages: int, size: int, batch: int, timeout: float, stall_timeout: float,
-        sample_rss: bool, to_rooms: bool = False,
+        sample_rss: bool, to_rooms: bool = False, record: int = 0,
     ) -> PhaseResult:
         server = self.server
         assert server is not None
@@ -563,7 +594,8 @@ class Arena:
                 c.send(f"EXPECTMSG {messages} {size} {self.payload} {timeout:.1f} "
                        f"{stall_timeout:.1f}")
             else:
-                c.send(f"EXPECT {nbytes} {size} {timeout:.1f} {stall_timeout:.1f}")
+                c.send(f"EXPECT {nbytes} {size} {timeout:.1f} {stall_timeout:.1f}"
+                       + (f" {record}" if record else ""))
         for c in self.clients:
             c.expect("ARMED", 30)
         t0 = time.perf_counter()

@@ -10,18 +10,25 @@ sent after the handshake: client work stays small and out of the server process.
 Control: one command per line on stdin, one reply per line on stdout.
   (start)                       -> READY <count>   |  ERROR <reason>
   STALL <k>                     -> OK   (stop reading the first k sockets for good)
-  EXPECT <bytes> <size> <timeout> <stall_timeout>
+  EXPECT <bytes> <size> <timeout> <stall_timeout> [<record>]
                                 -> ARMED, then later exactly one of
                                    DONE <client_cpu_s>
                                    SHORT <short_sockets> <missing_bytes> <closed> <corrupt> <over>
-    EXPECTMSG <messages> <size> <kind> <timeout> <stall_timeout>      (--deflate only)
+  EXPECTMSG <messages> <size> <kind> <timeout> <stall_timeout>      (--deflate only)
                                 -> ARMED, then DONE <client_cpu_s> <wire_bytes> <compressed>
                                    or SHORT ... as for EXPECT
+  ARRIVALS                      -> ARRIVALS <json: per recorded socket, the
+                                   time.monotonic() at which each frame of the
+                                   last phase was complete>
   QUIT                          -> (exit)
 EXPECT arms a phase: every active socket must receive exactly <bytes> more bytes,
 the stream of frames of <size>-byte payloads.  SHORT is sent when the phase times
 out, makes no progress for <stall_timeout> seconds, or a socket gets a wrong byte,
-too many bytes or EOF.
+too many bytes or EOF.  With <record> = k > 0, k active sockets spread evenly
+over this process's sockets note
+when each frame of the phase arrived whole (for the latency measurement; the
+time is that of the read that completed it, so a --poll-interval adds up to
+that much).
 
 ``--deflate OFFER`` (additive mode for the compression benchmark): the handshake
 carries ``Sec-WebSocket-Extensions: OFFER``, READY reports what the 101 answered
@@ -41,6 +48,7 @@ messages were compressed, summed over the sockets.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import select
 import socket
@@ -270,6 +278,7 @@ def main() -> int:
     line_buf = b""
     by_message = False  # EXPECTMSG: count messages (--deflate)
     want_messages = 0
+    recorded: dict[int, list[float]] = {}  # socket slot -> arrival time of each frame
 
     def finish_short(reason: str) -> None:
         nonlocal armed
@@ -350,9 +359,17 @@ def main() -> int:
                         if remaining == 0:
                             armed = False
                             say(f"DONE {sum(os.times()[:2]) - cpu_at_arm:.3f} 0 0")
+                    elif cmd[0] == "ARRIVALS":
+                        say(f"ARRIVALS {json.dumps(list(recorded.values()))}")
                     elif cmd[0] == "EXPECT":
                         nbytes, size = int(cmd[1]), int(cmd[2])
                         timeout, stall_timeout = float(cmd[3]), float(cmd[4])
+                        record = int(cmd[5]) if len(cmd) > 5 else 0
+                        # Spread over the sockets (accept order is about the order
+                        # the server writes them in): not only the first ones.
+                        actives = [i for i in range(n) if active[i]]
+                        step = max(1, len(actives) // record) if record else 1
+                        recorded = {i: [] for i in actives[::step][:record]}
                         firsts = [received[i] for i in range(n) if active[i]]
                         base = firsts[0] if firsts else 0
                         if any(closed):
@@ -425,6 +442,12 @@ def main() -> int:
             if not armed:
                 continue
             stall_deadline = time.monotonic() + stall_timeout
+            if recorded:
+                arrivals = recorded.get(i)
+                if arrivals is not None:
+                    done = (after - base) // flen - (before - base) // flen
+                    if done > 0:
+                        arrivals.extend([time.monotonic()] * done)
             if verify and not pattern.startswith(mv[:got], (before - base) % flen):
                 corrupt += 1
                 finish_short("corrupt")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Any
 
 __all__ = ["CONTESTANTS", "Contestant"]
@@ -62,6 +63,16 @@ class Contestant:
 
     def info(self) -> dict[str, Any]:
         return {}
+
+    def set(self, key: str, value: str) -> None:
+        """Change a setting between phases (``SET`` in server_main); ``KeyError``
+        for one this contestant does not have."""
+        raise KeyError(key)
+
+    def send_times(self) -> list[float]:
+        """``time.monotonic()`` at each broadcast of the last run, when it was
+        recorded (``SET record 1``); ``KeyError`` where it is not supported."""
+        raise KeyError("record")
 
 
 class PicowsLoop(Contestant):
@@ -343,15 +354,21 @@ class Reinhardt(Contestant):
     The implementation (extension or Python twin) is chosen by the environment of
     the server process (REINHARDT_WS_NO_EXTENSIONS); ``info()`` reports the one that
     actually runs and the harness checks it against what was asked for.
-    Options: ``max_write_buffer`` and ``slow_consumer`` ("close" | "drop").
+    Options: ``max_write_buffer``, ``slow_consumer`` ("close" | "drop") and
+    ``flush_interval`` (seconds; the manager's latency budget, also ``SET``
+    between phases, 0 for none).  ``SET record 1`` records the time of each
+    broadcast (``send_times``) for the latency measurement.
     """
 
     name = "reinhardt"
+    record = False
+    _times: list[float] = []
 
     async def start(self, host: str) -> int:
         from reinhardt_ws import RoomManager, WebSocketHandler, serve
 
-        rooms = RoomManager()
+        interval = float(self.options.get("flush_interval") or 0)
+        rooms = RoomManager(flush_interval=interval) if interval else RoomManager()
         self.rooms = rooms
         self.connected = 0
         self.conns: dict[Any, None] = {}  # accept order, for set_rooms
@@ -381,11 +398,27 @@ class Reinhardt(Contestant):
     def count(self) -> int:
         return self.connected
 
+    def set(self, key: str, value: str) -> None:
+        if key == "flush_interval":
+            self.rooms.flush_interval = float(value) or None
+        elif key == "record":
+            self.record = value not in ("", "0")
+        else:
+            raise KeyError(key)
+
+    def send_times(self) -> list[float]:
+        return self._times
+
     async def run(self, payload: bytes, messages: int, batch: int) -> tuple[int, int, int]:
         broadcast = self.rooms.broadcast
         delivered = dropped = failed = 0
+        times: list[float] | None = [] if self.record else None
+        self._times = times if times is not None else []
+        clock = time.monotonic
         for _ in range(messages // batch):
             for _ in range(batch):
+                if times is not None:
+                    times.append(clock())
                 result = await broadcast("bench", payload)
                 delivered += result.delivered
                 dropped += result.dropped

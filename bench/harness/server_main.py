@@ -10,6 +10,9 @@ Speaks the same line protocol as floor.c:
   ROOMS <k>               -> OK                     (connection i in accept order: room i % k)
   BCASTROOMS <m> <size> <b> -> SENT ...             (like BCAST; message j goes to room j % k only)
   GC                      -> OK                     (gc.collect(), before memory readings)
+  SET <key> <value>       -> OK | ERROR             (a contestant setting between phases)
+  SENDTIMES               -> SENDTIMES <json list>  (monotonic time of each broadcast of the
+                                                     last BCAST, after SET record 1)
   QUIT                    -> (exit)
 BCAST runs as a task, so STATS is answered even while a broadcast is stuck.
 """
@@ -101,6 +104,18 @@ async def serve(name: str, options: dict[str, str], loop_name: str) -> None:
         elif cmd[0] == "GC":
             gc.collect()
             say("OK")
+        elif cmd[0] == "SET" and len(cmd) == 3:
+            try:
+                contestant.set(cmd[1], cmd[2])
+            except (KeyError, ValueError, TypeError) as exc:
+                say(f"ERROR SET {cmd[1]}: {exc!r}")
+            else:
+                say("OK")
+        elif cmd[0] == "SENDTIMES":
+            try:
+                say(f"SENDTIMES {json.dumps(contestant.send_times())}")
+            except KeyError:
+                say("ERROR SENDTIMES is not supported by this contestant")
         elif cmd[0] == "QUIT":
             break
         else:

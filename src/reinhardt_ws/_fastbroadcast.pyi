@@ -54,5 +54,6 @@ class Hub:
         peers: Mapping[Any, Peer] | Iterable[Peer],
         frame: bytes,
         exclude: frozenset[str] | None = None,
+        flush_interval: float = 0.0,
     ) -> tuple[int, int, list[str]]: ...
     def stats(self) -> dict[str, int]: ...

@@ -18,6 +18,16 @@ connection per iteration, the uWebSockets "cork").  A frame is one ``bytes`` obj
 shared by every peer it goes to: when a transport must buffer it keeps a reference,
 not a copy.
 
+Held frames (``Hub.fanout(..., flush_interval=t)``, what ``RoomManager(flush_interval=t)``
+uses): the frame is queued as above, but instead of the iteration's flush the
+first held frame arms one hub timer (``loop.call_at``) at most *t* seconds away,
+which writes every peer's held queue at once; frames of later iterations join
+the same write.  A peer flushed earlier for another reason (a frame queued
+without hold, an early write under the rule below, a close) writes its held
+frames then, in order.  One write per member per interval instead of per
+iteration: fewer syscalls for a stream of single broadcasts, at up to *t* of
+added latency.
+
 Slow consumers: the rule is about *backlog*, the transport's buffer (what the socket
 refused) plus the queue.  A peer with no backlog always takes the frame offered,
 however large.  A peer with a backlog takes it only if backlog plus frame stay
@@ -121,6 +131,7 @@ class Peer:
     __slots__ = (
         "_fd",
         "_get_write_buffer_size",
+        "_held",
         "_hub",
         "_is_closing",
         "_on_failure",
@@ -162,6 +173,7 @@ class Peer:
         self._pending: list[bytes] = []
         self._spare: list[bytes] | None = None
         self._scheduled = False
+        self._held = False
         self._transport_size = 0
         self._on_overflow = on_overflow
         self._on_failure = on_failure
@@ -190,7 +202,7 @@ class Peer:
         """
         if type(frame) is not bytes:
             raise TypeError(f"frame must be bytes, not {type(frame).__name__}")
-        status = self._send(frame)
+        status = self._send(frame, 0.0)
         hub = self._hub
         if status == DELIVERED:
             hub._delivered += 1
@@ -201,7 +213,7 @@ class Peer:
             hub._failed += 1
         return status
 
-    def _send(self, frame: bytes) -> int:
+    def _send(self, frame: bytes, hold: float) -> int:
         if self.closed or self.failed:
             return FAILED
         size = len(frame)
@@ -220,14 +232,21 @@ class Peer:
                 self._hub._loop.call_soon(self._on_overflow)
                 return DROPPED
         self.over_limit = False
-        self._enqueue(frame, size)
+        self._enqueue(frame, size, hold)
         return DELIVERED
 
-    def _enqueue(self, frame: bytes, size: int) -> None:
-        """Append to the queue; the first frame of an iteration schedules the flush."""
+    def _enqueue(self, frame: bytes, size: int, hold: float) -> None:
+        """Append to the queue.  The first frame of an iteration schedules the
+        flush; with *hold* > 0 (a fan-out with a flush interval) the first frame
+        arms the hub's held flush instead, at most *hold* seconds away."""
         self._pending.append(frame)
         self.pending_size += size
-        if not self._scheduled:
+        if hold > 0.0:
+            if not self._scheduled and not self._held:
+                self._held = True
+                self._hub._held_peers.append(self)
+                self._hub._arm(hold)
+        elif not self._scheduled:
             self._scheduled = True
             self._hub._dirty.append(self)
             self._hub._schedule()
@@ -251,7 +270,7 @@ class Peer:
         size = len(frame)
         hub._pushed += 1
         hub._bytes_queued += size
-        self._enqueue(frame, size)
+        self._enqueue(frame, size, 0.0)
         if self.pending_size > self.max_write_buffer:
             self.flush()
         return DELIVERED
@@ -404,7 +423,8 @@ class Peer:
 
 class Hub:
     """Per-event-loop fan-out engine: one flush per loop iteration for all peers,
-    and the counters of everything its fan-outs and peers did."""
+    a held flush for fan-outs with a flush interval, and the counters of
+    everything its fan-outs and peers did."""
 
     __slots__ = (
         "_bytes_queued",
@@ -415,6 +435,9 @@ class Hub:
         "_fanouts",
         "_flush_scheduled",
         "_flushes",
+        "_held_deadline",
+        "_held_handle",
+        "_held_peers",
         "_loop",
         "_overflows",
         "_pushed",
@@ -427,6 +450,11 @@ class Hub:
         self._loop = loop
         self._dirty: list[Peer] = []
         self._flush_scheduled = False
+        # Peers with frames held by a fan-out's flush interval, and the timer
+        # that writes them (its deadline on the loop's clock).
+        self._held_peers: list[Peer] = []
+        self._held_handle: asyncio.TimerHandle | None = None
+        self._held_deadline = 0.0
         self._fanouts = 0
         self._delivered = 0
         self._dropped = 0
@@ -446,10 +474,20 @@ class Hub:
     def _schedule(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self._loop.call_soon(self.flush)
+            self._loop.call_soon(self._flush_soon)
 
-    def flush(self) -> None:
-        """Write out every peer that has something queued."""
+    def _arm(self, hold: float) -> None:
+        """Make sure the held flush runs at most *hold* seconds from now."""
+        deadline = self._loop.time() + hold
+        if self._held_handle is not None:
+            if self._held_deadline <= deadline:
+                return
+            self._held_handle.cancel()  # a shorter interval than the armed one
+        self._held_deadline = deadline
+        self._held_handle = self._loop.call_at(deadline, self._flush_held)
+
+    def _flush_soon(self) -> None:
+        """The iteration's flush (scheduled with ``call_soon``)."""
         self._flush_scheduled = False
         dirty = self._dirty
         self._dirty = []
@@ -457,30 +495,61 @@ class Hub:
             peer._scheduled = False
             peer.flush()
 
+    def _flush_held(self) -> None:
+        """The held flush (the timer armed by a fan-out with a flush interval)."""
+        self._held_handle = None
+        held = self._held_peers
+        self._held_peers = []
+        for peer in held:
+            if peer._held:
+                peer._held = False
+                if not peer._scheduled:  # else this iteration's flush writes it
+                    peer.flush()
+
+    def flush(self) -> None:
+        """Write out every peer that has something queued, held frames included."""
+        if self._held_handle is not None:
+            self._held_handle.cancel()
+        self._flush_soon()
+        self._flush_held()
+
     def fanout(
         self,
         peers: Mapping[Any, Peer] | Iterable[Peer],
         frame: bytes,
         exclude: frozenset[str] | None = None,
+        flush_interval: float = 0.0,
     ) -> tuple[int, int, list[str]]:
         """Queue *frame* on every peer not excluded (by ``conn_id``), each under the
         slow-consumer rule of :meth:`Peer.send`.
 
         *peers* is a mapping whose values are peers, or an iterable of peers;
-        *exclude* a ``frozenset`` of connection ids, or None.  Returns
-        ``(delivered, dropped, failed_ids)``.  ``TypeError`` for a *frame* that is
-        not ``bytes`` or an *exclude* that is not a ``frozenset``.
+        *exclude* a ``frozenset`` of connection ids, or None.  *flush_interval*
+        (seconds, 0: none) holds the frame instead of writing it in this
+        iteration: a peer's held frames are written together at most that long
+        after the first of them was queued (earlier if the peer is flushed for
+        another reason, or must be written early under the slow-consumer rule).
+        Returns ``(delivered, dropped, failed_ids)``.  ``TypeError`` for a *frame*
+        that is not ``bytes`` or an *exclude* that is not a ``frozenset``;
+        ``ValueError`` for a negative or non-finite *flush_interval*.
         """
         if type(frame) is not bytes:
             raise TypeError(f"frame must be bytes, not {type(frame).__name__}")
         if exclude is not None and type(exclude) is not frozenset:
             raise TypeError(f"exclude must be a frozenset or None, not "
                             f"{type(exclude).__name__}")
+        if not isinstance(flush_interval, (int, float)):
+            raise TypeError(f"flush_interval must be a number, not "
+                            f"{type(flush_interval).__name__}")
+        hold = float(flush_interval)
+        if not 0.0 <= hold < 1e300:
+            raise ValueError(f"flush_interval must be finite and not negative, "
+                             f"not {flush_interval!r}")
         counts = [0, 0]  # DELIVERED, DROPPED
         failed: list[str] = []
         values = peers.values() if isinstance(peers, Mapping) else peers
         for peer in values:
-            _offer(peer, frame, exclude, counts, failed)
+            _offer(peer, frame, exclude, counts, failed, hold)
         self._fanouts += 1
         self._delivered += counts[DELIVERED]
         self._dropped += counts[DROPPED]
@@ -517,11 +586,11 @@ class Hub:
 
 
 def _offer(peer: Peer, frame: bytes, exclude: frozenset[str] | None,
-           counts: list[int], failed: list[str]) -> None:
+           counts: list[int], failed: list[str], hold: float) -> None:
     """One member of a fan-out: skip if excluded, else queue and count."""
     if exclude is not None and peer.conn_id in exclude:
         return
-    status = peer._send(frame)
+    status = peer._send(frame, hold)
     if status == FAILED:
         failed.append(peer.conn_id)
     else:

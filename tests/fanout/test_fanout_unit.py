@@ -483,7 +483,7 @@ async def _random_script(mod: ModuleType, seed: int) -> list[Any]:
         peers = [link.peer for link in links]
         for step in range(150):
             op = rng.choice(("send", "send", "push", "fanout", "fanout", "flush",
-                             "pause", "resume", "close"))
+                             "pause", "resume", "close", "held", "hubflush"))
             peer = rng.choice(peers)
             size = rng.randrange(1001, 3000) if rng.random() < 0.125 else rng.randrange(0, 300)
             frame = mod.build_frame(rng.choice((0x1, 0x2)), bytes(size))
@@ -494,8 +494,14 @@ async def _random_script(mod: ModuleType, seed: int) -> list[Any]:
             elif op == "fanout":
                 exclude = frozenset(p.conn_id for p in peers if rng.random() < 0.3) or None
                 log.append((step, op, None, hub.fanout(peers, frame, exclude), len(frame)))
+            elif op == "held":  # held by a flush interval the script never waits out
+                exclude = frozenset(p.conn_id for p in peers if rng.random() < 0.3) or None
+                log.append((step, "fanout", None, hub.fanout(peers, frame, exclude, 30.0),
+                            len(frame)))
             elif op == "flush":
                 await asyncio.sleep(0)
+            elif op == "hubflush":
+                hub.flush()
             elif op == "pause":
                 peer.pause_writing()
             elif op == "resume":
@@ -506,6 +512,7 @@ async def _random_script(mod: ModuleType, seed: int) -> list[Any]:
                          p.failed) for p in peers])
             log.append(hub.stats())
         await asyncio.sleep(0)
+        hub.flush()  # what is still held
         log.append([len(link.read_available()) for link in healthy])
         # Whatever a slow peer took is still in its transport, behind the filler.
         for link, filler in zip(slow, fillers, strict=True):
@@ -617,6 +624,75 @@ def test_one_write_per_connection_per_iteration(run: Run, fanout_module: ModuleT
                     assert link.peer.buffered_size() == 0
                     assert await link.read_exactly(len(want)) == want
                     assert link.data_segments_out() - segments[n] == 1
+
+    run(main())
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_held_frames_of_several_iterations_leave_in_one_write(run: Run,
+                                                               fanout_module: ModuleType,
+                                                               kind: str) -> None:
+    """``fanout(..., flush_interval=t)``: frames queued over several iterations
+    are held (nothing is written at the iteration's flush) and leave together, in
+    order, in one write per connection, once the hub's timer fires."""
+
+    async def main() -> None:
+        async with open_links(fanout_module, 3, kind) as (hub, links):
+            peers = [link.peer for link in links]
+            segments = [link.data_segments_out() for link in links]
+            frames = [fanout_module.build_frame(0x1, f"held{i}".encode()) for i in range(10)]
+            for frame in frames:
+                assert hub.fanout(peers, frame, None, 0.2) == (3, 0, [])
+                await asyncio.sleep(0)  # an iteration: its flush writes nothing held
+            assert hub.stats()["flushes"] == 0
+            assert all(link.read_available() == b"" for link in links)
+            assert all(peer.pending_size == sum(map(len, frames)) for peer in peers)
+            want = b"".join(frames)
+            for link in links:
+                assert await link.read_exactly(len(want)) == want
+            stats = hub.stats()
+            assert (stats["flushes"], stats["syscalls"], stats["delivered"]) == (3, 3, 30)
+            for n, link in enumerate(links):
+                assert link.data_segments_out() - segments[n] == 1
+
+    run(main())
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_a_frame_without_hold_writes_the_held_ones_first(run: Run, fanout_module: ModuleType,
+                                                         kind: str) -> None:
+    """A push (or a fan-out without interval) on a peer that holds frames writes
+    them at the iteration's flush, in order; Hub.flush writes everything held."""
+
+    async def main() -> None:
+        async with open_links(fanout_module, 2, kind) as (hub, links):
+            a, b = links
+            held = fanout_module.build_frame(0x1, b"held")
+            hub.fanout([a.peer, b.peer], held, None, 30.0)
+            own = fanout_module.build_frame(0x2, b"own")
+            a.peer.push(own)
+            await asyncio.sleep(0)
+            assert await a.read_exactly(len(held) + len(own)) == held + own
+            assert b.read_available() == b""  # still held: its timer is 30 s away
+            assert b.peer.pending_size == len(held)
+            hub.flush()
+            assert await b.read_exactly(len(held)) == held
+            assert hub.stats()["flushes"] == 2
+
+    run(main())
+
+
+@pytest.mark.parametrize("interval", [-1.0, float("nan"), float("inf")])
+def test_fanout_rejects_a_bad_flush_interval(run: Run, fanout_module: ModuleType,
+                                             interval: float) -> None:
+    async def main() -> None:
+        async with open_links(fanout_module, 1) as (hub, links):
+            frame = fanout_module.build_frame(0x1, b"x")
+            with pytest.raises(ValueError, match="flush_interval"):
+                hub.fanout([links[0].peer], frame, None, interval)
+            with pytest.raises(TypeError):
+                hub.fanout([links[0].peer], frame, None, "0.1")
+            assert hub.stats()["fanouts"] == 0 and links[0].peer.pending_size == 0
 
     run(main())
 

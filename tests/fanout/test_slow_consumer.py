@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import orjson
+import pytest
 
 import reinhardt_ws as rw
 
@@ -136,11 +137,13 @@ class Scene:
 
 @contextlib.asynccontextmanager
 async def slow_room(policy: str, close_timeout: float = 5.0,
-                    abort: bool = False) -> AsyncIterator[Scene]:
-    """Serve with *policy*; join the slow client and the healthy ones to "room".
+                    abort: bool = False, flush_interval: float | None = None
+                    ) -> AsyncIterator[Scene]:
+    """Serve with *policy*; join the slow client and the healthy ones to "room"
+    (a manager with *flush_interval*: its broadcasts are held up to that long).
     On exit the slow client is closed (or aborted: one that never reads would
     wait in vain for a close frame)."""
-    rooms = rw.RoomManager()
+    rooms = rw.RoomManager(flush_interval=flush_interval)
     handler = Recorder()
     async with running_server(handler, max_write_buffer=LIMIT, slow_consumer=policy,
                               close_timeout=close_timeout) as server, \
@@ -160,9 +163,16 @@ async def slow_room(policy: str, close_timeout: float = 5.0,
                 await slow_client.close()
 
 
-def test_drop_policy_skips_the_slow_member_then_resumes(run: Run) -> None:
+#: The policies hold with broadcasts held by a flush interval too.
+FLUSH_INTERVALS = pytest.mark.parametrize("flush_interval", [None, 0.002],
+                                          ids=["no-interval", "interval"])
+
+
+@FLUSH_INTERVALS
+def test_drop_policy_skips_the_slow_member_then_resumes(run: Run,
+                                                        flush_interval: float | None) -> None:
     async def main() -> None:
-        async with slow_room("drop") as scene:
+        async with slow_room("drop", flush_interval=flush_interval) as scene:
             rooms = scene.rooms
             slow_client = scene.slow_client
             slow = scene.slow
@@ -198,12 +208,15 @@ def test_drop_policy_skips_the_slow_member_then_resumes(run: Run) -> None:
     run(main())
 
 
-def test_close_policy_closes_the_slow_member_with_1013(run: Run) -> None:
+@FLUSH_INTERVALS
+def test_close_policy_closes_the_slow_member_with_1013(run: Run,
+                                                       flush_interval: float | None) -> None:
     """The slow client, once it reads again, gets everything queued before the
     overflow and then close 1013; the healthy ones get everything."""
 
     async def main() -> None:
-        async with slow_room("close", close_timeout=10) as scene:
+        async with slow_room("close", close_timeout=10,
+                             flush_interval=flush_interval) as scene:
             rooms = scene.rooms
             handler = scene.handler
             slow_client = scene.slow_client
