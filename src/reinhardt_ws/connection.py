@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextvars
 import logging
+import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping
-from types import CoroutineType
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from picows import WSCloseCode, WSMsgType
@@ -167,8 +166,9 @@ class WebSocketConnection:
         self._close_listeners: list[Callable[[WebSocketConnection], object]] = []
         self._inbox: collections.deque[Message] = collections.deque()
         self._inbox_bytes = 0
-        # Messages on_message may still take at once (in the read callback) before
-        # one goes through the worker task, which yields to the other connections.
+        # Messages on_message may still take at once (an eager task, in the read
+        # callback) before one goes through the worker task, which yields to the
+        # other connections.
         self._inline_budget = opts.max_queue
         self._parked: collections.deque[tuple[int, bool, int, bytes]] | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -509,14 +509,17 @@ class WebSocketConnection:
             owner._bytes_received += size
         inbox = self._inbox
         handler = self._handler
-        if (handler is not None and self._worker is None and not inbox and self._accepted
-                and not self._dispatch_stopped and self._inline_budget):
+        if (_EAGER_TASKS and handler is not None and self._worker is None and not inbox
+                and self._accepted and not self._dispatch_stopped and self._inline_budget):
             # Nothing is ahead of this message (no callback running, nothing
-            # queued): hand it to on_message now instead of through a task.  Every
-            # max_queue-th message still goes through the worker, so one read full
-            # of small messages cannot keep the loop from the other connections.
+            # queued): on_message starts now, in an eager task (Python 3.12+), which
+            # runs it up to its first suspension right here and is a task like any
+            # other from its first line (current_task(), timeouts, cancellation).
+            # Every max_queue-th message still goes through the worker, so one read
+            # full of small messages cannot keep the loop from the other connections.
             self._inline_budget -= 1
-            self._dispatch_now(handler, message)
+            asyncio.Task(self._run_handler(message), loop=asyncio.get_running_loop(),
+                         eager_start=True)  # type: ignore[call-arg]
             return
         inbox.append(message)
         self._inbox_bytes += size
@@ -583,45 +586,21 @@ class WebSocketConnection:
         failed, nor once the server decided to close (but for a shutdown)."""
         return not self._dispatch_stopped
 
-    def _dispatch_now(self, handler: WebSocketHandler, message: Message) -> None:
-        """Run ``on_message`` for *message* at once, up to its first suspension.
-
-        Most calls never suspend (an echo, a broadcast): they complete here, in
-        the read callback, with no task and no loop iteration in between.  One
-        that suspends continues in the worker task, which then serves whatever
-        queued meanwhile, in order.  The call runs in a copy of the current
-        context, as a task would, and its exceptions are handled as the
-        worker's are (logged, 1011).
-        """
-        context = contextvars.copy_context()
-        coro = handler.on_message(self, message)
-        if type(coro) is not CoroutineType:  # another awaitable (or a mistake)
-            self._worker = asyncio.get_running_loop().create_task(
-                self._run_handler(_awaited(coro)))
-            return
-        try:
-            yielded = context.run(coro.send, None)
-        except StopIteration:
-            return
-        except asyncio.CancelledError:
-            return  # it cancelled itself: as a cancelled worker, nothing more to do
-        except Exception as exc:
-            self._handler_error("on_message", exc)
-            return
-        self._worker = asyncio.get_running_loop().create_task(
-            self._run_handler(_Resumed(coro, yielded, context)))
-
-    async def _run_handler(self, pending: Awaitable[object] | None = None) -> None:
+    async def _run_handler(self, first: Message | None = None) -> None:
         """The worker task: on_connect, then the inbox, one on_message at a time;
-        *pending* is an ``on_message`` call to finish first (it suspended when
-        :meth:`_dispatch_now` started it)."""
+        *first*: a message that nothing was ahead of, handled first (an eager task
+        started by :meth:`_deliver`)."""
         handler = self._handler
         assert handler is not None
         inbox = self._inbox
+        # An eager task runs before its creator could note it: it notes itself.
+        self._worker = asyncio.current_task()
+        fair_share = self._opts.max_queue
+        handled = 0
         try:
-            if pending is not None:
+            if first is not None:
                 try:
-                    await pending
+                    await handler.on_message(self, first)
                 except Exception as exc:
                     self._handler_error("on_message", exc)
             elif not self._connect_done:
@@ -632,8 +611,6 @@ class WebSocketConnection:
                         await handler.on_connect(self)
                     except Exception as exc:
                         self._handler_error("on_connect", exc)
-            fair_share = self._opts.max_queue
-            handled = 0
             while inbox:
                 message = self._take()
                 if not self._dispatching():
@@ -660,7 +637,10 @@ class WebSocketConnection:
             raise
         finally:
             self._worker = None
-            self._inline_budget = self._opts.max_queue
+            if first is None:
+                # A worker that took its turn in the loop: what it handled since its
+                # last yield counts against this iteration's share.
+                self._inline_budget = fair_share - handled % fair_share
         if (inbox and self._dispatching()) or (self._lost and not self._disconnect_done):
             # Something arrived while the last await was finishing.
             self._start_worker()
@@ -904,43 +884,11 @@ class WebSocketConnection:
 
 
 _PICOWS_CODES = frozenset(c.value for c in WSCloseCode)
+#: asyncio.Task(..., eager_start=True): Python 3.12+.
+_EAGER_TASKS = sys.version_info >= (3, 12)
 _OPEN = CloseState.OPEN
 #: The data messages' opcodes by type (``send``'s fast path).
 _DATA_OPCODES = {MessageType.TEXT: OPCODE_TEXT, MessageType.BINARY: OPCODE_BINARY}
-
-
-class _Resumed:
-    """Awaiting this finishes a coroutine whose first step already ran (it
-    yielded *yielded*): what ``await coro`` would have done from there on, each
-    step in *context*.  Cancellation is thrown into the coroutine, as a task's is."""
-
-    __slots__ = ("_context", "_coro", "_yielded")
-
-    def __init__(self, coro: CoroutineType[Any, Any, Any], yielded: object,
-                 context: contextvars.Context) -> None:
-        self._coro = coro
-        self._yielded = yielded
-        self._context = context
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        coro, run = self._coro, self._context.run
-        yielded, self._yielded = self._yielded, None
-        while True:
-            try:
-                value = yield yielded
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:
-                try:
-                    yielded = run(coro.throw, exc)
-                except StopIteration as stop:
-                    return stop.value
-            else:
-                try:
-                    yielded = run(coro.send, value)
-                except StopIteration as stop:
-                    return stop.value
 
 
 # Peer addresses in the connection log.
@@ -950,11 +898,6 @@ def _address(peer: object) -> str:
         host = str(peer[0])
         return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
     return str(peer)
-
-
-async def _awaited(awaitable: Any) -> object:
-    """``await awaitable`` (a TypeError if it is not one), as a coroutine."""
-    return await awaitable
 
 
 async def _swallow(waiter: Awaitable[object]) -> None:

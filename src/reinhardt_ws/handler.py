@@ -24,14 +24,12 @@ class WebSocketHandler:
     queue fills up to the server's ``max_queue`` and the server stops reading
     that socket (TCP backpressure) until it drains.
 
-    A message with nothing ahead of it (no callback of that connection running,
-    nothing queued) is handed to ``on_message`` at once, in the read callback;
-    only a call that suspends (awaits something not yet done) continues in a
-    task.  Each call runs in its own copy of the context, as in a task; but
-    until its first suspension ``asyncio.current_task()`` is None there, so
-    code that needs a current task (``asyncio.timeout()``, and on Python 3.12+
-    ``asyncio.wait_for``) must come after an ``await`` that suspends, or run
-    in a task of its own.
+    Every callback runs inside an asyncio task, so ``asyncio.current_task()``,
+    ``asyncio.timeout()`` and cancellation work from its first line.  On Python
+    3.12+ a message with nothing ahead of it (no callback of that connection
+    running, nothing queued) starts ``on_message`` in an eager task, in the read
+    callback: a call that never suspends (an echo, a broadcast) completes there,
+    without a trip through the loop.
     """
 
     async def on_connect(self, conn: WebSocketConnection) -> None:

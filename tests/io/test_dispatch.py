@@ -1,14 +1,18 @@
-"""How a message reaches ``on_message``: at once, in the read callback, when
-nothing is ahead of it (no callback running, nothing queued), and through the
-connection's worker task once a call suspends.  The handler's promises hold on
-both paths: one call at a time, arrival order, a failing call closes with 1011,
-each call in its own copy of the context."""
+"""How a message reaches ``on_message``: on Python 3.12+, when nothing is ahead of
+it (no callback running, nothing queued), in an eager task started in the read
+callback; otherwise, and always on 3.11, through the connection's worker task.
+The handler's promises hold on both paths: always inside a task, one call at a
+time, arrival order, a failing call closes with 1011, a context variable set by
+one call is not seen by a later one that starts in a new task, and the loop
+gets its turn at least every max_queue messages."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import logging
+import sys
 from typing import Any
 
 import pytest
@@ -68,10 +72,9 @@ def test_order_and_one_call_at_a_time_across_both_paths(run: Run) -> None:
         assert handler.overlaps == 0
         expected = [f"{kind} {n}" for n in [*names, "f"] for kind in ("start", "end")]
         assert handler.log == expected
-        # "f" arrived with nothing ahead of it: it ran in the read callback, no task.
-        assert handler.tasks[-1] is None
-        # A call that suspended finished in a task.
-        assert isinstance(handler.tasks[names.index("wait1")], asyncio.Task)
+        # Every call ran inside a task (on 3.12+ "f", which had nothing ahead of
+        # it, ran in an eager one), so current_task() and timeouts work in it.
+        assert all(isinstance(task, asyncio.Task) for task in handler.tasks)
 
     run(main())
 
@@ -134,7 +137,7 @@ class ContextUser(Recorder):
         await conn.send(text)
 
 
-def test_each_call_runs_in_its_own_copy_of_the_context(run: Run) -> None:
+def test_context_values_do_not_leak_between_calls_one_at_a_time(run: Run) -> None:
     async def main() -> None:
         handler = ContextUser()
         async with running_server(handler) as server, ws_connect(url_of(server)) as ws:
@@ -217,24 +220,36 @@ def test_shutdown_cancels_a_suspended_first_message_and_on_disconnect_runs(run: 
     run(main())
 
 
-class WhereItRan(Recorder):
+class Ticks(Recorder):
+    """Notes, per message, how many loop iterations a self-rescheduling callback
+    has seen, and whether it runs inside a task."""
+
     def __init__(self) -> None:
         super().__init__()
+        self.ticks = 0
+        self.ticking = True
+        self.seen: list[int] = []
         self.in_task: list[bool] = []
 
+    def tick(self) -> None:
+        self.ticks += 1
+        if self.ticking:
+            asyncio.get_running_loop().call_soon(self.tick)
+
     async def on_message(self, conn: rw.WebSocketConnection, message: rw.Message) -> None:
+        self.seen.append(self.ticks)
         self.in_task.append(asyncio.current_task() is not None)
         await conn.send(message)
 
 
-def test_every_max_queue_th_message_goes_through_the_worker(run: Run) -> None:
-    """One read full of small messages must not run them all in the read callback:
-    after max_queue of them, the next goes through the worker task (which yields
-    to the other connections every max_queue messages)."""
+def test_the_loop_gets_its_turn_at_least_every_max_queue_messages(run: Run) -> None:
+    """One read full of small messages must not run them all in one go, eager or
+    not: no more than max_queue of them are handled within one loop iteration."""
     async def main() -> None:
-        handler = WhereItRan()
+        handler = Ticks()
         async with running_server(handler, max_queue=4) as server, \
                 ws_connect(url_of(server)) as ws:
+            handler.tick()
             for i in range(10):  # one at a time: nothing is ever queued
                 await ws.send(f"m{i}")
                 assert await asyncio.wait_for(ws.recv(), 5) == f"m{i}"
@@ -242,9 +257,27 @@ def test_every_max_queue_th_message_goes_through_the_worker(run: Run) -> None:
             for name in flood:  # back to back: most arrive in one read
                 await ws.send(name)
             assert [await asyncio.wait_for(ws.recv(), 5) for _ in flood] == flood
-        assert handler.in_task[:10] == [False] * 4 + [True] + [False] * 4 + [True]
-        # In the flood no run of inline calls is longer than max_queue.
-        runs = "".join("t" if t else "i" for t in handler.in_task[10:]).split("t")
-        assert max(len(r) for r in runs) <= 4, handler.in_task
+            handler.ticking = False
+        assert all(handler.in_task), handler.in_task
+        same = collections.Counter(handler.seen[10:])
+        assert max(same.values()) <= 4, handler.seen
+
+    run(main())
+
+
+class TimeoutFirst(Recorder):
+    async def on_message(self, conn: rw.WebSocketConnection, message: rw.Message) -> None:
+        async with asyncio.timeout(5):  # needs a current task, before any await
+            await conn.send(message)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.timeout is 3.11+")
+def test_asyncio_timeout_works_before_the_first_await(run: Run) -> None:
+    async def main() -> None:
+        handler = TimeoutFirst()
+        async with running_server(handler) as server, ws_connect(url_of(server)) as ws:
+            for i in range(5):
+                await ws.send(f"m{i}")
+                assert await asyncio.wait_for(ws.recv(), 5) == f"m{i}"
 
     run(main())
