@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping
 from types import CoroutineType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from picows import WSCloseCode, WSMsgType
 
@@ -165,7 +165,9 @@ class WebSocketConnection:
         self._close_handle: asyncio.TimerHandle | None = None
         self._closed_fut: asyncio.Future[None] | None = None
         self._close_listeners: list[Callable[[WebSocketConnection], object]] = []
-        self._inbox: collections.deque[Message] = collections.deque()
+        # Idle memory: the inbox deque (~760 bytes), the drain waiters and the
+        # pings are made when first needed, never for a connection that stays idle.
+        self._inbox: collections.deque[Message] = _NO_INBOX
         self._inbox_bytes = 0
         # Messages on_message may still take at once (in the read callback) before
         # one goes through the worker task, which yields to the other connections.
@@ -181,9 +183,9 @@ class WebSocketConnection:
         self._done: asyncio.Future[None] | None = None
         self._reading_paused = False
         self._write_paused = False
-        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._drain_waiters: list[asyncio.Future[None]] | None = None
         self._recv_waiter: asyncio.Future[None] | None = None
-        self._pings: list[tuple[bytes, float, asyncio.Future[float]]] = []
+        self._pings: list[tuple[bytes, float, asyncio.Future[float]]] | None = None
         rate = getattr(opts, "message_rate", None)
         self._rate = (TokenBucket(rate, getattr(opts, "message_burst", None) or 1.0,
                                   time.monotonic()) if rate else None)
@@ -295,6 +297,8 @@ class WebSocketConnection:
         if not self._closing.is_open:
             raise self._closed_error()
         fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        if self._pings is None:
+            self._pings = []
         self._pings.append((payload, time.monotonic(), fut))
         self._send_control(OPCODE_PING, payload)
         return await fut
@@ -345,11 +349,16 @@ class WebSocketConnection:
         loop = asyncio.get_running_loop()
         while self._write_paused and self._closing.is_open:
             fut: asyncio.Future[None] = loop.create_future()
+            if self._drain_waiters is None:
+                self._drain_waiters = []
             self._drain_waiters.append(fut)
             await fut
 
     def _wake_drain_waiters(self) -> None:
-        waiters, self._drain_waiters = self._drain_waiters, []
+        waiters = self._drain_waiters
+        if waiters is None:
+            return
+        self._drain_waiters = None
         for fut in waiters:
             if not fut.done():
                 fut.set_result(None)
@@ -518,6 +527,8 @@ class WebSocketConnection:
             self._inline_budget -= 1
             self._dispatch_now(handler, message)
             return
+        if inbox is _NO_INBOX:  # idle memory: the deque comes with the first message
+            inbox = self._inbox = collections.deque()
         inbox.append(message)
         self._inbox_bytes += size
         opts = self._opts
@@ -559,7 +570,7 @@ class WebSocketConnection:
                 and self._inbox_bytes <= (opts.max_queue_bytes or 0) // 4)
 
     def _drop_inbox(self) -> None:
-        self._inbox.clear()
+        self._inbox = _NO_INBOX
         self._inbox_bytes = 0
         self._parked = None
 
@@ -617,7 +628,6 @@ class WebSocketConnection:
         :meth:`_dispatch_now` started it)."""
         handler = self._handler
         assert handler is not None
-        inbox = self._inbox
         try:
             if pending is not None:
                 try:
@@ -634,7 +644,7 @@ class WebSocketConnection:
                         self._handler_error("on_connect", exc)
             fair_share = self._opts.max_queue
             handled = 0
-            while inbox:
+            while self._inbox:  # read each time: the inbox is made, or dropped, meanwhile
                 message = self._take()
                 if not self._dispatching():
                     self._drop_inbox()
@@ -661,7 +671,7 @@ class WebSocketConnection:
         finally:
             self._worker = None
             self._inline_budget = self._opts.max_queue
-        if (inbox and self._dispatching()) or (self._lost and not self._disconnect_done):
+        if (self._inbox and self._dispatching()) or (self._lost and not self._disconnect_done):
             # Something arrived while the last await was finishing.
             self._start_worker()
 
@@ -728,7 +738,8 @@ class WebSocketConnection:
     def _on_connected(self, ws: Any) -> None:
         self._ws = ws
         transport = ws.underlying_transport
-        self.remote_address = transport.get_extra_info("peername")
+        if self.remote_address is None:  # the server passes the tuple it already has
+            self.remote_address = transport.get_extra_info("peername")
         opts = self._opts
         if self._owner is not None:
             self._owner._adopt(self)
@@ -796,6 +807,8 @@ class WebSocketConnection:
 
     def _on_pong(self, payload: bytes) -> None:
         pings = self._pings
+        if pings is None:
+            return
         for index, (data, _sent, _fut) in enumerate(pings):
             if data == payload:
                 now = time.monotonic()
@@ -868,11 +881,12 @@ class WebSocketConnection:
         self._reading_paused = False
         self._wake_drain_waiters()
         self._wake_receiver()
-        closed = self._closed_error()
-        for _data, _sent, fut in self._pings:
-            if not fut.done():
-                fut.set_exception(closed)
-        self._pings = []
+        if self._pings is not None:
+            closed = self._closed_error()
+            for _data, _sent, fut in self._pings:
+                if not fut.done():
+                    fut.set_exception(closed)
+            self._pings = None
         listeners, self._close_listeners = self._close_listeners, []
         for callback in listeners:
             try:
@@ -941,6 +955,9 @@ class _Resumed:
                     yielded = run(coro.send, value)
                 except StopIteration as stop:
                     return stop.value
+#: The inbox of a connection with nothing queued yet (falsy, len 0; never
+#: appended to: ``_deliver`` makes the real deque first).  Idle memory.
+_NO_INBOX = cast("collections.deque[Message]", ())
 
 
 # Peer addresses in the connection log.
