@@ -112,6 +112,7 @@ class WebSocketConnection:
         "_rate",
         "_reading_paused",
         "_recv_waiter",
+        "_user_data",
         "_worker",
         "_write_paused",
         "_ws",
@@ -123,7 +124,6 @@ class WebSocketConnection:
         "remote_address",
         "subprotocol",
         "user",
-        "user_data",
     )
 
     id: str
@@ -134,7 +134,6 @@ class WebSocketConnection:
     is_client: bool
     user: Any
     path_params: dict[str, str]
-    user_data: dict[str, Any]
 
     def __init__(self, *, path: str, headers: Mapping[str, str], subprotocol: str | None,
                  opts: ConnectionOptions, is_client: bool,
@@ -151,8 +150,7 @@ class WebSocketConnection:
         self.user = None
         #: Parameters the router extracted from the path (``/rooms/{room}``).
         self.path_params = {}
-        #: Free for the application: per-connection data (user id, session...).
-        self.user_data = {}
+        self._user_data: dict[str, Any] | None = None  # idle memory: see user_data
         self._opts = opts
         self._handler = handler
         self._owner = server
@@ -164,7 +162,7 @@ class WebSocketConnection:
         self._assembler = MessageAssembler(opts.max_message_size, extension)
         self._close_handle: asyncio.TimerHandle | None = None
         self._closed_fut: asyncio.Future[None] | None = None
-        self._close_listeners: list[Callable[[WebSocketConnection], object]] = []
+        self._close_listeners: list[Callable[[WebSocketConnection], object]] | None = None
         # Idle memory: the inbox deque (~760 bytes), the drain waiters and the
         # pings are made when first needed, never for a connection that stays idle.
         self._inbox: collections.deque[Message] = _NO_INBOX
@@ -189,6 +187,20 @@ class WebSocketConnection:
         rate = getattr(opts, "message_rate", None)
         self._rate = (TokenBucket(rate, getattr(opts, "message_burst", None) or 1.0,
                                   time.monotonic()) if rate else None)
+
+    @property
+    def user_data(self) -> dict[str, Any]:
+        """Free for the application: per-connection data (user id, session...).
+        A dict, made on first use (an idle connection that never needs one does
+        not pay for it); assignable."""
+        data = self._user_data
+        if data is None:
+            data = self._user_data = {}
+        return data
+
+    @user_data.setter
+    def user_data(self, value: dict[str, Any]) -> None:
+        self._user_data = value
 
     # -- state ----------------------------------------------------------------
     @property
@@ -439,10 +451,14 @@ class WebSocketConnection:
         (before ``on_disconnect``).  Rooms use it to forget the connection."""
         if self._lost:
             callback(self)
+        elif self._close_listeners is None:
+            self._close_listeners = [callback]
         else:
             self._close_listeners.append(callback)
 
     def remove_close_listener(self, callback: Callable[[WebSocketConnection], object]) -> None:
+        if self._close_listeners is None:
+            return
         try:
             self._close_listeners.remove(callback)
         except ValueError:
@@ -887,7 +903,7 @@ class WebSocketConnection:
                 if not fut.done():
                     fut.set_exception(closed)
             self._pings = None
-        listeners, self._close_listeners = self._close_listeners, []
+        listeners, self._close_listeners = self._close_listeners or (), None
         for callback in listeners:
             try:
                 callback(self)

@@ -88,6 +88,11 @@ def test_an_idle_connection_defers_its_inbox_pings_and_waiters(run: Any) -> None
             conn = handler.conns[0]
             assert conn._inbox == () and not conn._inbox
             assert conn._pings is None and conn._drain_waiters is None
+            assert conn._user_data is None and conn._close_listeners is None
+            conn.user_data["who"] = "ada"  # made on first use, then kept
+            assert conn.user_data == {"who": "ada"}
+            conn.user_data = {"fresh": True}
+            assert conn.user_data == {"fresh": True}
             # The address is the reader's tuple, not a second one.
             assert conn.remote_address == writer.get_extra_info("sockname")
             # Messages still flow once it speaks (masked client frames).
