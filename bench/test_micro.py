@@ -13,6 +13,11 @@
   one-shot ``zlib.compress``, by ``compressed_frame`` (split, compress, frame: the
   whole per-broadcast step), and handed to a worker thread (zlib releases the GIL)
   with ``run_in_executor``, against the same calls inline on the loop.
+- Small rooms: one ``rooms.broadcast(room, payload)`` per event-loop iteration to a
+  room of 5 real connections (the chat pattern, where a broadcast's fixed cost
+  dominates), per implementation, against picows' own loop over the same 5
+  ``WSTransport.send`` as the baseline of the same run.  Every byte the 5 raw
+  clients receive is checked between rounds (outside the timing).
 Per-operation times are in the report (``extra_info["ops_per_call"]``).
 """
 
@@ -22,6 +27,7 @@ import asyncio
 import concurrent.futures
 import json
 import os
+import socket
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -221,4 +227,152 @@ def test_compress_offload(benchmark, where: str, bench_config) -> None:
                            warmup_rounds=2)
     finally:
         pool.shutdown()
+        loop.close()
+
+
+SMALL_ROOM = 5
+SMALL_ROOM_BROADCASTS = 200  # per round: 200 x 5 x 66 B stay within the socket buffers
+SMALL_ROOM_SIZE = 64
+
+
+async def _raw_client(loop: asyncio.AbstractEventLoop, port: int) -> socket.socket:
+    """A raw client socket past the handshake, left unregistered with the loop (it
+    is drained between rounds, so no client work is timed)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    await loop.sock_sendall(sock, wire.upgrade_request("127.0.0.1", port))
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = await asyncio.wait_for(loop.sock_recv(sock, 4096), 10)
+        assert chunk, "the server closed during the handshake"
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 101") and head.endswith(b"\r\n\r\n"), head
+    return sock
+
+
+def _drain_exactly(socks: list[socket.socket], expected: bytes) -> None:
+    """Read every socket until it holds *expected* (each byte checked), or fail."""
+    for sock in socks:
+        sock.settimeout(5.0)
+        got = bytearray()
+        while len(got) < len(expected):
+            chunk = sock.recv(len(expected) - len(got))
+            assert chunk, "a bench client was disconnected"
+            got += chunk
+        assert got == expected, "a bench client received wrong bytes"
+        sock.setblocking(False)
+        try:
+            extra = sock.recv(1)
+        except BlockingIOError:
+            extra = b""
+        assert not extra, "a bench client received more than it was sent"
+
+
+@pytest.mark.parametrize("variant", ["cython", "python", "picows"])
+def test_small_room_broadcast(benchmark, variant: str, bench_config) -> None:
+    if variant != "picows" and variant not in _fanout.available():
+        if os.environ.get("REINHARDT_WS_NO_EXTENSIONS", "") not in ("", "0"):
+            pytest.skip("C extension disabled by REINHARDT_WS_NO_EXTENSIONS")
+        pytest.fail("reinhardt_ws._fastbroadcast is not built: a normal build must load it")
+    if bench_config.loop == "uvloop":
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    payload = wire.make_payload(SMALL_ROOM_SIZE)
+    rounds = max(5, bench_config.rounds * 5)
+    previous = _fanout.IMPLEMENTATION
+    members: list[Any] = []
+    rooms = RoomManager()
+
+    class Member(WebSocketHandler):
+        async def on_connect(self, conn: Any) -> None:
+            await rooms.join("small", conn)
+            members.append(conn)
+
+    async def start() -> tuple[Any, list[socket.socket]]:
+        if variant == "picows":
+            from picows import WSListener, ws_create_server
+
+            class Listener(WSListener):  # type: ignore[misc]
+                def on_ws_connected(self, transport: Any) -> None:
+                    members.append(transport)
+
+                def pause_writing(self) -> None:
+                    pass
+
+                def resume_writing(self) -> None:
+                    pass
+
+            server: Any = await ws_create_server(lambda _r: Listener(), "127.0.0.1", 0)
+            port = int(server.sockets[0].getsockname()[1])
+        else:
+            server = await serve(Member(), "127.0.0.1", 0, ping_interval=None)
+            port = server.port
+        socks = [await _raw_client(loop, port) for _ in range(SMALL_ROOM)]
+        for _ in range(500):
+            if len(members) == SMALL_ROOM:
+                break
+            await asyncio.sleep(0.01)
+        assert len(members) == SMALL_ROOM
+        return server, socks
+
+    if variant == "picows":
+        from picows import WSMsgType
+
+        binary = WSMsgType.BINARY
+
+        async def run() -> None:
+            for _ in range(SMALL_ROOM_BROADCASTS):
+                for transport in members:
+                    transport.send(binary, payload)
+                await asyncio.sleep(0)
+    else:
+        async def run() -> None:
+            broadcast = rooms.broadcast
+            for _ in range(SMALL_ROOM_BROADCASTS):
+                result = await broadcast("small", payload)
+                assert result.delivered == SMALL_ROOM
+                await asyncio.sleep(0)
+
+    expected = wire.make_frame(SMALL_ROOM_SIZE) * SMALL_ROOM_BROADCASTS
+    try:
+        if variant != "picows":
+            _fanout.use(variant)
+        server, socks = loop.run_until_complete(start())
+        try:
+            if variant != "picows":
+                assert variant == reinhardt_ws.IMPLEMENTATION
+            benchmark.group = (f"broadcast to a {SMALL_ROOM}-member room, "
+                               f"1 per loop iteration ({SMALL_ROOM_SIZE} B)")
+            benchmark.extra_info.update(
+                scenario="micro", variant=variant, room_size=SMALL_ROOM,
+                ops_per_call=SMALL_ROOM_BROADCASTS,
+                deliveries_per_call=SMALL_ROOM_BROADCASTS * SMALL_ROOM, loop=bench_config.loop)
+            state = {"first": True}
+
+            def drain() -> None:
+                if not state["first"]:
+                    _drain_exactly(socks, expected)
+                state["first"] = False
+
+            benchmark.pedantic(lambda: loop.run_until_complete(run()), setup=drain,
+                               rounds=rounds, iterations=1, warmup_rounds=0)
+            _drain_exactly(socks, expected)
+        finally:
+            for sock in socks:
+                sock.close()
+            if variant == "picows":
+                for transport in members:
+                    transport.disconnect()
+                server.close()
+                loop.run_until_complete(server.wait_closed())
+                loop.run_until_complete(asyncio.sleep(0.05))
+            else:
+                loop.run_until_complete(server.close(timeout=2.0))
+    finally:
+        _fanout.use(previous)
         loop.close()

@@ -41,13 +41,27 @@ logger = logging.getLogger("reinhardt_ws")
 LINGER = 2.0
 
 
+def _discard(data: bytes) -> None:
+    pass
+
+
+class _Detached(asyncio.Protocol):
+    """A protocol no connection runs on: see ``RequestReader._hand_over``."""
+
+    data_received = staticmethod(_discard)  # a plain function: no bound method per access
+
+
+_DETACHED = _Detached()
+
+
 class RequestReader(asyncio.Protocol):
     """Reads one request head; answers it, or hands the connection to picows."""
 
     __slots__ = ("_buffer", "_eof", "_make_ws_protocol", "_peer", "_server", "_task", "_timer",
                  "_transport")
 
-    def __init__(self, server: Server, make_ws_protocol: Callable[[Any], Any]) -> None:
+    def __init__(self, server: Server,
+                 make_ws_protocol: Callable[[Any, tuple[tuple[str, str], ...]], Any]) -> None:
         self._server = server
         self._make_ws_protocol = make_ws_protocol
         self._transport: Any = None
@@ -101,7 +115,7 @@ class RequestReader(asyncio.Protocol):
             return
         headers: CIMultiDict[str] = CIMultiDict(head.headers)
         if head.method == "GET" and head.version == "HTTP/1.1" and is_upgrade(headers):
-            self._hand_over()
+            self._hand_over(head.headers)
             return
         request = Request(head.method, head.target, headers, self._peer)
         refusal = check_request(request, max_request_line=opts.max_request_line,
@@ -169,8 +183,9 @@ class RequestReader(asyncio.Protocol):
         self._eof = True
         return self._task is not None and not self._task.done()
 
-    def _hand_over(self) -> None:
-        """Give the connection, and every byte read so far, to a picows protocol."""
+    def _hand_over(self, header_items: tuple[tuple[str, str], ...]) -> None:
+        """Give the connection, and every byte read so far, to a picows protocol
+        (with the head's *header_items*, for the admission's size check)."""
         data = self._buffer
         assert data is not None
         self._buffer = None
@@ -178,7 +193,13 @@ class RequestReader(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         transport = self._transport
-        proto = self._make_ws_protocol(self._peer)
+        proto = self._make_ws_protocol(self._peer, header_items)
+        # Idle memory: uvloop keeps the bound data_received of a stream's last
+        # non-buffered protocol after set_protocol() to a buffered one (picows'),
+        # and with it this reader, for the connection's life.  Passing through a
+        # shared protocol whose data_received is a plain function leaves nothing
+        # of ours behind.
+        transport.set_protocol(_DETACHED)
         transport.set_protocol(proto)
         proto.connection_made(transport)
         view = memoryview(data)

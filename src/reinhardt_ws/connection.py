@@ -21,7 +21,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from picows import WSCloseCode, WSMsgType
 
@@ -111,6 +111,7 @@ class WebSocketConnection:
         "_rate",
         "_reading_paused",
         "_recv_waiter",
+        "_user_data",
         "_worker",
         "_write_paused",
         "_ws",
@@ -122,7 +123,6 @@ class WebSocketConnection:
         "remote_address",
         "subprotocol",
         "user",
-        "user_data",
     )
 
     id: str
@@ -133,7 +133,6 @@ class WebSocketConnection:
     is_client: bool
     user: Any
     path_params: dict[str, str]
-    user_data: dict[str, Any]
 
     def __init__(self, *, path: str, headers: Mapping[str, str], subprotocol: str | None,
                  opts: ConnectionOptions, is_client: bool,
@@ -150,8 +149,7 @@ class WebSocketConnection:
         self.user = None
         #: Parameters the router extracted from the path (``/rooms/{room}``).
         self.path_params = {}
-        #: Free for the application: per-connection data (user id, session...).
-        self.user_data = {}
+        self._user_data: dict[str, Any] | None = None  # idle memory: see user_data
         self._opts = opts
         self._handler = handler
         self._owner = server
@@ -163,8 +161,10 @@ class WebSocketConnection:
         self._assembler = MessageAssembler(opts.max_message_size, extension)
         self._close_handle: asyncio.TimerHandle | None = None
         self._closed_fut: asyncio.Future[None] | None = None
-        self._close_listeners: list[Callable[[WebSocketConnection], object]] = []
-        self._inbox: collections.deque[Message] = collections.deque()
+        self._close_listeners: list[Callable[[WebSocketConnection], object]] | None = None
+        # Idle memory: the inbox deque (~760 bytes), the drain waiters and the
+        # pings are made when first needed, never for a connection that stays idle.
+        self._inbox: collections.deque[Message] = _NO_INBOX
         self._inbox_bytes = 0
         # Messages on_message may still take at once (an eager task, in the read
         # callback) before one goes through the worker task, which yields to the
@@ -181,12 +181,26 @@ class WebSocketConnection:
         self._done: asyncio.Future[None] | None = None
         self._reading_paused = False
         self._write_paused = False
-        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._drain_waiters: list[asyncio.Future[None]] | None = None
         self._recv_waiter: asyncio.Future[None] | None = None
-        self._pings: list[tuple[bytes, float, asyncio.Future[float]]] = []
+        self._pings: list[tuple[bytes, float, asyncio.Future[float]]] | None = None
         rate = getattr(opts, "message_rate", None)
         self._rate = (TokenBucket(rate, getattr(opts, "message_burst", None) or 1.0,
                                   time.monotonic()) if rate else None)
+
+    @property
+    def user_data(self) -> dict[str, Any]:
+        """Free for the application: per-connection data (user id, session...).
+        A dict, made on first use (an idle connection that never needs one does
+        not pay for it); assignable."""
+        data = self._user_data
+        if data is None:
+            data = self._user_data = {}
+        return data
+
+    @user_data.setter
+    def user_data(self, value: dict[str, Any]) -> None:
+        self._user_data = value
 
     # -- state ----------------------------------------------------------------
     @property
@@ -295,6 +309,8 @@ class WebSocketConnection:
         if not self._closing.is_open:
             raise self._closed_error()
         fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        if self._pings is None:
+            self._pings = []
         self._pings.append((payload, time.monotonic(), fut))
         self._send_control(OPCODE_PING, payload)
         return await fut
@@ -345,11 +361,16 @@ class WebSocketConnection:
         loop = asyncio.get_running_loop()
         while self._write_paused and self._closing.is_open:
             fut: asyncio.Future[None] = loop.create_future()
+            if self._drain_waiters is None:
+                self._drain_waiters = []
             self._drain_waiters.append(fut)
             await fut
 
     def _wake_drain_waiters(self) -> None:
-        waiters, self._drain_waiters = self._drain_waiters, []
+        waiters = self._drain_waiters
+        if waiters is None:
+            return
+        self._drain_waiters = None
         for fut in waiters:
             if not fut.done():
                 fut.set_result(None)
@@ -430,10 +451,14 @@ class WebSocketConnection:
         (before ``on_disconnect``).  Rooms use it to forget the connection."""
         if self._lost:
             callback(self)
+        elif self._close_listeners is None:
+            self._close_listeners = [callback]
         else:
             self._close_listeners.append(callback)
 
     def remove_close_listener(self, callback: Callable[[WebSocketConnection], object]) -> None:
+        if self._close_listeners is None:
+            return
         try:
             self._close_listeners.remove(callback)
         except ValueError:
@@ -521,6 +546,8 @@ class WebSocketConnection:
             asyncio.Task(self._run_handler(message), loop=asyncio.get_running_loop(),
                          eager_start=True)  # type: ignore[call-arg]
             return
+        if inbox is _NO_INBOX:  # idle memory: the deque comes with the first message
+            inbox = self._inbox = collections.deque()
         inbox.append(message)
         self._inbox_bytes += size
         opts = self._opts
@@ -562,7 +589,7 @@ class WebSocketConnection:
                 and self._inbox_bytes <= (opts.max_queue_bytes or 0) // 4)
 
     def _drop_inbox(self) -> None:
-        self._inbox.clear()
+        self._inbox = _NO_INBOX
         self._inbox_bytes = 0
         self._parked = None
 
@@ -592,7 +619,6 @@ class WebSocketConnection:
         started by :meth:`_deliver`)."""
         handler = self._handler
         assert handler is not None
-        inbox = self._inbox
         # An eager task runs before its creator could note it: it notes itself.
         self._worker = asyncio.current_task()
         fair_share = self._opts.max_queue
@@ -611,7 +637,7 @@ class WebSocketConnection:
                         await handler.on_connect(self)
                     except Exception as exc:
                         self._handler_error("on_connect", exc)
-            while inbox:
+            while self._inbox:  # read each time: the inbox is made, or dropped, meanwhile
                 message = self._take()
                 if not self._dispatching():
                     self._drop_inbox()
@@ -641,7 +667,7 @@ class WebSocketConnection:
                 # A worker that took its turn in the loop: what it handled since its
                 # last yield counts against this iteration's share.
                 self._inline_budget = fair_share - handled % fair_share
-        if (inbox and self._dispatching()) or (self._lost and not self._disconnect_done):
+        if (self._inbox and self._dispatching()) or (self._lost and not self._disconnect_done):
             # Something arrived while the last await was finishing.
             self._start_worker()
 
@@ -708,7 +734,8 @@ class WebSocketConnection:
     def _on_connected(self, ws: Any) -> None:
         self._ws = ws
         transport = ws.underlying_transport
-        self.remote_address = transport.get_extra_info("peername")
+        if self.remote_address is None:  # the server passes the tuple it already has
+            self.remote_address = transport.get_extra_info("peername")
         opts = self._opts
         if self._owner is not None:
             self._owner._adopt(self)
@@ -776,6 +803,8 @@ class WebSocketConnection:
 
     def _on_pong(self, payload: bytes) -> None:
         pings = self._pings
+        if pings is None:
+            return
         for index, (data, _sent, _fut) in enumerate(pings):
             if data == payload:
                 now = time.monotonic()
@@ -848,12 +877,13 @@ class WebSocketConnection:
         self._reading_paused = False
         self._wake_drain_waiters()
         self._wake_receiver()
-        closed = self._closed_error()
-        for _data, _sent, fut in self._pings:
-            if not fut.done():
-                fut.set_exception(closed)
-        self._pings = []
-        listeners, self._close_listeners = self._close_listeners, []
+        if self._pings is not None:
+            closed = self._closed_error()
+            for _data, _sent, fut in self._pings:
+                if not fut.done():
+                    fut.set_exception(closed)
+            self._pings = None
+        listeners, self._close_listeners = self._close_listeners or (), None
         for callback in listeners:
             try:
                 callback(self)
@@ -889,6 +919,11 @@ _EAGER_TASKS = sys.version_info >= (3, 12)
 _OPEN = CloseState.OPEN
 #: The data messages' opcodes by type (``send``'s fast path).
 _DATA_OPCODES = {MessageType.TEXT: OPCODE_TEXT, MessageType.BINARY: OPCODE_BINARY}
+
+
+#: The inbox of a connection with nothing queued yet (falsy, len 0; never
+#: appended to: ``_deliver`` makes the real deque first).  Idle memory.
+_NO_INBOX = cast("collections.deque[Message]", ())
 
 
 # Peer addresses in the connection log.

@@ -53,14 +53,16 @@ class _Gate:
     """The listener factory of one TCP connection (picows calls it once, with the
     parsed request; it holds no reference to the protocol, so no cycle)."""
 
-    __slots__ = ("peer", "server")
+    __slots__ = ("header_items", "peer", "server")
 
-    def __init__(self, server: Server, peer: Any) -> None:
+    def __init__(self, server: Server, peer: Any,
+                 header_items: tuple[tuple[str, str], ...] | None = None) -> None:
         self.server = server
         self.peer = peer
+        self.header_items = header_items
 
     def __call__(self, upgrade: picows.WSUpgradeRequest) -> Any:
-        return self.server._listener_for(upgrade, self.peer)
+        return self.server._listener_for(upgrade, self.peer, self.header_items)
 
 
 class Server:
@@ -111,6 +113,9 @@ class Server:
         self._requested_port = port
         self._server: asyncio.Server | None = None
         self._connections: dict[str, WebSocketConnection] = {}
+        # Idle memory: picows keeps the 101 it sent on every connection; one per
+        # distinct set of extra headers is shared instead (see _upgrade_response).
+        self._responses_101: dict[tuple[tuple[str, str], ...], WSUpgradeResponse] = {}
         self._closing = False
         self._closed: asyncio.Event | None = None
 
@@ -141,8 +146,10 @@ class Server:
             opts.read_buffer_size,
         )
 
-        def ws_protocol(peer: Any) -> WSProtocol:
-            return WSProtocol(*protocol_args[:3], _Gate(self, peer), *protocol_args[3:])
+        def ws_protocol(peer: Any, header_items: tuple[tuple[str, str], ...] | None = None
+                        ) -> WSProtocol:
+            return WSProtocol(*protocol_args[:3], _Gate(self, peer, header_items),
+                              *protocol_args[3:])
 
         def protocol_factory() -> RequestReader:
             return RequestReader(self, ws_protocol)
@@ -276,14 +283,19 @@ class Server:
             self._closed.set()
 
     # -- connections ------------------------------------------------------------
-    def _listener_for(self, upgrade: picows.WSUpgradeRequest, peer: Any) -> Any:
+    def _listener_for(self, upgrade: picows.WSUpgradeRequest, peer: Any,
+                      header_items: tuple[tuple[str, str], ...] | None = None) -> Any:
         """picows' listener factory: every decision of the opening handshake, in the
         order docs/security.md ("Admission") gives.  Synchronous, and called before
-        picows validates the upgrade headers, which it may still refuse (400)."""
+        picows validates the upgrade headers, which it may still refuse (400).
+        *header_items*: the head as the request reader parsed it, to size it
+        without touching the keys of picows' headers (which would cost memory
+        for as long as the connection lives)."""
         headers = upgrade.headers
         request = Request(upgrade.method.decode("latin-1"), upgrade.path.decode("latin-1"),
                           headers, peer)
-        verdict = self._admission.decide(request, closing=self._closing)
+        verdict = self._admission.decide(request, closing=self._closing,
+                                         header_items=header_items)
         if isinstance(verdict, Refused):
             if verdict.error is not None:
                 logger.error("process_request failed for %r", request,
@@ -311,14 +323,27 @@ class Server:
                                    extension=extension)
         conn.user = verdict.user
         conn.path_params = verdict.path_params
+        conn.remote_address = peer  # the reader's tuple, not a second copy
         # Counted and registered by _adopt() once picows sends the 101 (in this same
         # call from picows, so no other handshake runs in between): picows may still
         # refuse the request (400), and then the connection never opens nor closes.
         listener = ConnectionListener(conn)
-        if not extra:
-            return listener
-        response = WSUpgradeResponse.create_101_response(extra_headers=extra)
-        return WSUpgradeResponseWithListener(response, listener)
+        return WSUpgradeResponseWithListener(self._upgrade_response(extra), listener)
+
+    def _upgrade_response(self, extra: dict[str, str]) -> WSUpgradeResponse:
+        """The 101 with *extra* headers, one object per distinct set (at most 64
+        kept; beyond, a fresh one each time).  picows writes this connection's
+        ``Sec-WebSocket-Accept`` into it and serializes it at once, in the same
+        call, so sharing it changes no byte on the wire; what it keeps is a
+        reference (``transport.response``, which we never read) instead of a
+        response of ~700 bytes per open connection."""
+        key = tuple(extra.items())
+        response = self._responses_101.get(key)
+        if response is None:
+            response = WSUpgradeResponse.create_101_response(extra_headers=extra or None)
+            if len(self._responses_101) < 64:
+                self._responses_101[key] = response
+        return response
 
     def _http_response(self, request: Request, has_body: bool
                        ) -> tuple[HTTPResponse | Awaitable[HTTPResponse], str | None]:

@@ -510,11 +510,15 @@ class Admission:
         self.max_request_line = max_request_line
         self.max_request_head = max_request_head
 
-    def decide(self, request: Request, *, closing: bool = False) -> Admitted | Refused:
+    def decide(self, request: Request, *, closing: bool = False,
+               header_items: Iterable[tuple[str, str]] | None = None) -> Admitted | Refused:
         """Admit or refuse the upgrade *request* (``request.path_params`` is set
-        from the route).  Never raises: a hook's exception becomes a 500."""
+        from the route).  Never raises: a hook's exception becomes a 500.
+        *header_items*, when given, are the request's headers as parsed, which
+        :func:`check_request` sizes instead of ``request.headers``."""
         refusal = check_request(request, max_request_line=self.max_request_line,
-                                max_request_head=self.max_request_head)
+                                max_request_head=self.max_request_head,
+                                header_items=header_items)
         if refusal is not None:
             return Refused(refusal, "bad_request" if refusal.status == 400
                            else "request_too_large")

@@ -27,7 +27,9 @@ from .. import _fanout
 from ..connection import WebSocketConnection
 from ..errors import RoomLimitError
 from ..protocol.messages import (
+    OPCODE_BINARY,
     OPCODE_CLOSE,
+    OPCODE_TEXT,
     Message,
     WebSocketMessage,
     frame_parts,
@@ -90,11 +92,39 @@ class BroadcastResult:
     position: Position | None = None
 
 
+#: The results of the common broadcasts (all delivered, none dropped or failed, no
+#: position), one per delivered count: a frozen result is made once, not per call.
+_PLAIN_RESULTS: dict[int, BroadcastResult] = {}
+_PLAIN_RESULTS_MAX = 4096
+_EMPTY_RESULT = BroadcastResult()
+_NO_ONE: frozenset[str] = frozenset()
+
+
+def _result(delivered: int, dropped: int, failed: list[str] | tuple[str, ...]
+            ) -> BroadcastResult:
+    """``BroadcastResult(delivered, dropped, tuple(failed))``, shared for the
+    common outcomes (constructing a frozen dataclass costs more than the rest of
+    a broadcast to a small room)."""
+    if dropped or failed:
+        return BroadcastResult(delivered, dropped, tuple(failed))
+    result = _PLAIN_RESULTS.get(delivered)
+    if result is None:
+        result = BroadcastResult(delivered)
+        if len(_PLAIN_RESULTS) < _PLAIN_RESULTS_MAX:
+            _PLAIN_RESULTS[delivered] = result
+    return result
+
+
 def encode_frame(message: Broadcastable) -> bytes:
     """One server frame for *message* (built once per broadcast).
 
     :class:`~reinhardt_ws.SendError` for what cannot be sent, ``ValueError`` for a
     close message (close the connections instead)."""
+    kind = type(message)
+    if kind is bytes:  # the common cases first, without frame_parts' isinstance chain
+        return _fanout.build_frame(OPCODE_BINARY, message)  # type: ignore[arg-type]
+    if kind is str:
+        return _fanout.build_frame(OPCODE_TEXT, message.encode("utf-8"))  # type: ignore[union-attr]
     opcode, payload = frame_parts(message)
     if opcode == OPCODE_CLOSE:
         raise ValueError("a close message cannot be broadcast; close the connections")
@@ -112,7 +142,7 @@ def _position(value: Position | tuple[str, int]) -> Position:
 
 def _exclude_ids(exclude: Exclude) -> frozenset[str]:
     if exclude is None:
-        return frozenset()
+        return _NO_ONE
     if isinstance(exclude, WebSocketConnection):
         return frozenset((exclude.id,))
     if isinstance(exclude, str):
@@ -133,6 +163,10 @@ def _on_owning_loop(*, binds: bool = False) -> Callable[[Method[P, T]], Method[P
         @functools.wraps(method)
         async def on_owner(self: RoomManager, /, *args: P.args, **kwargs: P.kwargs) -> T:
             running = asyncio.get_running_loop()
+            if not binds and self._loop is running and self._backend_loop is running:
+                # Bound to this (running, so open) loop and attached: what
+                # _owner_for would answer, without its lock.
+                return await method(self, *args, **kwargs)
             conn = kwargs.get("conn", args[1] if len(args) > 1 else None) if binds else None
             owner = self._owner_for(
                 running, conn if isinstance(conn, WebSocketConnection) else None)
@@ -248,6 +282,8 @@ class RoomManager:
         self._deflate_groups = CompressionGroups()
         self._cluster_compressor = getattr(self._backend, "cluster_compressor", None) \
             if self._backend.distributed else None
+        # One bound method for every member's close listener, not one per member.
+        self._forget_conn = self._forget
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RoomManager:
@@ -423,7 +459,7 @@ class RoomManager:
             self._conns[conn.id] = conn
             self._everyone[conn.id] = peer
             self._deflate_groups.add(None, conn, peer)
-            conn.add_close_listener(self._forget)
+            conn.add_close_listener(self._forget_conn)
         rooms.add(room)
         if self._backend.distributed:
             try:
@@ -557,7 +593,7 @@ class RoomManager:
         self._deflate_groups.remove(None, conn_id)
         conn = self._conns.pop(conn_id, None)
         if conn is not None:
-            conn.remove_close_listener(self._forget)
+            conn.remove_close_listener(self._forget_conn)
 
     def _remove_everywhere(self, conn_id: str) -> None:
         rooms = self._rooms_of.get(conn_id)
@@ -583,7 +619,6 @@ class RoomManager:
         task.add_done_callback(self._background.discard)
 
     # -- broadcasting ---------------------------------------------------------------
-    @_on_owning_loop()
     async def broadcast(self, room: str, message: Broadcastable, *,
                         exclude: Exclude = None, positioned: bool = False) -> BroadcastResult:
         """Send *message* to every member of *room* but *exclude*.
@@ -605,6 +640,19 @@ class RoomManager:
         member (and each replay) learns where it stands (``ValueError`` without
         them).
         """
+        loop = self._loop
+        if (loop is not None and loop is self._backend_loop and not positioned
+                and loop is asyncio.get_running_loop() and not self._backend.distributed):
+            # The common case: on the owning loop, in memory only.  Without
+            # history it is one synchronous fan-out, no coroutine below this one.
+            policy = self.history_policy
+            if policy is None or not policy.applies(room):
+                return self.deliver_local(room, encode_frame(message), _exclude_ids(exclude))
+        return await self._broadcast_on_owner(room, message, exclude, positioned)
+
+    @_on_owning_loop()
+    async def _broadcast_on_owner(self, room: str, message: Broadcastable, exclude: Exclude,
+                                  positioned: bool) -> BroadcastResult:
         return await self._broadcast(room, message, exclude, positioned)
 
     @_on_owning_loop()
@@ -731,7 +779,7 @@ class RoomManager:
         other compressing groups get the frame compressed here, once per group."""
         members = self._everyone if room is None else self._rooms.get(room)
         if not members:
-            return BroadcastResult()
+            return _EMPTY_RESULT
         hub = self._hub
         assert hub is not None
         # A flush interval is passed only when set: the plain call stays the plain call.
@@ -757,7 +805,7 @@ class RoomManager:
             delivered, dropped, failed = fanout(members, frame, exclude or None)
         for conn_id in failed:
             self._remove_everywhere(conn_id)
-        return BroadcastResult(delivered, dropped, tuple(failed))
+        return _result(delivered, dropped, failed)
 
     def deliver_to_local(self, conn_id: str, frame: bytes) -> bool:
         """Queue a ready frame on one local connection; False if it is not here
