@@ -597,6 +597,86 @@ def readme_fanout(run: ReadmeRun) -> ReadmePart | None:
     return part
 
 
+#: How the README's echo table names each server (the echo servers, not the fan-outs).
+ECHO_LABELS = {
+    "reinhardt-cy": "**reinhardt-ws** (`apps.echo`, uvloop)",
+    "reinhardt-cy-asyncio": "reinhardt-ws on asyncio's loop",
+    "reinhardt-py": "reinhardt-ws, Python twin",
+    "picows": "picows' own echo listener (the floor of our stack)",
+    "socketify": "socketify (uWebSockets from Python) echo",
+    "node-ws": "Node `ws` 8 + bufferutil echo",
+    "websockets": "websockets, `async for` + `send`",
+}
+
+
+@readme_part(20)
+def readme_echo(run: ReadmeRun) -> ReadmePart | None:
+    rows = run.by_scenario.get("echo", [])
+    if not rows:
+        return None
+    rows = sorted(rows, key=lambda r: (ECHO_ORDER.index(r["contestant"])
+                                       if r["contestant"] in ECHO_ORDER else 99))
+    first = rows[0]
+    ours = next((r for r in rows if r["contestant"] == "reinhardt-cy" and r.get("paired")), None)
+    table = []
+    for r in rows:
+        ratio = ""
+        if ours is not None and r["contestant"] in ours["paired"]:
+            p = ours["paired"][r["contestant"]]
+            ratio = f"ours {fmt(p.get('cpu_ratio'), '.2f', TIMES)} (paired)"
+        table.append([ECHO_LABELS.get(r["contestant"], f"{r['contestant']} ({r.get('loop')})"),
+                      fmt(r.get("cpu_us_per_message"), ".2f", " µs"), ratio,
+                      fmt(r.get("messages_per_s"), ",.0f"), fmt(r.get("p99_us"), ",.0f", " µs")])
+    absent = {k: v for r in rows for k, v in (r.get("absent") or {}).items()}
+    for name, why in sorted(absent.items()):
+        table.append([f"{ECHO_LABELS.get(name, name)} — absent: {why}", "—", "", "—", "—"])
+    caption = (f"Echo, the receive path ({first.get('clients', '?')} clients, each sending a "
+               f"{first.get('size', '?')} B text message and waiting for its echo, "
+               f"{first.get('seconds', '?')} s rounds): server CPU per echoed message; "
+               "*ours / it* pairs each round of reinhardt-cy with a round of the reference.")
+    return ReadmePart(tables=[caption + "\n\n" + md_table(
+        ["server", "CPU per message", "ours / it", "messages/s", "p99"], table)])
+
+
+@readme_part(30)
+def readme_compression(run: ReadmeRun) -> ReadmePart | None:
+    rows = run.by_scenario.get("compression", [])
+    if not rows:
+        return None
+    by = {r["contestant"]: r for r in rows}
+    r0 = rows[0]
+    table = []
+    for name in sorted(by, key=lambda n: COMPRESSION_ORDER.index(n)
+                       if n in COMPRESSION_ORDER else 99):
+        r = by[name]
+        table.append([name, fmt(r.get("cpu_us_per_delivery"), ".2f", " µs"),
+                      fmt(r.get("cpu_ratio_to_plain_paired"), ".2f", TIMES),
+                      fmt(r.get("wire_bytes_per_delivery"), ",.0f", " B"),
+                      "yes" if r.get("complete") else "**no**"])
+    caption = (f"permessage-deflate, a room of N = {r0.get('n')} receiving a "
+               f"{r0.get('size')} B JSON message: server CPU and bytes on the wire per "
+               f"delivery; *{TIMES} plain* against our uncompressed broadcast, paired.")
+    return ReadmePart(tables=[caption + "\n\n" + md_table(
+        ["variant", "CPU per delivery", f"{TIMES} plain", "wire per delivery", "complete"], table)])
+
+
+@readme_part(40)
+def readme_flush_interval(run: ReadmeRun) -> ReadmePart | None:
+    rows = [r for r in run.by_scenario.get("flush_interval", [])
+            if r.get("contestant") == "reinhardt-cy"]
+    if not rows:
+        return None
+    bits = []
+    for r in sorted(rows, key=lambda r: (r["n"], r["interval"])):
+        bits.append(f"N = {r['n']}, {r['interval'] * 1e3:g} ms: "
+                    f"{fmt(r.get('throughput_ratio_to_floor_paired'), '.1f', TIMES)} the "
+                    f"one-syscall floor's deliveries per CPU-second, p99 delay "
+                    f"{fmt(r.get('added_delay_p99_s', math.nan) * 1e3, '+.1f', ' ms')}")
+    return ReadmePart(bullets=[
+        "A latency budget (`RoomManager(flush_interval=...)`, one broadcast per loop "
+        "iteration, C fan-out): " + "; ".join(bits) + "."])
+
+
 @readme_part(50)
 def readme_small_rooms(run: ReadmeRun) -> ReadmePart | None:
     rows = run.by_scenario.get("small_rooms", [])

@@ -24,7 +24,8 @@ wss.on('connection', (ws) => {
 });
 
 wss.on('listening', () => {
-  const info = { loop: 'node', version: require('ws/package.json').version, bufferutil,
+  const info = { loop: 'node', version: require('ws/package.json').version,
+    ws: require('ws/package.json').version, bufferutil,
     node: process.version };
   process.stdout.write(`PORT ${wss.address().port} ${JSON.stringify(info)}\n`);
 });
