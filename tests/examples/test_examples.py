@@ -343,7 +343,7 @@ def test_redis_workers_example(programs: list[Program], tmp_path: Path,
         launcher = start(programs, tmp_path, implementation,
                          str(EXAMPLES / "redis_workers.py"), "--redis", redis.url,
                          "--port", str(free_port()), "--clients", "6")
-        workers = [launcher.expect(r"^worker: .*listening.*\(pid (\d+)\)").group(1)
+        workers = [launcher.expect(r"^worker: .*listening.*\(pid (\d+)[,)]").group(1)
                    for _ in range(2)]
         assert len(set(workers)) == 2
         sizes = [int(launcher.expect(r"^client \d joined 'lobby': size (\d+)").group(1))
