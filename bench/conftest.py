@@ -143,10 +143,10 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks: Any,
          "rooms": spec.rooms, "absent": spec.absent_reason()}
         for spec in CONTESTANT_SPECS
     ]
-    env = [f"{name}={shlex.quote(os.environ[name])}" for _n, name, _d, _h in _OPTIONS
-           if os.environ.get(name)]
-    if os.environ.get("BENCH_NO_VERIFY"):
-        env.append(f"BENCH_NO_VERIFY={shlex.quote(os.environ['BENCH_NO_VERIFY'])}")
+    # Every BENCH_* knob that was set (the options' variables, BENCH_NO_VERIFY, and
+    # the scenario knobs such as BENCH_ECHO_SECONDS or BENCH_FLUSH_INTERVALS).
+    env = [f"{name}={shlex.quote(value)}" for name, value in sorted(os.environ.items())
+           if name.startswith("BENCH_") and value]
     args = shlex.join(config.invocation_params.args)
     output_json["command"] = " ".join([*env, "python -m pytest", args]).strip()
     output_json["invocation_dir"] = str(config.invocation_params.dir)
