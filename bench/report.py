@@ -572,7 +572,10 @@ def readme_fanout(run: ReadmeRun) -> ReadmePart | None:
     table.append(floor_row1)
     if any(b > 1 for _n, b in cols):
         table.append(floor_rowk)
-    names = set(run.contestants) | {r["contestant"] for r in rows}
+    # The fan-out contestants (conftest's list; other scenarios' variants, such as
+    # the compression ones, are not fan-out contestants) and whatever has a row.
+    names = ({c for c, rec in run.contestants.items() if "server" in rec}
+             | {r["contestant"] for r in rows})
     for name in sorted(names - {"floor"}, key=order_key):
         if any(name in cell[c] for c in cols):
             table.append([label(name)] + [contestant_cell(name, n, b) for n, b in cols])
