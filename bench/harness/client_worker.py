@@ -73,7 +73,6 @@ def handshake_all(host: str, port: int, count: int, batch: int,
     request = wire.upgrade_request(host, port)
     if offer:
         request = request[:-2] + f"Sec-WebSocket-Extensions: {offer}\r\n\r\n".encode()
-    accept = wire.ACCEPT.encode()
     socks: list[socket.socket] = []
     deadline = time.monotonic() + timeout
     for start in range(0, count, batch):
@@ -85,25 +84,7 @@ def handshake_all(host: str, port: int, count: int, batch: int,
             s.sendall(request)
             group.append(s)
         for s in group:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                s.settimeout(max(0.1, deadline - time.monotonic()))
-                chunk = s.recv(4096)
-                if not chunk:
-                    raise ConnectionError("server closed the connection during the handshake")
-                data += chunk
-                if len(data) > 65536:
-                    raise ConnectionError("handshake response too long")
-            head, _, rest = data.partition(b"\r\n\r\n")
-            lines = head.split(b"\r\n")
-            if not lines[0].startswith(b"HTTP/1.1 101"):
-                raise ConnectionError(f"handshake refused: {lines[0]!r}")
-            headers = dict(line.split(b":", 1) for line in lines[1:] if b":" in line)
-            headers = {k.strip().lower(): v.strip() for k, v in headers.items()}
-            if headers.get(b"sec-websocket-accept") != accept:
-                raise ConnectionError("wrong or missing Sec-WebSocket-Accept")
-            if rest:
-                raise ConnectionError(f"{len(rest)} bytes arrived right after the handshake")
+            headers = wire.read_101(s, deadline)
             if answers is not None:
                 answers.append(headers.get(b"sec-websocket-extensions", b"-").decode())
             s.setblocking(False)

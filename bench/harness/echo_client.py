@@ -64,30 +64,12 @@ def text_payload(size: int) -> bytes:
 
 def handshake_all(host: str, port: int, count: int, timeout: float) -> list[socket.socket]:
     request = wire.upgrade_request(host, port)
-    accept = wire.ACCEPT.encode()
     socks: list[socket.socket] = []
     for _ in range(count):
         s = socket.create_connection((host, port), timeout=timeout)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.sendall(request)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = s.recv(4096)
-            if not chunk:
-                raise ConnectionError("server closed the connection during the handshake")
-            data += chunk
-            if len(data) > 65536:
-                raise ConnectionError("handshake response too long")
-        head, _, rest = data.partition(b"\r\n\r\n")
-        lines = head.split(b"\r\n")
-        if not lines[0].startswith(b"HTTP/1.1 101"):
-            raise ConnectionError(f"handshake refused: {lines[0]!r}")
-        headers = {k.strip().lower(): v.strip()
-                   for k, v in (line.split(b":", 1) for line in lines[1:] if b":" in line)}
-        if headers.get(b"sec-websocket-accept") != accept:
-            raise ConnectionError("wrong or missing Sec-WebSocket-Accept")
-        if rest:
-            raise ConnectionError(f"{len(rest)} bytes arrived right after the handshake")
+        wire.read_101(s)
         s.setblocking(False)
         socks.append(s)
     return socks

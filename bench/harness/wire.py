@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import resource
+import time
+from typing import Any
 
 __all__ = [
     "ACCEPT",
@@ -42,6 +44,35 @@ def upgrade_request(host: str, port: int, path: str = "/bench") -> bytes:
         "Sec-WebSocket-Version: 13\r\n"
         "\r\n"
     ).encode()
+
+
+def read_101(sock: Any, deadline: float | None = None) -> dict[bytes, bytes]:
+    """Read the server's answer to :func:`upgrade_request` on *sock*: it must be a
+    101 with our ``Sec-WebSocket-Accept`` and nothing after its head (the server
+    may not speak first).  Returns its headers (lower-cased names);
+    ``ConnectionError`` otherwise.  With *deadline* (``time.monotonic()``), each
+    read waits until then (at least 0.1 s); without, the socket's own timeout."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        if deadline is not None:
+            sock.settimeout(max(0.1, deadline - time.monotonic()))
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("server closed the connection during the handshake")
+        data += chunk
+        if len(data) > 65536:
+            raise ConnectionError("handshake response too long")
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    if not lines[0].startswith(b"HTTP/1.1 101"):
+        raise ConnectionError(f"handshake refused: {lines[0]!r}")
+    headers = {k.strip().lower(): v.strip()
+               for k, v in (line.split(b":", 1) for line in lines[1:] if b":" in line)}
+    if headers.get(b"sec-websocket-accept") != ACCEPT.encode():
+        raise ConnectionError("wrong or missing Sec-WebSocket-Accept")
+    if rest:
+        raise ConnectionError(f"{len(rest)} bytes arrived right after the handshake")
+    return headers
 
 
 def make_payload(size: int) -> bytes:
