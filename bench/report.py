@@ -76,7 +76,7 @@ def verdict(ok: bool | None) -> str:
 
 def order_key(name: str) -> tuple[int, str]:
     base = name
-    for suffix in ("-close", "-drop"):
+    for suffix in ("-close", "-drop", "-keepalive"):
         base = base.removesuffix(suffix)
     return (ORDER.index(base) if base in ORDER else len(ORDER), name)
 
@@ -712,8 +712,10 @@ def readme_idle_memory(run: ReadmeRun) -> ReadmePart | None:
     by = {r["contestant"]: r for r in rows}
     ours = [f"**{human_bytes(by[n]['rss_per_conn_idle'])}** ({n})"
             for n in ("reinhardt-cy", "reinhardt-py") if n in by]
+    ours += [f"{human_bytes(by[n]['rss_per_conn_idle'])} ({n}: keep-alive on)"
+             for n in ("reinhardt-cy-keepalive", "reinhardt-py-keepalive") if n in by]
     peers = [f"{n} {human_bytes(by[n]['rss_per_conn_idle'])}" for n in sorted(by, key=order_key)
-             if n not in ("reinhardt-cy", "reinhardt-py", "floor")]
+             if not n.startswith("reinhardt-") and n != "floor"]
     missing = [f"{n} {absent_reason(run.contestants, n)}" for n in PEERS
                if n in run.contestants and n not in by]
     return ReadmePart(bullets=[

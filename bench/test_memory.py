@@ -3,7 +3,10 @@
 Idle: the server's RSS with 5000 connected, idle clients minus its RSS listening
 with none (after ``gc.collect()`` in the Python servers), per connection; then the
 same after one 64-byte broadcast to all ("warm").  Kernel socket buffers are not
-in any process's RSS and are the same for everyone.
+in any process's RSS and are the same for everyone.  Every server runs without
+pings (a ping would be an unexpected byte for the counting clients); the
+``reinhardt-*-keepalive`` rows run ours with its keep-alive on, as ``serve()``'s
+defaults do, with an interval longer than the run.
 
 Slow consumer: 1001 clients, one of which never reads after the handshake; the
 server broadcasts ``--bench-slow-messages`` messages of ``--bench-slow-size``
@@ -22,9 +25,10 @@ from harness import wire
 from harness.arena import Arena, ArenaPool, BenchError
 from harness.scenarios import (
     CONTESTANT_IDS,
+    KEEPALIVE_SPECS,
     SLOW_SPECS,
-    SPECS,
     FloorBuild,
+    base_spec,
     phase_timeout,
     require,
 )
@@ -32,10 +36,11 @@ from harness.scenarios import (
 IDLE_N = 5000
 SLOW_HEALTHY = 1000
 
-@pytest.mark.parametrize("contestant", CONTESTANT_IDS)
+@pytest.mark.parametrize("contestant", CONTESTANT_IDS + tuple(KEEPALIVE_SPECS))
 def test_idle_memory(benchmark, arena_pool: ArenaPool, bench_config, floor_build: FloorBuild,
                      contestant: str) -> None:
-    spec = SPECS[contestant]
+    spec = base_spec(contestant)
+    assert spec is not None
     require(spec, floor_build)
     arena = arena_pool.get(spec, IDLE_N)
     benchmark.group = f"idle memory n={IDLE_N}"

@@ -376,3 +376,43 @@ def test_small_room_broadcast(benchmark, variant: str, bench_config) -> None:
     finally:
         _fanout.use(previous)
         loop.close()
+
+
+KEEPALIVE_CONNECTIONS = 10_000
+
+
+@pytest.mark.parametrize("state", ["quiet", "active"])
+def test_keepalive_sweep(benchmark, state: str) -> None:
+    """One sweep of the keep-alive timer (``reinhardt_ws._keepalive``) over 10,000
+    connections that need no ping: *quiet* ones, silent but within the interval
+    (the sweep only reads), and *active* ones, each with a frame since the last
+    sweep (the sweep clears the flag and moves the ping date).  The cost per
+    connection is what idle connections cost the loop, every interval / 8."""
+    from reinhardt_ws import ServerOptions
+    from reinhardt_ws._keepalive import Keepalive
+    from reinhardt_ws.connection import WebSocketConnection
+
+    opts = ServerOptions()
+    conns = [WebSocketConnection(path="/", headers={}, subprotocol=None, opts=opts,
+                                 is_client=False) for _ in range(KEEPALIVE_CONNECTIONS)]
+    keepalive = Keepalive(lambda: conns, 20.0, 20.0)
+    loop = asyncio.new_event_loop()
+    keepalive._loop = loop
+    try:
+        keepalive._sweep()  # every ping date is now 20 s away, every flag clear
+
+        def setup() -> None:
+            if keepalive._handle is not None:
+                keepalive._handle.cancel()
+            if state == "active":
+                for conn in conns:
+                    conn._rx_seen = True
+
+        benchmark.group = f"keep-alive sweep, {KEEPALIVE_CONNECTIONS} connections"
+        benchmark.extra_info.update(scenario="micro", state=state,
+                                    ops_per_call=KEEPALIVE_CONNECTIONS)
+        benchmark.pedantic(keepalive._sweep, setup=setup, rounds=30, iterations=1)
+        assert all(not c._rx_seen and not c._ka_deadline for c in conns)  # nothing pinged
+    finally:
+        keepalive.stop()
+        loop.close()

@@ -385,7 +385,11 @@ class Reinhardt(Contestant):
                 outer.conns.pop(conn, None)
 
         # No pings: a ping frame would be an unexpected byte for the counting clients.
+        # Option ping_interval (idle memory with the keep-alive on): an interval
+        # longer than any measurement, so no ping is ever sent.
         kwargs: dict[str, Any] = {"ping_interval": None}
+        if self.options.get("ping_interval"):
+            kwargs["ping_interval"] = float(self.options["ping_interval"])
         if self.options.get("max_write_buffer"):
             kwargs["max_write_buffer"] = int(self.options["max_write_buffer"])
         if self.options.get("slow_consumer"):

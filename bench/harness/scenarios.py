@@ -16,6 +16,7 @@ __all__ = [
     "BATCHES",
     "CONTESTANT_IDS",
     "CONTESTANT_SPECS",
+    "KEEPALIVE_SPECS",
     "NS",
     "PEERS",
     "SIZES",
@@ -48,9 +49,17 @@ SLOW_SPECS: dict[str, ContestantSpec] = {
 }
 
 
+#: reinhardt with its keep-alive on (idle memory): the interval is longer than any
+#: run, so no ping disturbs the counting clients; what a connection holds for its
+#: keep-alive does not depend on the interval.
+KEEPALIVE_SPECS: dict[str, ContestantSpec] = {
+    f"{spec.id}-keepalive": spec.with_options(ping_interval=3600)
+    for spec in CONTESTANT_SPECS if spec.server == "reinhardt"}
+
+
 def base_spec(param: str) -> ContestantSpec | None:
-    """The contestant a test parameter names (a plain or a slow-consumer id)."""
-    return SPECS.get(param) or SLOW_SPECS.get(param)
+    """The contestant a test parameter names (a plain, slow-consumer or keep-alive id)."""
+    return SPECS.get(param) or SLOW_SPECS.get(param) or KEEPALIVE_SPECS.get(param)
 
 
 class FloorBuild(NamedTuple):

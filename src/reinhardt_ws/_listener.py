@@ -11,8 +11,6 @@ from .protocol.messages import CloseCode
 
 __all__ = ["ConnectionListener"]
 
-_KEEPALIVE = b"rws-keepalive"
-
 _TEXT, _BINARY, _CLOSE = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CLOSE
 _PING, _PONG, _CONT = WSMsgType.PING, WSMsgType.PONG, WSMsgType.CONTINUATION
 #: Data frames' opcodes as plain ints (an enum's ``.value`` is a property lookup).
@@ -38,6 +36,7 @@ class ConnectionListener(WSListener):
 
     def on_ws_frame(self, transport: picows.WSTransport, frame: picows.WSFrame) -> None:
         conn = self.conn
+        conn._rx_seen = True  # keep-alive: not silent (see _keepalive)
         closing = conn._closing
         if closing.received:
             return  # nothing may follow a close frame (picows still delivers it)
@@ -62,12 +61,6 @@ class ConnectionListener(WSListener):
 
     def on_ws_disconnected(self, transport: picows.WSTransport) -> None:
         self.conn._on_lost()
-
-    def send_user_specific_ping(self, transport: picows.WSTransport) -> None:
-        transport.send_ping(_KEEPALIVE)
-
-    def is_user_specific_pong(self, frame: picows.WSFrame) -> bool:
-        return bool(frame.msg_type is _PONG and frame.get_payload_as_bytes() == _KEEPALIVE)
 
     def pause_writing(self) -> None:
         self.conn._on_pause_writing()

@@ -26,9 +26,10 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from picows import WSCloseCode, WSMsgType
 
 from . import _fanout
+from ._keepalive import KEEPALIVE_PAYLOAD, Keepalive
 from ._logging import client_fault
 from .errors import AuthenticationFailed, ConnectionClosed, ProtocolError, SendError
-from .options import ConnectionOptions
+from .options import ConnectionOptions, keepalive_periods
 from .protocol.assembler import MessageAssembler
 from .protocol.closing import CloseState, ClosingHandshake, PeerClose, fit_reason
 from .protocol.extensions.permessage_deflate import PerMessageDeflate, build_compressed_frame
@@ -54,6 +55,10 @@ if TYPE_CHECKING:
 __all__ = ["WebSocketConnection"]
 
 logger = logging.getLogger("reinhardt_ws")
+
+#: Seconds a connection closed for not answering our keep-alive ping has to take
+#: its close frame before TCP is dropped (as picows' own keep-alive does).
+_DEAD_PEER_LINGER = 0.01
 
 
 class ConnectionOwner(Protocol):
@@ -101,6 +106,8 @@ class WebSocketConnection:
         "_inbox",
         "_inbox_bytes",
         "_inline_budget",
+        "_ka_deadline",
+        "_ka_due",
         "_lost",
         "_opts",
         "_owner",
@@ -111,6 +118,7 @@ class WebSocketConnection:
         "_rate",
         "_reading_paused",
         "_recv_waiter",
+        "_rx_seen",
         "_user_data",
         "_worker",
         "_write_paused",
@@ -184,6 +192,12 @@ class WebSocketConnection:
         self._drain_waiters: list[asyncio.Future[None]] | None = None
         self._recv_waiter: asyncio.Future[None] | None = None
         self._pings: list[tuple[bytes, float, asyncio.Future[float]]] | None = None
+        # Keep-alive (_keepalive.Keepalive sweeps these): a frame came in since the
+        # last sweep; when to ping if none comes; when our ping's pong is due (0.0:
+        # no ping out).
+        self._rx_seen = True
+        self._ka_due = 0.0
+        self._ka_deadline = 0.0
         rate = getattr(opts, "message_rate", None)
         self._rate = (TokenBucket(rate, getattr(opts, "message_burst", None) or 1.0,
                                   time.monotonic()) if rate else None)
@@ -396,7 +410,7 @@ class WebSocketConnection:
         await asyncio.shield(self._closed_fut)
 
     def _start_close(self, code: int, reason: str, *, read_on: bool = True,
-                     shutdown: bool = False) -> None:
+                     shutdown: bool = False, linger: float | None = None) -> None:
         """Send our close frame (after everything queued) and arm the timeout.
 
         Once we decide to close, nothing queued or later is dispatched to the
@@ -404,7 +418,8 @@ class WebSocketConnection:
         still handled (within the shutdown timeout).  *read_on*: read again, so
         the peer's close frame is not stuck behind a full inbox (data is
         discarded from now on); False for a peer that must not be read (one that
-        floods us while never reading).
+        floods us while never reading).  *linger*: seconds before TCP is dropped if
+        the peer's close frame has not come (default ``close_timeout``).
         """
         if self._lost or not self._closing.send(code, reason):
             return
@@ -425,13 +440,14 @@ class WebSocketConnection:
         except Exception:  # the transport is already gone
             logger.debug("close frame not sent", exc_info=True)
         self._close_handle = asyncio.get_running_loop().call_later(
-            self._opts.close_timeout, self._abort)
+            self._opts.close_timeout if linger is None else linger, self._abort)
 
-    def _fail(self, code: int, reason: str, *, read_on: bool = True) -> None:
+    def _fail(self, code: int, reason: str, *, read_on: bool = True,
+              linger: float | None = None) -> None:
         """Fail the connection (RFC 6455 section 7.1.7) with *code*."""
         if self._closing.is_open:
             client_fault(logger, "closing %s with %d: %s", self, code, reason)
-        self._start_close(code, fit_reason(reason), read_on=read_on)
+        self._start_close(code, fit_reason(reason), read_on=read_on, linger=linger)
 
     def _abort(self) -> None:
         """Drop TCP now (the close timeout ran out, or the server is shutting down)."""
@@ -744,6 +760,11 @@ class WebSocketConnection:
             logger.debug("connection %s opened: peer %s, path %r", self.id,
                          _address(self.remote_address), self.path.partition("?")[0])
         if self.is_client:
+            periods = keepalive_periods(opts)
+            if periods is not None:  # a client's keep-alive sweeps its one connection
+                keepalive = Keepalive(lambda: (self,), *periods)
+                keepalive.start()
+                self.add_close_listener(lambda _conn: keepalive.stop())
             # picows parks the error that ends a client connection in a future only
             # wait_disconnected() reads; close_code reports it, so read it here, or
             # asyncio logs "Future exception was never retrieved".
@@ -797,11 +818,26 @@ class WebSocketConnection:
         if message is not None:
             self._deliver(message)
 
+    def _send_keepalive_ping(self, timeout: float) -> None:
+        """The keep-alive sweep found this connection silent for ``ping_interval``."""
+        if self._closing.is_open:
+            self._send_control(OPCODE_PING, KEEPALIVE_PAYLOAD)
+
+    def _on_keepalive_timeout(self, timeout: float) -> None:
+        """No pong within ``ping_timeout``: close with 1001 and drop TCP at once (the
+        peer is presumed gone; its close frame is not awaited)."""
+        if not self._closing.is_open:
+            return
+        self._note("ping_timeout")
+        self._fail(CloseCode.GOING_AWAY, f"no pong within {timeout:g} s", linger=_DEAD_PEER_LINGER)
+
     def _on_ping(self, payload: bytes) -> None:
         if self._closing.is_open:
             self._send_control(OPCODE_PONG, payload)
 
     def _on_pong(self, payload: bytes) -> None:
+        # Any pong answers our keep-alive ping (a pong acknowledges every earlier ping).
+        self._ka_deadline = 0.0
         pings = self._pings
         if pings is None:
             return

@@ -74,9 +74,13 @@ class ConnectionOptions:
       with 1013 (Try Again Later), ``"drop"`` skips messages for it while it is over
       the limit.  A connection's own ``send()`` waits instead (backpressure).
     - ``close_timeout``: seconds to wait for the peer's close frame.
-    - ``ping_interval`` / ``ping_timeout``: ping a connection idle that long and
-      drop it (1001) when the pong does not come within ``ping_timeout``
-      (``ping_timeout <= ping_interval``).  ``None`` disables.
+    - ``ping_interval`` / ``ping_timeout``: ping a connection from which no frame
+      came for ``ping_interval`` seconds, and close it with 1001 (dropping TCP at
+      once) when the pong does not come within ``ping_timeout``
+      (``ping_timeout <= ping_interval``; ``None``: ``ping_interval``).
+      ``ping_interval=None`` sends no pings.  One timer per server sweeps all its
+      connections every ``min(ping_interval, ping_timeout) / 8``, so the ping
+      goes out after ``ping_interval`` to ``1.25 * ping_interval`` of silence.
     """
 
     max_message_size: int | None = 1 * MiB
@@ -103,6 +107,10 @@ class ConnectionOptions:
             raise ValueError("slow_consumer must be 'close' or 'drop'")
         if self.close_timeout < 0:
             raise ValueError("close_timeout must not be negative")
+        for name in ("ping_interval", "ping_timeout"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive or None")
         if (self.ping_interval is not None and self.ping_timeout is not None
                 and self.ping_timeout > self.ping_interval):
             raise ValueError("ping_timeout must not exceed ping_interval")
@@ -251,15 +259,25 @@ def deflate_settings(opts: ServerOptions | ClientOptions) -> DeflateSettings | N
     return DeflateSettings() if isinstance(opts, ServerOptions) else DeflateSettings.client()
 
 
+def keepalive_periods(opts: ConnectionOptions) -> tuple[float, float] | None:
+    """``(interval, timeout)`` of the keep-alive *opts* ask for, or None (no pings).
+    ``ping_timeout=None`` waits ``ping_interval`` for the pong."""
+    interval = opts.ping_interval
+    if interval is None or interval <= 0:
+        return None
+    return float(interval), float(opts.ping_timeout or interval)
+
+
 def picows_options(opts: ConnectionOptions, logger_name: str) -> dict[str, Any]:
     """The picows keyword arguments both ``ws_create_server`` and ``ws_connect`` take."""
-    ping = opts.ping_interval is not None and opts.ping_interval > 0
     return {
-        # We answer pings ourselves, through the write budget (docs/security.md).
+        # We answer pings ourselves, through the write budget (docs/security.md),
+        # and send ours from one timer per server (_keepalive), not from picows'
+        # task per connection.
         "enable_auto_pong": False,
-        "enable_auto_ping": ping,
-        "auto_ping_idle_timeout": float(opts.ping_interval or 20),
-        "auto_ping_reply_timeout": float(opts.ping_timeout or opts.ping_interval or 20),
+        "enable_auto_ping": False,
+        "auto_ping_idle_timeout": 20.0,
+        "auto_ping_reply_timeout": 20.0,
         "max_frame_size": opts.max_message_size or (1 << 62),
         # A Logger, not a name: picows would prefix a name with "picows.".
         "logger_name": PicowsLogAdapter(logging.getLogger(logger_name), {}),

@@ -20,10 +20,11 @@ from picows.picows import WSProtocol  # type: ignore[attr-defined]
 
 from . import _fanout
 from ._http import RequestReader
+from ._keepalive import Keepalive
 from ._listener import ConnectionListener
 from .connection import WebSocketConnection
 from .handler import WebSocketHandler
-from .options import ServerOptions, deflate_settings, picows_options
+from .options import ServerOptions, deflate_settings, keepalive_periods, picows_options
 from .protocol.extensions.permessage_deflate import PerMessageDeflate, negotiate
 from .protocol.handshake import (
     SAME_ORIGIN,
@@ -118,6 +119,10 @@ class Server:
         self._responses_101: dict[tuple[tuple[str, str], ...], WSUpgradeResponse] = {}
         self._closing = False
         self._closed: asyncio.Event | None = None
+        periods = keepalive_periods(options)
+        # One timer for the keep-alive of every connection (see _keepalive).
+        self._keepalive = (Keepalive(self._connections.values, *periods)
+                           if periods is not None else None)
 
     # -- lifecycle ---------------------------------------------------------------
     async def start(self) -> Server:
@@ -139,6 +144,7 @@ class Server:
             kwargs.pop("logger_name"),
             True,  # disconnect_on_exception
             opts.handshake_timeout,
+            # picows' keep-alive (a task per connection) is off: ours is one timer.
             kwargs.pop("enable_auto_ping"), kwargs.pop("auto_ping_idle_timeout"),
             kwargs.pop("auto_ping_reply_timeout"), picows.WSAutoPingStrategy.PING_WHEN_IDLE,
             kwargs.pop("enable_auto_pong"), kwargs.pop("max_frame_size"),
@@ -163,6 +169,8 @@ class Server:
             create_server = loop.create_server
         self._server = await create_server(protocol_factory, self.host, self._requested_port,
                                            backlog=opts.backlog, **kwargs)
+        if self._keepalive is not None:
+            self._keepalive.start()
         logger.info("listening on %s (fan-out %s, pid %d)", self._addresses(),
                     _fanout.IMPLEMENTATION, os.getpid())
         return self
@@ -221,7 +229,8 @@ class Server:
         ``message_rate`` (closed 1008), ``control_budget`` (a peer that does not
         read our pongs: closed 1008), ``slow_consumer`` (closed 1013),
         ``inbox_paused`` (reading paused: the inbox reached ``max_queue`` or
-        ``max_queue_bytes``), ``authenticate`` (refused by the hook).
+        ``max_queue_bytes``), ``authenticate`` (refused by the hook),
+        ``ping_timeout`` (no pong to our keep-alive ping: closed 1001).
         """
         out = self._limits.stats()
         out["http_responses"] = self._http_answered
@@ -256,6 +265,8 @@ class Server:
                 await self._closed.wait()
             return
         self._closing = True
+        if self._keepalive is not None:
+            self._keepalive.stop()
         addresses = self._addresses()
         if self._server is not None:
             self._server.close()
