@@ -280,7 +280,10 @@ def flush_interval_section(rows: list[dict[str, Any]]) -> tuple[str, list[str]]:
 
 
 # -- memory ----------------------------------------------------------------------------
-def idle_section(rows: list[dict[str, Any]], charts: dict[str, Any]) -> tuple[str, list[str]]:
+def idle_section(rows: list[dict[str, Any]], charts: dict[str, Any] | None,
+                 browser: bool = False) -> tuple[str, list[str]]:
+    """The idle-memory table and its targets; *browser*: of the run whose clients
+    send a browser's headers (no chart: *charts* is None)."""
     if not rows:
         return "", []
     table = []
@@ -288,22 +291,31 @@ def idle_section(rows: list[dict[str, Any]], charts: dict[str, Any]) -> tuple[st
         table.append([r["contestant"], human_bytes(r.get("rss_per_conn_idle")),
                       human_bytes(r.get("rss_per_conn_warm")), human_bytes(r.get("rss_empty")),
                       human_bytes(r.get("rss_connected")), fmt(r.get("connect_s"), ".1f", " s")])
-        charts.setdefault("idle", {})[r["contestant"]] = r.get("rss_per_conn_idle")
+        if charts is not None:
+            charts.setdefault("idle", {})[r["contestant"]] = r.get("rss_per_conn_idle")
     by = {r["contestant"]: r for r in rows}
     peers = [by[p]["rss_per_conn_idle"] for p in PEERS if p in by]
     targets = []
     best = min(peers) if peers else None
-    for name in ("reinhardt-cy", "reinhardt-py"):
+    clients = ", browser headers" if browser else ""
+    for name in ("reinhardt-cy", "reinhardt-py", "reinhardt-cy-keepalive",
+                 "reinhardt-py-keepalive"):
         if name in by:
             mine = by[name]["rss_per_conn_idle"]
             ok = None if best is None else mine <= best
-            targets.append(f"| idle memory per connection, {name}: <= best peer "
+            targets.append(f"| idle memory per connection{clients}, {name}: <= best peer "
                            f"({human_bytes(best)}) | {human_bytes(mine)} | {verdict(ok)} |")
+    title = (f"## Memory per idle connection, browser headers (N = {rows[0].get('n', 5000)})"
+             if browser else f"## Memory per idle connection (N = {rows[0].get('n', 5000)})")
+    what = ("The same, with clients whose upgrade requests carry what Chromium sends "
+            "(user agent, origin, languages, a session cookie: a head of about 600 bytes): "
+            "what a server keeps of the request shows here." if browser else
+            "Server RSS with N idle clients minus RSS listening with none (after gc.collect()), "
+            "per connection; *warm*: the same after one small broadcast to all.  Kernel socket "
+            "memory is in no process's RSS.  The *-keepalive* rows run ours with its keep-alive "
+            "on (serve()'s default), the others without pings.")
     text = "\n".join([
-        f"## Memory per idle connection (N = {rows[0].get('n', 5000)})", "",
-        "Server RSS with N idle clients minus RSS listening with none (after gc.collect()), "
-        "per connection; *warm*: the same after one small broadcast to all.  Kernel socket "
-        "memory is in no process's RSS.", "",
+        title, "", what, "",
         md_table(["contestant", "idle / conn", "warm / conn", "RSS empty", "RSS connected",
                   "connect time"], table), ""])
     return text, targets
@@ -718,10 +730,22 @@ def readme_idle_memory(run: ReadmeRun) -> ReadmePart | None:
              if not n.startswith("reinhardt-") and n != "floor"]
     missing = [f"{n} {absent_reason(run.contestants, n)}" for n in PEERS
                if n in run.contestants and n not in by]
-    return ReadmePart(bullets=[
+    bullets = [
         f"Memory per idle connection (N = {rows[0].get('n')}): {', '.join(ours) or 'n/a'}, "
         f"against {', '.join(peers) or 'no peer'}"
-        + (f" ({'; '.join(missing)})" if missing else "") + "."])
+        + (f" ({'; '.join(missing)})" if missing else "") + "."]
+    browser = {r["contestant"]: r for r in run.by_scenario.get("idle_memory_browser", [])}
+    if browser:
+        mine = [f"**{human_bytes(browser[n]['rss_per_conn_idle'])}** ({n})"
+                for n in ("reinhardt-cy", "reinhardt-py", "reinhardt-cy-keepalive",
+                          "reinhardt-py-keepalive") if n in browser]
+        theirs = [f"{n} {human_bytes(browser[n]['rss_per_conn_idle'])}"
+                  for n in sorted(browser, key=order_key)
+                  if not n.startswith("reinhardt-") and n != "floor"]
+        bullets.append("The same with clients that send a browser's upgrade headers (about "
+                       f"600 bytes): {', '.join(mine) or 'n/a'}, against "
+                       f"{', '.join(theirs) or 'no peer'}.")
+    return ReadmePart(bullets=bullets)
 
 
 @readme_part(70)
@@ -1043,6 +1067,8 @@ def main(argv: list[str] | None = None) -> int:
 
     fan, t1 = fanout_section(by.get("fanout", []), charts)
     idle, t2 = idle_section(by.get("idle_memory", []), charts)
+    idle_browser, t2b = idle_section(by.get("idle_memory_browser", []), None, browser=True)
+    t2 += t2b
     slow, t3 = slow_section(by.get("slow_consumer", []), charts)
     micro = micro_section(by.get("micro", []), charts)
     rooms, t4 = small_rooms_section(by.get("small_rooms", []), data)
@@ -1072,7 +1098,8 @@ def main(argv: list[str] | None = None) -> int:
             if targets else [])
     charts_md = ["## Charts", "", *[f"![{w}]({w})" for w in written], ""] if written else []
     report = "\n".join([*head, contestants_section(data), *tsec,
-                        fan, held, rooms, idle, slow, comp, echo, micro, *charts_md])
+                        fan, held, rooms, idle, idle_browser, slow, comp, echo, micro,
+                        *charts_md])
     (args.out / "REPORT.md").write_text(report)
     print(f"wrote {args.out / 'REPORT.md'} and {len(written)} chart(s)")
     if args.readme is not None:

@@ -20,6 +20,8 @@ reinhardt failing to serve its healthy clients fails the test.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from harness import wire
 from harness.arena import Arena, ArenaPool, BenchError
@@ -43,7 +45,30 @@ def test_idle_memory(benchmark, arena_pool: ArenaPool, bench_config, floor_build
     assert spec is not None
     require(spec, floor_build)
     arena = arena_pool.get(spec, IDLE_N)
-    benchmark.group = f"idle memory n={IDLE_N}"
+    _measure_idle(benchmark, arena, contestant, bench_config, "idle_memory")
+
+
+@pytest.mark.parametrize("contestant", CONTESTANT_IDS + tuple(KEEPALIVE_SPECS))
+def test_idle_memory_browser(benchmark, arena_pool: ArenaPool, bench_config,
+                             floor_build: FloorBuild, contestant: str) -> None:
+    """The same, with clients whose upgrades carry what a browser sends
+    (``wire.BROWSER_HEADERS``: user agent, origin, languages, a session cookie; a
+    head of about 600 bytes instead of 150): what a server keeps of the request
+    shows here."""
+    spec = base_spec(contestant)
+    assert spec is not None
+    require(spec, floor_build)
+    arena_pool.release(floor=True)
+    arena = Arena(spec, IDLE_N, browser_headers=True, **arena_pool.arena_kwargs).start()
+    try:
+        _measure_idle(benchmark, arena, contestant, bench_config, "idle_memory_browser")
+    finally:
+        arena.close()
+
+
+def _measure_idle(benchmark, arena: Arena, contestant: str, bench_config: Any,
+                  scenario: str) -> None:
+    benchmark.group = f"{scenario.replace('_', ' ')} n={IDLE_N}"
     idle = (arena.rss_connected - arena.rss_empty) / IDLE_N
 
     def warm_round() -> None:
@@ -57,7 +82,7 @@ def test_idle_memory(benchmark, arena_pool: ArenaPool, bench_config, floor_build
     arena.server.expect("OK", 30)
     warm = (arena.rss()["VmRSS"] - arena.rss_empty) / IDLE_N
     benchmark.extra_info.update(
-        scenario="idle_memory", contestant=contestant, n=IDLE_N, server_info=arena.info,
+        scenario=scenario, contestant=contestant, n=IDLE_N, server_info=arena.info,
         loop=bench_config.loop, rss_empty=arena.rss_empty, rss_connected=arena.rss_connected,
         rss_per_conn_idle=idle, rss_per_conn_warm=warm, connect_s=arena.connect_s,
     )

@@ -345,12 +345,15 @@ class Arena:
         log_dir: Path | None = None,
         deflate: str = "",
         payload: str = "binary",
+        browser_headers: bool = False,
     ) -> None:
         """*deflate*: the clients offer this Sec-WebSocket-Extensions value and parse
         frames (the compression benchmark); *payload* is then the kind of message
-        they expect ("json": wire.make_json_payload)."""
+        they expect ("json": wire.make_json_payload).  *browser_headers*: the
+        clients' upgrades carry a browser's header fields (wire.BROWSER_HEADERS)."""
         self.spec = spec
         self.deflate = deflate
+        self.browser_headers = browser_headers
         self.payload = payload
         self.negotiated = ""  # deflate mode: the 101's Sec-WebSocket-Extensions
         self.n = n
@@ -439,6 +442,8 @@ class Arena:
                 argv.append("--no-verify")
             if self.deflate:
                 argv += ["--deflate", self.deflate]
+            if self.browser_headers:
+                argv.append("--browser-headers")
             if self.poll_interval > 0:
                 argv += ["--poll-interval", str(self.poll_interval)]
             self.clients.append(LineProcess(f"clients{i}-{tag}", argv, client_env, self.log_dir))

@@ -69,8 +69,8 @@ def say(line: str) -> None:
 
 def handshake_all(host: str, port: int, count: int, batch: int,
                   timeout: float, offer: str | None = None,
-                  answers: list[str] | None = None) -> list[socket.socket]:
-    request = wire.upgrade_request(host, port)
+                  answers: list[str] | None = None, browser: bool = False) -> list[socket.socket]:
+    request = wire.upgrade_request(host, port, browser=browser)
     if offer:
         request = request[:-2] + f"Sec-WebSocket-Extensions: {offer}\r\n\r\n".encode()
     socks: list[socket.socket] = []
@@ -201,6 +201,8 @@ def main() -> int:
     ap.add_argument("--no-verify", action="store_true", help="count bytes without checking them")
     ap.add_argument("--deflate", default="",
                     help="offer this Sec-WebSocket-Extensions value and parse frames (see doc)")
+    ap.add_argument("--browser-headers", action="store_true",
+                    help="send a browser's header fields with the upgrade (wire.BROWSER_HEADERS)")
     ap.add_argument("--poll-interval", type=float, default=0.0,
                     help="during a phase, sleep this many seconds between non-blocking polls "
                          "instead of blocking in epoll (0: block)")
@@ -210,7 +212,8 @@ def main() -> int:
     answers: list[str] = []
     try:
         socks = handshake_all(args.host, args.port, args.count, args.connect_batch,
-                              args.connect_timeout, args.deflate or None, answers)
+                              args.connect_timeout, args.deflate or None, answers,
+                              browser=args.browser_headers)
     except (OSError, ConnectionError) as exc:
         say(f"ERROR {type(exc).__name__}: {exc}".replace("\n", " "))
         return 1

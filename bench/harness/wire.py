@@ -16,6 +16,7 @@ from typing import Any
 
 __all__ = [
     "ACCEPT",
+    "BROWSER_HEADERS",
     "KEY",
     "frame_header_len",
     "frame_len",
@@ -34,13 +35,34 @@ ACCEPT = base64.b64encode(
 ).decode()
 
 
-def upgrade_request(host: str, port: int, path: str = "/bench") -> bytes:
+#: The other header fields Chromium 131 sends with a WebSocket upgrade, in its
+#: order, with a session cookie of a typical size; without
+#: Sec-WebSocket-Extensions (the counting clients do not inflate).  The Origin is
+#: the server's own (same-origin, as a page it served).
+BROWSER_HEADERS = (
+    "Pragma: no-cache\r\n"
+    "Cache-Control: no-cache\r\n"
+    "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/131.0.0.0 Safari/537.36\r\n"
+    "Origin: http://{host}:{port}\r\n"
+    "Accept-Encoding: gzip, deflate, br, zstd\r\n"
+    "Accept-Language: en-US,en;q=0.9\r\n"
+    "Cookie: sessionid=k3j4h5g6f7d8s9a0q1w2e3r4t5y6u7i8; "
+    "csrftoken=Zx8Cv7Bn6Mm5Aa4Ss3Dd2Ff1Gg0Hh9Jj8Kk7Ll6Qq5Ww4Ee3Rr2Tt1Yy0Uu9\r\n"
+)
+
+
+def upgrade_request(host: str, port: int, path: str = "/bench", *,
+                    browser: bool = False) -> bytes:
+    """The clients' upgrade request; *browser*: with :data:`BROWSER_HEADERS` too
+    (a head of about 600 bytes, as a browser's)."""
     return (
         f"GET {path} HTTP/1.1\r\n"
         f"Host: {host}:{port}\r\n"
         "Upgrade: websocket\r\n"
         "Connection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {KEY}\r\n"
+        + (BROWSER_HEADERS.format(host=host, port=port) if browser else "")
+        + f"Sec-WebSocket-Key: {KEY}\r\n"
         "Sec-WebSocket-Version: 13\r\n"
         "\r\n"
     ).encode()

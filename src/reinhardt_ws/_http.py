@@ -61,7 +61,8 @@ class RequestReader(asyncio.Protocol):
                  "_transport")
 
     def __init__(self, server: Server,
-                 make_ws_protocol: Callable[[Any, tuple[tuple[str, str], ...]], Any]) -> None:
+                 make_ws_protocol: Callable[[Any, tuple[tuple[str, str], ...], bytes], Any]
+                 ) -> None:
         self._server = server
         self._make_ws_protocol = make_ws_protocol
         self._transport: Any = None
@@ -107,15 +108,16 @@ class RequestReader(asyncio.Protocol):
                              error_response(431, "Request Header Fields Too Large"),
                              "request_too_large")
             return
+        raw_head = bytes(buffer[:end])
         try:
-            head = parse_request_head(bytes(buffer[:end]))
+            head = parse_request_head(raw_head)
         except HeadError as exc:
             status = exc.response.status
             self._answer(exc.response, "request_too_large" if status == 431 else "bad_request")
             return
         headers: CIMultiDict[str] = CIMultiDict(head.headers)
         if head.method == "GET" and head.version == "HTTP/1.1" and is_upgrade(headers):
-            self._hand_over(head.headers)
+            self._hand_over(head.headers, raw_head)
             return
         request = Request(head.method, head.target, headers, self._peer)
         refusal = check_request(request, max_request_line=opts.max_request_line,
@@ -183,9 +185,10 @@ class RequestReader(asyncio.Protocol):
         self._eof = True
         return self._task is not None and not self._task.done()
 
-    def _hand_over(self, header_items: tuple[tuple[str, str], ...]) -> None:
+    def _hand_over(self, header_items: tuple[tuple[str, str], ...], raw_head: bytes) -> None:
         """Give the connection, and every byte read so far, to a picows protocol
-        (with the head's *header_items*, for the admission's size check)."""
+        (with the head's *header_items*, for the admission's size check, and the
+        head itself, which the connection keeps for ``conn.headers``)."""
         data = self._buffer
         assert data is not None
         self._buffer = None
@@ -193,7 +196,7 @@ class RequestReader(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         transport = self._transport
-        proto = self._make_ws_protocol(self._peer, header_items)
+        proto = self._make_ws_protocol(self._peer, header_items, raw_head)
         # Idle memory: uvloop keeps the bound data_received of a stream's last
         # non-buffered protocol after set_protocol() to a buffered one (picows'),
         # and with it this reader, for the connection's life.  Passing through a

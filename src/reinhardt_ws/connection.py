@@ -23,6 +23,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from multidict import CIMultiDict, CIMultiDictProxy
 from picows import WSCloseCode, WSMsgType
 
 from . import _fanout
@@ -33,6 +34,7 @@ from .options import ConnectionOptions, keepalive_periods
 from .protocol.assembler import MessageAssembler
 from .protocol.closing import CloseState, ClosingHandshake, PeerClose, fit_reason
 from .protocol.extensions.permessage_deflate import PerMessageDeflate, build_compressed_frame
+from .protocol.handshake import head_header_items
 from .protocol.limits import TokenBucket
 from .protocol.messages import (
     OPCODE_BINARY,
@@ -103,6 +105,7 @@ class WebSocketConnection:
         "_drain_waiters",
         "_extension",
         "_handler",
+        "_headers",
         "_inbox",
         "_inbox_bytes",
         "_inline_budget",
@@ -123,7 +126,6 @@ class WebSocketConnection:
         "_worker",
         "_write_paused",
         "_ws",
-        "headers",
         "id",
         "is_client",
         "path",
@@ -135,21 +137,22 @@ class WebSocketConnection:
 
     id: str
     path: str
-    headers: Mapping[str, str]
     subprotocol: str | None
     remote_address: Any
     is_client: bool
     user: Any
     path_params: dict[str, str]
 
-    def __init__(self, *, path: str, headers: Mapping[str, str], subprotocol: str | None,
+    def __init__(self, *, path: str, headers: Mapping[str, str] | bytes, subprotocol: str | None,
                  opts: ConnectionOptions, is_client: bool,
                  handler: WebSocketHandler | None = None,
                  server: ConnectionOwner | None = None,
                  extension: PerMessageDeflate | None = None) -> None:
         self.id = uuid.uuid4().hex
         self.path = path
-        self.headers = headers
+        # A server connection keeps its request head as the bytes that came (see
+        # the headers property); a client its response's headers.
+        self._headers = headers
         self.subprotocol = subprotocol
         self.remote_address = None
         self.is_client = is_client
@@ -201,6 +204,23 @@ class WebSocketConnection:
         rate = getattr(opts, "message_rate", None)
         self._rate = (TokenBucket(rate, getattr(opts, "message_burst", None) or 1.0,
                                   time.monotonic()) if rate else None)
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The headers of the opening handshake: the request's on a server
+        connection, the 101 response's on a client connection.  Case-insensitive
+        and read-only (a ``multidict.CIMultiDictProxy``; ``getall()`` gives every
+        value of a repeated field).
+
+        A server connection keeps its request head as the bytes that came (about
+        640 bytes for a browser's request) rather than parsed (about 3.4 KiB), and
+        parses it on each access: read what you need once, in ``on_connect`` or
+        ``authenticate``, rather than on every message.
+        """
+        kept = self._headers
+        if isinstance(kept, bytes):
+            return CIMultiDictProxy(CIMultiDict(head_header_items(kept)))
+        return kept
 
     @property
     def user_data(self) -> dict[str, Any]:
@@ -755,6 +775,14 @@ class WebSocketConnection:
         opts = self._opts
         if self._owner is not None:
             self._owner._adopt(self)
+        if isinstance(self._headers, bytes):
+            # Idle memory: picows keeps the request it parsed (ws.request) for the
+            # connection's life, and its headers are ~3.4 KiB for a browser's; we
+            # keep the head's bytes instead (the headers property), so empty them.
+            try:
+                ws.request.headers.clear()
+            except Exception:  # not picows' multidict: leave it
+                logger.debug("could not release the request headers", exc_info=True)
         # The connection log (DEBUG); no query string: it may hold a token.
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("connection %s opened: peer %s, path %r", self.id,

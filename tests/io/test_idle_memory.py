@@ -144,3 +144,60 @@ def test_no_request_reader_outlives_the_handshake(run: Any) -> None:
                 writer.close()
 
     run(main())
+
+
+#: What Chromium sends with a WebSocket upgrade (after Host), plus a repeated field
+#: and a value with a non-ASCII byte, which picows decodes with surrogateescape.
+BROWSER_HEADERS = (
+    "Connection: keep-alive, Upgrade\r\nPragma: no-cache\r\nCache-Control: no-cache\r\n"
+    "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/131.0.0.0 Safari/537.36\r\nUpgrade: websocket\r\n"
+    "Origin: http://127.0.0.1:{port}\r\nSec-WebSocket-Version: 13\r\n"
+    "Accept-Encoding: gzip, deflate, br, zstd\r\nAccept-Language: en-US,en;q=0.9\r\n"
+    "Cookie: sessionid=abc123; csrftoken=XYZ789\r\nX-Dup: a\r\nx-dup: b\r\n"
+)
+
+
+def test_the_request_head_is_kept_as_bytes_and_picows_headers_are_released(run: Any) -> None:
+    """conn.headers gives what the handshake hooks saw (names, values and their
+    decoding, repeated fields, any case), parsed from the head the connection keeps
+    as bytes; picows' own parsed copy is emptied once the connection is open."""
+    seen: list[list[tuple[str, str]]] = []
+
+    def process_request(request: rw.Request) -> None:
+        seen.append(list(request.headers.items()))
+
+    async def main() -> None:
+        handler = Collect()
+        async with running_server(handler, process_request=process_request) as server:
+            port = server.port
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            head = (f"GET /chat?room=1 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                    + BROWSER_HEADERS.format(port=port)
+                    + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n").encode()
+            writer.write(head.replace(b"csrftoken=XYZ789", b"csrftoken=caf\xc3\xa9") + b"\r\n")
+            answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert answer.startswith(b"HTTP/1.1 101")
+            for _ in range(200):
+                if handler.conns:
+                    break
+                await asyncio.sleep(0.01)
+            conn = handler.conns[0]
+            assert isinstance(conn._headers, bytes)
+            assert len(conn._ws.request.headers) == 0  # picows' copy: released
+            headers = conn.headers
+            assert list(headers.items()) == seen[0]
+            assert headers["COOKIE"] == "sessionid=abc123; csrftoken=caf\udcc3\udca9"
+            assert headers["connection"] == "keep-alive, Upgrade"  # as the client sent it
+            assert headers.getall("X-Dup") == ["a", "b"]  # type: ignore[attr-defined]
+            assert headers["Origin"] == f"http://127.0.0.1:{port}"
+            try:
+                headers["X"] = "y"  # type: ignore[index]
+            except TypeError:
+                pass
+            else:
+                raise AssertionError("conn.headers must be read-only")
+            assert conn.path == "/chat?room=1"
+            writer.close()
+
+    run(main())

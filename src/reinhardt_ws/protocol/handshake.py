@@ -34,6 +34,7 @@ __all__ = [
     "check_request",
     "connection_has_upgrade",
     "error_response",
+    "head_header_items",
     "is_upgrade",
     "negotiate_subprotocol",
     "parse_request_head",
@@ -194,6 +195,19 @@ def parse_request_head(head: bytes) -> ParsedHead:
                                               and field_value.strip("0") != ""):
             has_body = True
     return ParsedHead(method, target, version, tuple(headers), has_body)
+
+
+def head_header_items(head: bytes) -> list[tuple[str, str]]:
+    """The header fields of a request head that was already accepted (by
+    :func:`parse_request_head` and picows), decoded as picows decodes them:
+    names as ASCII, values as ASCII with ``surrogateescape``, so that they equal
+    what the handshake hooks saw."""
+    items = []
+    for line in head.split(b"\r\n")[1:]:
+        name, _sep, value = line.partition(b":")
+        items.append((name.decode("ascii"),
+                      value.strip(b" \t").decode("ascii", "surrogateescape")))
+    return items
 
 
 def render_response(answer: HTTPResponse, *, head_only: bool = False) -> bytes:
