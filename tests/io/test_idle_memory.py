@@ -18,7 +18,7 @@ from typing import Any
 import reinhardt_ws as rw
 from reinhardt_ws._http import RequestReader
 
-from ..fixtures import running_server
+from ..fixtures import eventually, running_server
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -178,10 +178,7 @@ def test_the_request_head_is_kept_as_bytes_and_picows_headers_are_released(run: 
             writer.write(head.replace(b"csrftoken=XYZ789", b"csrftoken=caf\xc3\xa9") + b"\r\n")
             answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
             assert answer.startswith(b"HTTP/1.1 101")
-            for _ in range(200):
-                if handler.conns:
-                    break
-                await asyncio.sleep(0.01)
+            await eventually(lambda: bool(handler.conns))
             conn = handler.conns[0]
             assert isinstance(conn._headers, bytes)
             assert len(conn._ws.request.headers) == 0  # picows' copy: released
