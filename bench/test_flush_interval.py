@@ -28,11 +28,12 @@ after the closed-loop rounds, the server broadcasts at a fixed rate (``PACE``,
 harness/pacer.py: message j due at ``t0 + j / rate`` on a kernel timer, each
 broadcast alone in its loop iteration, whatever the clients do), its latency
 counted from the *due* time, so a server that falls behind shows it.  The rate
-is a fraction (``BENCH_FLUSH_RATE_FRACTION``, default 0.5) of the broadcasts per
+is a fraction (``BENCH_FLUSH_RATE_FRACTION``, default 0.25) of the broadcasts per
 second that the closed-loop phases *without* an interval sustained in this run
 (or ``BENCH_FLUSH_RATE`` broadcasts/s); each phase lasts about
-``BENCH_FLUSH_PACED_SECONDS`` (4 s), at least 100 messages.  Per round, one
-paced phase without and one with the interval (the order alternating);
+``BENCH_FLUSH_PACED_SECONDS`` (4 s), at least 100 messages.  Per round, paced
+phases without and with the interval, each side split in two halves run in the
+order A B B A (B A A B in the next round), so that a drift cancels;
 ``paced_added_delay_p99_s`` is the median over rounds of p99(with) -
 p99(without); ``paced_first_arrival_shift_s`` the same for the median (over
 messages) of the first recorded member's latency, the hold itself.  A round in
@@ -63,7 +64,7 @@ RECORD = 50
 #: The paced phases' rate: an absolute broadcasts/s, else this fraction of the
 #: closed-loop broadcasts/s without an interval measured in the same run.
 PACED_RATE = float(os.environ.get("BENCH_FLUSH_RATE") or 0)
-PACED_FRACTION = float(os.environ.get("BENCH_FLUSH_RATE_FRACTION") or 0.5)
+PACED_FRACTION = float(os.environ.get("BENCH_FLUSH_RATE_FRACTION") or 0.25)
 #: Each paced phase lasts about this long, and has at least PACED_MIN_MESSAGES.
 PACED_SECONDS = float(os.environ.get("BENCH_FLUSH_PACED_SECONDS") or 4.0)
 PACED_MIN_MESSAGES = 100
@@ -166,28 +167,41 @@ def test_flush_interval(benchmark, arena_pool: ArenaPool, bench_config,
         rate = PACED_RATE or PACED_FRACTION * closed_rate
         if not rate > 0:
             return
-        paced_messages = max(PACED_MIN_MESSAGES, round(rate * PACED_SECONDS))
-        paced_timeout = timeout + paced_messages / rate + 30
+        # Each side of a round is two half phases, in the order A B B A (B A A B in
+        # odd rounds), so that a drift of the machine's speed cancels in the pair.
+        half = max(PACED_MIN_MESSAGES // 2, round(rate * PACED_SECONDS / 2))
+        paced_timeout = timeout + half / rate + 30
         for i in range(bench_config.rounds):
             if arena.broken:
                 return
-            got: dict[float, tuple[PhaseResult, list[float], list[float]]] = {}
-            for hold in ((0, interval) if i % 2 == 0 else (interval, 0)):
+            a, b = (0, interval) if i % 2 == 0 else (interval, 0)
+            got: dict[float, list[tuple[PhaseResult, list[float], list[float]]]] = {
+                0: [], interval: []}
+            for hold in (a, b, b, a):
                 arena.set("flush_interval", hold)
-                r = arena.phase(paced_messages, SIZE, 1, timeout=paced_timeout,
-                                record=RECORD, rate=rate)
+                arena.collect()  # a collection the earlier phases made due is not the hold's
+                r = arena.phase(half, SIZE, 1, timeout=paced_timeout, record=RECORD,
+                                rate=rate)
                 sent, arrivals = (arena.send_times(), arena.arrivals()) if r.complete \
                     else ([], [])
-                got[hold] = (r, _latencies(sent, arrivals), _first_arrivals(sent, arrivals))
-            (p, p_lat, p_first), (h, h_lat, h_first) = got[0], got[interval]
-            paced_plain.append(p)
-            paced_held.append(h)
-            if not (kept(p) and kept(h)):
-                flagged.append(f"round {i}: lateness p99/max without {p.late_p99_s * 1e3:.2f}/"
-                               f"{p.late_max_s * 1e3:.2f} ms, with {h.late_p99_s * 1e3:.2f}/"
-                               f"{h.late_max_s * 1e3:.2f} ms, period {1e3 / rate:.2f} ms"
-                               + ("" if p.complete and h.complete else ", incomplete"))
+                got[hold].append((r, _latencies(sent, arrivals),
+                                  _first_arrivals(sent, arrivals)))
+            p_res = [r for r, _, _ in got[0]]
+            h_res = [r for r, _, _ in got[interval]]
+            paced_plain.extend(p_res)
+            paced_held.extend(h_res)
+            if not all(kept(r) for r in (*p_res, *h_res)):
+                late = ", ".join(
+                    f"{label} {r.late_p99_s * 1e3:.2f}/{r.late_max_s * 1e3:.2f}"
+                    + ("" if r.complete else " incomplete")
+                    for label, side in (("without", p_res), ("with", h_res)) for r in side)
+                flagged.append(f"round {i}: lateness p99/max ms {late}; "
+                               f"period {1e3 / rate:.2f} ms")
                 continue
+            p_lat = [x for _, lat, _ in got[0] for x in lat]
+            h_lat = [x for _, lat, _ in got[interval] for x in lat]
+            p_first = [x for _, _, first in got[0] for x in first]
+            h_first = [x for _, _, first in got[interval] for x in first]
             paced_plain_lat.extend(p_lat)
             paced_held_lat.extend(h_lat)
             paced_added.append(_percentile(h_lat, 0.99) - _percentile(p_lat, 0.99))
@@ -230,8 +244,8 @@ def test_flush_interval(benchmark, arena_pool: ArenaPool, bench_config,
         paced_rate=rate,
         paced_rate_source=("BENCH_FLUSH_RATE" if PACED_RATE else
                            f"{PACED_FRACTION:g} x closed-loop broadcasts/s without interval"),
-        paced_messages=paced_plain[0].messages if paced_plain else 0,
-        paced_rounds=len(paced_plain),
+        paced_messages=2 * paced_plain[0].messages if paced_plain else 0,
+        paced_rounds=len(paced_plain) // 2,  # two half phases per side and round
         paced_rounds_flagged=flagged,
         paced_latency_samples=len(paced_held_lat),
         paced_latency_p50_s=_percentile(paced_held_lat, 0.50),

@@ -496,6 +496,13 @@ class Arena:
         self.server.send(f"SET {key} {value}")
         self.server.expect("OK", 30)
 
+    def collect(self) -> None:
+        """A full garbage collection in the server process (``GC``), so that a
+        measurement that follows is not paused by one the previous phases made due."""
+        assert self.server is not None
+        self.server.send("GC")
+        self.server.expect("OK", 30)
+
     def send_times(self) -> list[float]:
         """The server's monotonic time at each broadcast of the last phase
         (after ``set("record", 1)``)."""
