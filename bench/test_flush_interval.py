@@ -20,6 +20,28 @@ arrival - broadcast in phase 3 minus that of phase 2 is what the budget added
 same clients, which drain on the bench's poll timer, so that timer's
 granularity is in both percentiles and cancels in the difference.
 
+The closed-loop phases measure throughput honestly but not the hold: the
+broadcasts come as fast as the loop makes them, the clients fall behind, and
+both percentiles are mostly backlog (their keys keep their names, for older
+runs).  The latency target is measured open loop instead (``paced_*`` keys):
+after the closed-loop rounds, the server broadcasts at a fixed rate (``PACE``,
+harness/pacer.py: message j due at ``t0 + j / rate`` on a kernel timer, each
+broadcast alone in its loop iteration, whatever the clients do), its latency
+counted from the *due* time, so a server that falls behind shows it.  The rate
+is a fraction (``BENCH_FLUSH_RATE_FRACTION``, default 0.25) of the broadcasts per
+second that the closed-loop phases *without* an interval sustained in this run
+(or ``BENCH_FLUSH_RATE`` broadcasts/s); each phase lasts about
+``BENCH_FLUSH_PACED_SECONDS`` (4 s), at least 100 messages.  Per round, paced
+phases without and with the interval, each side split in two halves run in the
+order A B B A (B A A B in the next round), so that a drift cancels;
+``paced_added_delay_p99_s`` is the median over rounds of p99(with) -
+p99(without); ``paced_first_arrival_shift_s`` the same for the median (over
+messages) of the first recorded member's latency, the hold itself.  A round in
+which either phase did not keep the pace (the p99 of the server's lateness,
+broadcast start - due time, above ``BENCH_FLUSH_MAX_LATE_PERIODS`` periods,
+default 0.5: a backlog builds) is flagged and left out of those medians; if
+every round is, the test fails.
+
 Test ids read ``test_flush_interval[<contestant>-<N>-<interval>]``.
 """
 
@@ -39,6 +61,15 @@ INTERVALS = tuple(float(s) for s in os.environ.get("BENCH_FLUSH_INTERVALS", "0.0
 SIZE = 64
 #: Sockets per client process that record arrival times.
 RECORD = 50
+#: The paced phases' rate: an absolute broadcasts/s, else this fraction of the
+#: closed-loop broadcasts/s without an interval measured in the same run.
+PACED_RATE = float(os.environ.get("BENCH_FLUSH_RATE") or 0)
+PACED_FRACTION = float(os.environ.get("BENCH_FLUSH_RATE_FRACTION") or 0.25)
+#: Each paced phase lasts about this long, and has at least PACED_MIN_MESSAGES.
+PACED_SECONDS = float(os.environ.get("BENCH_FLUSH_PACED_SECONDS") or 4.0)
+PACED_MIN_MESSAGES = 100
+#: A paced phase kept the pace if the p99 of its lateness is within this many periods.
+MAX_LATE_PERIODS = float(os.environ.get("BENCH_FLUSH_MAX_LATE_PERIODS") or 0.5)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -56,6 +87,12 @@ def _latencies(sent: list[float], arrivals: list[list[float]]) -> list[float]:
         assert len(per_socket) == len(sent), (len(per_socket), len(sent))
         out.extend(a - s for a, s in zip(per_socket, sent, strict=True))
     return out
+
+
+def _first_arrivals(sent: list[float], arrivals: list[list[float]]) -> list[float]:
+    """Per message, the earliest arrival over the recorded sockets minus its
+    broadcast (due) time: how long before the first member had it."""
+    return [min(per_socket[j] for per_socket in arrivals) - t for j, t in enumerate(sent)]
 
 
 @pytest.mark.parametrize("interval", INTERVALS, ids=lambda s: f"{s * 1000:g}ms")
@@ -108,9 +145,73 @@ def test_flush_interval(benchmark, arena_pool: ArenaPool, bench_config,
         held_lat.extend(h)
         added.append(_percentile(h, 0.99) - _percentile(p, 0.99))
 
+    # The open-loop latency measurement, at a rate the no-interval server sustains
+    # (known once the closed-loop rounds ran).
+    closed_rate = rate = math.nan
+    paced_plain: list[PhaseResult] = []
+    paced_held: list[PhaseResult] = []
+    paced_plain_lat: list[float] = []
+    paced_held_lat: list[float] = []
+    paced_added: list[float] = []
+    paced_added_p50: list[float] = []
+    paced_first_shift: list[float] = []
+    flagged: list[str] = []
+
+    def kept(r: PhaseResult) -> bool:
+        return r.complete and r.late_p99_s <= MAX_LATE_PERIODS / rate
+
+    def paced_rounds() -> None:
+        nonlocal closed_rate, rate
+        closed_rate = median(r.messages / r.wall_s for r in plain
+                             if r.complete and r.wall_s > 0)
+        rate = PACED_RATE or PACED_FRACTION * closed_rate
+        if not rate > 0:
+            return
+        # Each side of a round is two half phases, in the order A B B A (B A A B in
+        # odd rounds), so that a drift of the machine's speed cancels in the pair.
+        half = max(PACED_MIN_MESSAGES // 2, round(rate * PACED_SECONDS / 2))
+        paced_timeout = timeout + half / rate + 30
+        for i in range(bench_config.rounds):
+            if arena.broken:
+                return
+            a, b = (0, interval) if i % 2 == 0 else (interval, 0)
+            got: dict[float, list[tuple[PhaseResult, list[float], list[float]]]] = {
+                0: [], interval: []}
+            for hold in (a, b, b, a):
+                arena.set("flush_interval", hold)
+                arena.collect()  # a collection the earlier phases made due is not the hold's
+                r = arena.phase(half, SIZE, 1, timeout=paced_timeout, record=RECORD,
+                                rate=rate)
+                sent, arrivals = (arena.send_times(), arena.arrivals()) if r.complete \
+                    else ([], [])
+                got[hold].append((r, _latencies(sent, arrivals),
+                                  _first_arrivals(sent, arrivals)))
+            p_res = [r for r, _, _ in got[0]]
+            h_res = [r for r, _, _ in got[interval]]
+            paced_plain.extend(p_res)
+            paced_held.extend(h_res)
+            if not all(kept(r) for r in (*p_res, *h_res)):
+                late = ", ".join(
+                    f"{label} {r.late_p99_s * 1e3:.2f}/{r.late_max_s * 1e3:.2f}"
+                    + ("" if r.complete else " incomplete")
+                    for label, side in (("without", p_res), ("with", h_res)) for r in side)
+                flagged.append(f"round {i}: lateness p99/max ms {late}; "
+                               f"period {1e3 / rate:.2f} ms")
+                continue
+            p_lat = [x for _, lat, _ in got[0] for x in lat]
+            h_lat = [x for _, lat, _ in got[interval] for x in lat]
+            p_first = [x for _, _, first in got[0] for x in first]
+            h_first = [x for _, _, first in got[interval] for x in first]
+            paced_plain_lat.extend(p_lat)
+            paced_held_lat.extend(h_lat)
+            paced_added.append(_percentile(h_lat, 0.99) - _percentile(p_lat, 0.99))
+            paced_added_p50.append(_percentile(h_lat, 0.50) - _percentile(p_lat, 0.50))
+            paced_first_shift.append(median(h_first) - median(p_first))
+
     try:
         benchmark.pedantic(one_round, setup=floor_round, rounds=bench_config.rounds,
                            iterations=1)
+        paced_rounds()
     finally:  # the pool may hand this arena to the next test: leave it as found
         if not arena.broken:
             arena.set("flush_interval", 0)
@@ -138,8 +239,38 @@ def test_flush_interval(benchmark, arena_pool: ArenaPool, bench_config,
         added_delay_p99_s=median(added),
         added_delay_p99_rounds_s=[round(a, 6) for a in added],
     )
+    summary.update(
+        closed_loop_broadcasts_per_s=closed_rate,
+        paced_rate=rate,
+        paced_rate_source=("BENCH_FLUSH_RATE" if PACED_RATE else
+                           f"{PACED_FRACTION:g} x closed-loop broadcasts/s without interval"),
+        paced_messages=2 * paced_plain[0].messages if paced_plain else 0,
+        paced_rounds=len(paced_plain) // 2,  # two half phases per side and round
+        paced_rounds_flagged=flagged,
+        paced_latency_samples=len(paced_held_lat),
+        paced_latency_p50_s=_percentile(paced_held_lat, 0.50),
+        paced_latency_p99_s=_percentile(paced_held_lat, 0.99),
+        paced_no_interval_latency_p50_s=_percentile(paced_plain_lat, 0.50),
+        paced_no_interval_latency_p99_s=_percentile(paced_plain_lat, 0.99),
+        paced_added_delay_p99_s=median(paced_added),
+        paced_added_delay_p99_rounds_s=[round(a, 6) for a in paced_added],
+        paced_added_delay_p50_s=median(paced_added_p50),
+        # The hold as the first recorded member sees it: median over messages of the
+        # earliest arrival, with minus without (median over rounds).
+        paced_first_arrival_shift_s=median(paced_first_shift),
+        paced_late_p99_s=max((r.late_p99_s for r in paced_held), default=math.nan),
+        paced_late_max_s=max((r.late_max_s for r in paced_held), default=math.nan),
+        paced_no_interval_late_p99_s=max((r.late_p99_s for r in paced_plain),
+                                         default=math.nan),
+        paced_no_interval_late_max_s=max((r.late_max_s for r in paced_plain),
+                                         default=math.nan),
+        paced_complete=bool(paced_plain) and all(
+            r.complete for r in (*paced_plain, *paced_held)),
+    )
     benchmark.extra_info.update(summary)
-    for label, results in (("floor", floors), ("no interval", plain), ("interval", held)):
+    for label, results in (("floor", floors), ("no interval", plain), ("interval", held),
+                           ("paced, no interval", paced_plain),
+                           ("paced, interval", paced_held)):
         bad = [r.reason for r in results if not r.complete]
         if bad:
             pytest.fail(f"{contestant} ({label}): a client did not get every byte: {bad}")
@@ -147,3 +278,6 @@ def test_flush_interval(benchmark, arena_pool: ArenaPool, bench_config,
             pytest.fail(f"{contestant} ({label}): the server reports dropped or failed "
                         "deliveries (no client is slow here)")
     assert held_lat and not math.isnan(summary["throughput_ratio_to_floor_paired"])
+    if not paced_added:
+        pytest.fail(f"{contestant}: no paced round kept the pace at {rate:.0f} broadcasts/s "
+                    f"(closed loop without interval: {closed_rate:.0f}/s): {flagged}")

@@ -306,6 +306,9 @@ class PhaseResult:
     reason: str = ""
     wire_bytes: int = 0  # deflate mode: bytes of the frames that carried the messages
     compressed_messages: int = 0  # deflate mode: of the deliveries, those sent compressed
+    rate: float = 0.0  # paced (PACE) phase: messages per second, open loop; 0: BCAST
+    late_p99_s: float = math.nan  # paced phase: p99 of (broadcast start - due time)
+    late_max_s: float = math.nan  # paced phase: the largest of those
 
     @property
     def cpu_us_per_delivery(self) -> float:
@@ -498,6 +501,13 @@ class Arena:
         self.server.send(f"SET {key} {value}")
         self.server.expect("OK", 30)
 
+    def collect(self) -> None:
+        """A full garbage collection in the server process (``GC``), so that a
+        measurement that follows is not paused by one the previous phases made due."""
+        assert self.server is not None
+        self.server.send("GC")
+        self.server.expect("OK", 30)
+
     def send_times(self) -> list[float]:
         """The server's monotonic time at each broadcast of the last phase
         (after ``set("record", 1)``)."""
@@ -561,6 +571,7 @@ class Arena:
         sample_rss: bool = False,
         to_rooms: bool = False,
         record: int = 0,
+        rate: float = 0.0,
     ) -> PhaseResult:
         """Broadcast *messages* messages of *size* bytes, *batch* per loop iteration.
 
@@ -568,6 +579,10 @@ class Arena:
         (``BCASTROOMS``): every socket then receives messages / k frames.
         With *record* > 0, the first *record* sockets of each client process note
         the arrival of each frame (:meth:`arrivals`).
+        With *rate* > 0 (batch 1, not *to_rooms*), the server broadcasts open loop
+        at that rate (``PACE``: message j due at t0 + j / rate, see
+        harness/pacer.py): the result then carries the server's lateness
+        (``late_p99_s``, ``late_max_s``) and :meth:`send_times` the due times.
         Returns the measurements; raises :class:`PhaseFailed` when a client is short.
         """
         if self.broken or self.server is None:
@@ -576,16 +591,18 @@ class Arena:
             raise ValueError("messages must be a multiple of batch")
         if to_rooms and (not self.room_count or messages % self.room_count):
             raise ValueError("to_rooms needs set_rooms(k) first and messages a multiple of k")
+        if rate and (rate < 0 or batch != 1 or to_rooms):
+            raise ValueError("a paced phase (rate > 0) has batch 1 and no rooms")
         try:
             return self._phase(messages, size, batch, timeout, stall_timeout, sample_rss,
-                               to_rooms, record)
+                               to_rooms, record, rate)
         except BaseException:
             self.broken = True
             raise
 
     def _phase(
         self, messages: int, size: int, batch: int, timeout: float, stall_timeout: float,
-        sample_rss: bool, to_rooms: bool = False, record: int = 0,
+        sample_rss: bool, to_rooms: bool = False, record: int = 0, rate: float = 0.0,
     ) -> PhaseResult:
         server = self.server
         assert server is not None
@@ -604,7 +621,10 @@ class Arena:
         for c in self.clients:
             c.expect("ARMED", 30)
         t0 = time.perf_counter()
-        server.send(f"{'BCASTROOMS' if to_rooms else 'BCAST'} {messages} {size} {batch}")
+        if rate > 0:
+            server.send(f"PACE {messages} {size} {rate!r}")
+        else:
+            server.send(f"{'BCASTROOMS' if to_rooms else 'BCAST'} {messages} {size} {batch}")
 
         sent: list[str] | None = None
         outcomes: dict[str, list[str]] = {}
@@ -681,6 +701,9 @@ class Arena:
             reason="; ".join(reasons),
             wire_bytes=wire_bytes if self.deflate else healthy * nbytes,
             compressed_messages=compressed,
+            rate=rate,
+            late_p99_s=float(sent[4]) if rate > 0 and sent and len(sent) > 5 else math.nan,
+            late_max_s=float(sent[5]) if rate > 0 and sent and len(sent) > 5 else math.nan,
         )
         if not result.complete:
             self.broken = True

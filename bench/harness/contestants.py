@@ -74,6 +74,20 @@ class Contestant:
         recorded (``SET record 1``); ``KeyError`` where it is not supported."""
         raise KeyError("record")
 
+    async def run_paced(self, payload: bytes, messages: int,
+                        rate: float) -> tuple[int, int, int, list[float]]:
+        """Broadcast *messages* messages at *rate* per second, open loop (``PACE``):
+        message j is due at ``t0 + j / rate`` (harness/pacer.py) and is broadcast
+        alone in its loop iteration once it is due, whatever the clients do.
+
+        Returns (delivered, dropped, failed, lateness): lateness is, per message,
+        seconds from its due time to the moment its broadcast began.  Afterwards
+        :meth:`send_times` gives the due times (always recorded here: the
+        latency of a paced message counts from when it was due, so a server that
+        falls behind shows it).  ``NotImplementedError`` where not supported.
+        """
+        raise NotImplementedError(f"{self.name} has no paced broadcast")
+
 
 class PicowsLoop(Contestant):
     """picows: a Python ``for`` over the open ``WSTransport`` objects, ``send`` each.
@@ -429,6 +443,25 @@ class Reinhardt(Contestant):
                 failed += len(result.failed)  # ids of the members that failed
             await asyncio.sleep(0)
         return delivered, dropped, failed
+
+    async def run_paced(self, payload: bytes, messages: int,
+                        rate: float) -> tuple[int, int, int, list[float]]:
+        from pacer import pace
+
+        broadcast = self.rooms.broadcast
+        delivered = dropped = failed = 0
+        due_times: list[float] = []
+        lateness: list[float] = []
+        self._times = due_times
+        clock = time.monotonic
+        async for due in pace(messages, rate):
+            lateness.append(clock() - due)
+            due_times.append(due)
+            result = await broadcast("bench", payload)
+            delivered += result.delivered
+            dropped += result.dropped
+            failed += len(result.failed)
+        return delivered, dropped, failed, lateness
 
     async def set_rooms(self, k: int) -> None:
         # Each connection also stays in "bench"; room names are made once, here.

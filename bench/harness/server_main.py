@@ -9,6 +9,10 @@ Speaks the same line protocol as floor.c:
   STATS                   -> STATS <utime_s> <stime_s> <maxrss_kb>
   ROOMS <k>               -> OK                     (connection i in accept order: room i % k)
   BCASTROOMS <m> <size> <b> -> SENT ...             (like BCAST; message j goes to room j % k only)
+  PACE <m> <size> <rate>  -> SENT <wall_s> <delivered> <dropped> <failed> <late_p99_s> <late_max_s>
+                             (open loop: message j broadcast alone once due at t0 + j/rate,
+                              harness/pacer.py; late = start of its broadcast - due time;
+                              SENDTIMES then gives the due times)
   GC                      -> OK                     (gc.collect(), before memory readings)
   SET <key> <value>       -> OK | ERROR             (a contestant setting between phases)
   SENDTIMES               -> SENDTIMES <json list>  (monotonic time of each broadcast of the
@@ -68,6 +72,21 @@ async def serve(name: str, options: dict[str, str], loop_name: str) -> None:
             return
         say(f"SENT {time.perf_counter() - t0:.6f} {delivered} {dropped} {failed}")
 
+    async def paced(m: int, size: int, rate: float) -> None:
+        payload: bytes | str = (wire.make_json_payload(size).decode()
+                                if options.get("payload") == "json" else wire.make_payload(size))
+        t0 = time.perf_counter()
+        try:
+            delivered, dropped, failed, late = await contestant.run_paced(
+                payload, m, rate)  # type: ignore[arg-type]
+        except Exception as exc:
+            say(f"ERROR PACE raised {type(exc).__name__}: {exc}".replace("\n", " "))
+            return
+        ordered = sorted(late) or [float("nan")]
+        p99 = ordered[min(len(ordered) - 1, max(0, -(-99 * len(ordered) // 100) - 1))]
+        say(f"SENT {time.perf_counter() - t0:.6f} {delivered} {dropped} {failed} "
+            f"{p99:.6f} {ordered[-1]:.6f}")
+
     async def set_rooms(k: int) -> None:
         try:
             await contestant.set_rooms(k)
@@ -96,6 +115,9 @@ async def serve(name: str, options: dict[str, str], loop_name: str) -> None:
         elif cmd[0] == "BCASTROOMS":
             m, size, batch = int(cmd[1]), int(cmd[2]), int(cmd[3])
             spawn(broadcast(m, size, batch, to_rooms=True))
+        elif cmd[0] == "PACE":
+            m, size, rate = int(cmd[1]), int(cmd[2]), float(cmd[3])
+            spawn(paced(m, size, rate))
         elif cmd[0] == "ROOMS":
             spawn(set_rooms(int(cmd[1])))
         elif cmd[0] == "STATS":
