@@ -157,7 +157,8 @@ def fanout_section(rows: list[dict[str, Any]], charts: dict[str, Any]) -> tuple[
             complete = r.get("complete")
             floor_cpu = (r.get("floor_paired") or f1 or {}).get("cpu_us_per_delivery")
             table.append([
-                name, fmt(cpu, ".3f"), fmt(floor_cpu, ".3f"),
+                name, fmt(cpu, ".3f"), fmt(r.get("sys_us_per_delivery"), ".3f"),
+                fmt(floor_cpu, ".3f"),
                 fmt(ratio, ".2f", "x") + ("" if paired else " (u)"),
                 fmt(tput, ".2f", "x"),
                 fmt(r.get("deliveries_per_cpu_s"), ",.0f"), fmt(r.get("deliveries_per_s"), ",.0f"),
@@ -176,7 +177,8 @@ def fanout_section(rows: list[dict[str, Any]], charts: dict[str, Any]) -> tuple[
                                    f"floor | {fmt(tput, '.2f', 'x')} | {verdict(ok)} |")
         title = f"### N = {n}, payload {size_label(size)}, {batch} broadcast(s) per iteration"
         lines += [title, "",
-                  md_table(["contestant", "CPU us/delivery", "floor us (paired)", "x floor (CPU)",
+                  md_table(["contestant", "CPU us/delivery", "of which kernel",
+                            "floor us (paired)", "x floor (CPU)",
                             "throughput x floor",
                             "deliv/CPU-s", "deliv/s (wall)", "complete"], table), ""]
     # The summary matrix comes first.
@@ -674,6 +676,9 @@ def readme_fanout(run: ReadmeRun) -> ReadmePart | None:
                "floor of the same N measured in the same run (B = 1: the one-syscall floor; "
                "B > 1: the coalesced floor; lower is better; u: unpaired).")
     part = ReadmePart(tables=[caption + "\n\n" + md_table(header, table)])
+    split = kernel_split_table(cell, cols, names)
+    if split:
+        part.tables.append(split)
     k = max(batches)
     if k > 1:
         for n in ns:
@@ -686,6 +691,32 @@ def readme_fanout(run: ReadmeRun) -> ReadmePart | None:
                     f"{fmt(tput, '.1f', TIMES)} as many messages per CPU-second as the "
                     "one-syscall floor.")
     return part
+
+
+def kernel_split_table(cell: dict[tuple[int, int], dict[str, dict[str, Any]]],
+                       cols: list[tuple[int, int]], names: set[str]) -> str:
+    """The fan-out's CPU per delivery split into kernel + user, for runs that record it."""
+
+    def split(r: dict[str, Any] | None) -> str:
+        if not r or not r.get("complete"):
+            return "—"
+        cpu, sys_ = r.get("cpu_us_per_delivery"), r.get("sys_us_per_delivery")
+        if cpu is None or sys_ is None or math.isnan(cpu) or math.isnan(sys_):
+            return "—"
+        digits = ".3f" if cpu < 1 else ".2f"
+        return f"{sys_:{digits}} + {max(cpu - sys_, 0.0):{digits}}"
+
+    rows = []
+    for name in ["floor", *sorted(names - {"floor"}, key=order_key)]:
+        cells = [split(cell[c].get(name)) for c in cols]
+        if any(text != "—" for text in cells):
+            title = "C floor (B frames per `send()`)" if name == "floor" else label(name)
+            rows.append([title, *cells])
+    if len(rows) < 2:
+        return ""
+    header = ["kernel + user µs"] + [f"N = {n}, {b} per iteration" for n, b in cols]
+    return ("Where that CPU goes: the same medians split into the kernel's (system) and user "
+            "time of the server process, µs per delivery.\n\n" + md_table(header, rows))
 
 
 #: How the README's echo table names each server (the echo servers, not the fan-outs).

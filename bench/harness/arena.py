@@ -292,6 +292,7 @@ class PhaseResult:
     messages: int
     deliveries: int
     cpu_s: float  # server process user + system CPU from BCAST to the last client's receipt
+    sys_s: float  # of cpu_s, the system (kernel) part
     wall_s: float  # from BCAST to the last client's receipt
     send_wall_s: float  # server's own time in its broadcast loop
     complete: bool
@@ -313,6 +314,10 @@ class PhaseResult:
     @property
     def cpu_us_per_delivery(self) -> float:
         return 1e6 * self.cpu_s / self.deliveries if self.deliveries else math.nan
+
+    @property
+    def sys_us_per_delivery(self) -> float:
+        return 1e6 * self.sys_s / self.deliveries if self.deliveries else math.nan
 
     @property
     def deliveries_per_s(self) -> float:
@@ -490,10 +495,14 @@ class Arena:
     # -- measurements ---------------------------------------------------------------
 
     def server_cpu(self) -> float:
+        return sum(self.server_times())
+
+    def server_times(self) -> tuple[float, float]:
+        """The server process's user and system (kernel) CPU seconds so far."""
         assert self.server is not None
         self.server.send("STATS")
         ut, st, _maxrss = self.server.expect("STATS", 60)
-        return float(ut) + float(st)
+        return float(ut), float(st)
 
     def set(self, key: str, value: object) -> None:
         """Change a setting of the contestant between phases (``SET``)."""
@@ -610,7 +619,7 @@ class Arena:
         per_socket = messages // self.room_count if to_rooms else messages
         nbytes = per_socket * wire.frame_len(size)
         rss_before = self.rss()["VmRSS"]
-        cpu0 = self.server_cpu()
+        user0, sys0 = self.server_times()
         for c in self.clients:
             if self.deflate:
                 c.send(f"EXPECTMSG {messages} {size} {self.payload} {timeout:.1f} "
@@ -666,7 +675,7 @@ class Arena:
                     raise BenchError(f"{c.name} died; {c.stderr_tail()}")
             if server.eof:
                 raise BenchError(f"server died; {server.stderr_tail()}")
-        cpu1 = self.server_cpu()
+        user1, sys1 = self.server_times()
         status = self.rss()
 
         short = missing = 0
@@ -693,7 +702,8 @@ class Arena:
         delivered, dropped, failed = (int(x) for x in sent[1:4]) if sent else (0, 0, 0)
         result = PhaseResult(
             contestant=self.spec.id, n=healthy, size=size, batch=batch, messages=messages,
-            deliveries=healthy * per_socket, cpu_s=cpu1 - cpu0, wall_s=t_last - t0,
+            deliveries=healthy * per_socket, cpu_s=(user1 + sys1) - (user0 + sys0),
+            sys_s=sys1 - sys0, wall_s=t_last - t0,
             send_wall_s=float(sent[0]) if sent else math.nan,
             complete=not reasons, delivered=delivered, dropped=dropped, failed=failed,
             short_sockets=short, missing_bytes=missing, client_cpu_s=client_cpu,

@@ -99,6 +99,8 @@ def summarize(results: Sequence[PhaseResult]) -> dict[str, Any]:
         "deliveries_per_round": results[0].deliveries if results else 0,
         "messages": results[0].messages if results else 0,
         "cpu_us_per_delivery": median(r.cpu_us_per_delivery for r in ok),
+        # Of that, the kernel's part (the floor's CPU is nearly all kernel).
+        "sys_us_per_delivery": median(r.sys_us_per_delivery for r in ok),
         "deliveries_per_s": median(r.deliveries_per_s for r in ok),
         "deliveries_per_cpu_s": median(r.deliveries_per_cpu_s for r in ok),
         "server_cpu_s": median(r.cpu_s for r in ok),
