@@ -18,6 +18,10 @@
   dominates), per implementation, against picows' own loop over the same 5
   ``WSTransport.send`` as the baseline of the same run.  Every byte the 5 raw
   clients receive is checked between rounds (outside the timing).
+- Held broadcasts: 8 ``rooms.broadcast`` calls to a room of 1000 and 5000 real
+  connections with a long ``flush_interval``, so only the framing and the queuing
+  on every member are timed (what a latency budget spends before its timer fires);
+  the held frames are written out and checked between rounds.
 Per-operation times are in the report (``extra_info["ops_per_call"]``).
 """
 
@@ -415,4 +419,80 @@ def test_keepalive_sweep(benchmark, state: str) -> None:
         assert all(not c._rx_seen and not c._ka_deadline for c in conns)  # nothing pinged
     finally:
         keepalive.stop()
+        loop.close()
+
+
+#: Members of the room whose queuing cost is measured, and broadcasts per call.
+QUEUE_ROOM_SIZES = (1000, 5000)
+QUEUE_BROADCASTS = 8
+
+
+@pytest.mark.parametrize("members", QUEUE_ROOM_SIZES)
+def test_held_broadcast_queuing(benchmark, implementation: str, members: int,
+                                bench_config) -> None:
+    """What one broadcast costs before any byte is written: ``rooms.broadcast`` to
+    a room of *members* real connections with a long ``flush_interval``, so each
+    call only frames the message and queues it on every member (the work a
+    latency budget has to fit in before its timer fires: with the C fan-out about
+    50-70 ns per member, a quarter of a millisecond at N = 5000).  8 broadcasts
+    per call; between rounds, outside the timing, the held frames are written out
+    (``Hub.flush``) and every client's bytes are checked."""
+    if bench_config.loop == "uvloop":
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    payload = wire.make_payload(SMALL_ROOM_SIZE)
+    joined: list[Any] = []
+    rooms = RoomManager(flush_interval=1.0)
+
+    class Member(WebSocketHandler):
+        async def on_connect(self, conn: Any) -> None:
+            await rooms.join("big", conn)
+            joined.append(conn)
+
+    async def start() -> tuple[Any, list[socket.socket]]:
+        server = await serve(Member(), "127.0.0.1", 0, ping_interval=None,
+                             max_connections=None)
+        socks = [await _raw_client(loop, server.port) for _ in range(members)]
+        for _ in range(1000):
+            if len(joined) == members:
+                break
+            await asyncio.sleep(0.01)
+        assert len(joined) == members
+        return server, socks
+
+    async def run() -> None:
+        broadcast = rooms.broadcast
+        for _ in range(QUEUE_BROADCASTS):
+            result = await broadcast("big", payload)
+            assert result.delivered == members
+
+    expected = wire.make_frame(SMALL_ROOM_SIZE) * QUEUE_BROADCASTS
+    server, socks = loop.run_until_complete(start())
+    hub = _fanout.get_hub(loop)
+    state = {"first": True}
+
+    def write_out_and_check() -> None:
+        if not state["first"]:
+            hub.flush()  # the held frames, now: one write per member
+            _drain_exactly(socks, expected)
+        state["first"] = False
+
+    try:
+        benchmark.group = (f"held broadcast: frame and queue, {QUEUE_BROADCASTS} broadcasts "
+                           f"to one room ({SMALL_ROOM_SIZE} B)")
+        benchmark.extra_info.update(scenario="micro", implementation=implementation,
+                                    members=members, ops_per_call=QUEUE_BROADCASTS,
+                                    deliveries_per_call=QUEUE_BROADCASTS * members,
+                                    loop=bench_config.loop)
+        benchmark.pedantic(lambda: loop.run_until_complete(run()), setup=write_out_and_check,
+                           rounds=max(5, bench_config.rounds * 5), iterations=1,
+                           warmup_rounds=0)
+        write_out_and_check()
+    finally:
+        for sock in socks:
+            sock.close()
+        loop.run_until_complete(server.close(timeout=5.0))
         loop.close()
