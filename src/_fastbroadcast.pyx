@@ -242,7 +242,7 @@ cdef class Peer:
         broken connection; the failure is reported by the return value.
         ``TypeError`` if *frame* is not ``bytes``.
         """
-        cdef int status = self._send(frame, 0.0)
+        cdef int status = self._send(frame, False, 0.0)
         cdef Hub hub = self._hub
         if status == 0:
             hub._delivered += 1
@@ -253,7 +253,7 @@ cdef class Peer:
             hub._failed += 1
         return status
 
-    cdef int _send(self, bytes frame, double hold) except -1:
+    cdef int _send(self, bytes frame, bint held, double deadline) except -1:
         if self.closed or self.failed:
             return 2
         cdef Py_ssize_t size = PyBytes_GET_SIZE(frame)
@@ -273,20 +273,21 @@ cdef class Peer:
                 self._hub._loop.call_soon(self._on_overflow)
                 return 1
         self.over_limit = False
-        self._enqueue(frame, size, hold)
+        self._enqueue(frame, size, held, deadline)
         return 0
 
-    cdef inline int _enqueue(self, bytes frame, Py_ssize_t size, double hold) except -1:
+    cdef inline int _enqueue(self, bytes frame, Py_ssize_t size, bint held,
+                             double deadline) except -1:
         """Append to the queue.  The first frame of an iteration schedules the
-        flush; with *hold* > 0 (a fan-out with a flush interval) the first frame
-        arms the hub's held flush instead, at most *hold* seconds away."""
+        flush; with *held* (a fan-out with a flush interval) the first frame arms
+        the hub's held flush instead, to run by *deadline* (the loop's clock)."""
         self._append(frame)
         self.pending_size += size
-        if hold > 0.0:
+        if held:
             if not self._scheduled and not self._held:
                 self._held = True
                 self._hub._held_peers.append(self)
-                self._hub._arm(hold)
+                self._hub._arm(deadline)
         elif not self._scheduled:
             self._scheduled = True
             self._hub._dirty.append(self)
@@ -310,7 +311,7 @@ cdef class Peer:
         cdef Py_ssize_t size = PyBytes_GET_SIZE(frame)
         hub._pushed += 1
         hub._bytes_queued += size
-        self._enqueue(frame, size, 0.0)
+        self._enqueue(frame, size, False, 0.0)
         if self.pending_size > self.max_write_buffer:
             self._flush()
         return 0
@@ -561,9 +562,8 @@ cdef class Hub:
             self._loop.call_soon(self._flush_cb)
         return 0
 
-    cdef int _arm(self, double hold) except -1:
-        """Make sure the held flush runs at most *hold* seconds from now."""
-        cdef double deadline = <double>self._time() + hold
+    cdef int _arm(self, double deadline) except -1:
+        """Make sure the held flush runs by *deadline* (the loop's clock)."""
         if self._held_handle is not None:
             if self._held_deadline <= deadline:
                 return 0
@@ -619,13 +619,17 @@ cdef class Hub:
             raise ValueError(f"flush_interval must be finite and not negative, "
                              f"not {flush_interval!r}")
         counts[0] = counts[1] = 0
+        # One deadline for the whole fan-out, read before its first member: no
+        # member's held frames wait longer than the interval.
+        cdef bint held = flush_interval > 0.0
+        cdef double deadline = <double>self._time() + flush_interval if held else 0.0
         if type(peers) is dict:
             while PyDict_Next(peers, &pos, &key, &value):
-                _offer(<Peer?><object>value, frame, exclude, counts, failed, flush_interval)
+                _offer(<Peer?><object>value, frame, exclude, counts, failed, held, deadline)
         else:
             values = peers.values() if isinstance(peers, _Mapping) else peers
             for obj in values:
-                _offer(<Peer?>obj, frame, exclude, counts, failed, flush_interval)
+                _offer(<Peer?>obj, frame, exclude, counts, failed, held, deadline)
         self._fanouts += 1
         self._delivered += counts[0]
         self._dropped += counts[1]
@@ -696,11 +700,11 @@ cdef int _flush_peers(list peers, bint held) except -1:
 
 
 cdef inline int _offer(Peer peer, bytes frame, object exclude, Py_ssize_t *counts,
-                       list failed, double hold) except -1:
+                       list failed, bint held, double deadline) except -1:
     """One member of a fan-out: skip if excluded, else queue and count."""
     if exclude is not None and PySet_Contains(exclude, peer.conn_id):
         return 0
-    cdef int status = peer._send(frame, hold)
+    cdef int status = peer._send(frame, held, deadline)
     if status == 2:
         failed.append(peer.conn_id)
     else:

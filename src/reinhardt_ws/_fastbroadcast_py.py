@@ -20,13 +20,13 @@ not a copy.
 
 Held frames (``Hub.fanout(..., flush_interval=t)``, what ``RoomManager(flush_interval=t)``
 uses): the frame is queued as above, but instead of the iteration's flush the
-first held frame arms one hub timer (``loop.call_at``) at most *t* seconds away,
-which writes every peer's held queue at once; frames of later iterations join
-the same write.  A peer flushed earlier for another reason (a frame queued
-without hold, an early write under the rule below, a close) writes its held
-frames then, in order.  One write per member per interval instead of per
-iteration: fewer syscalls for a stream of single broadcasts, at up to *t* of
-added latency.
+first held frame arms one hub timer (``loop.call_at``) at most *t* seconds after
+its fan-out began (the loop's clock is read once per fan-out), which writes every
+peer's held queue at once; frames of later iterations join the same write.  A
+peer flushed earlier for another reason (a frame queued without hold, an early
+write under the rule below, a close) writes its held frames then, in order.  One
+write per member per interval instead of per iteration: fewer syscalls for a
+stream of single broadcasts, at up to *t* of added latency.
 
 Slow consumers: the rule is about *backlog*, the transport's buffer (what the socket
 refused) plus the queue.  A peer with no backlog always takes the frame offered,
@@ -202,7 +202,7 @@ class Peer:
         """
         if type(frame) is not bytes:
             raise TypeError(f"frame must be bytes, not {type(frame).__name__}")
-        status = self._send(frame, 0.0)
+        status = self._send(frame, False, 0.0)
         hub = self._hub
         if status == DELIVERED:
             hub._delivered += 1
@@ -213,7 +213,7 @@ class Peer:
             hub._failed += 1
         return status
 
-    def _send(self, frame: bytes, hold: float) -> int:
+    def _send(self, frame: bytes, held: bool, deadline: float) -> int:
         if self.closed or self.failed:
             return FAILED
         size = len(frame)
@@ -232,20 +232,20 @@ class Peer:
                 self._hub._loop.call_soon(self._on_overflow)
                 return DROPPED
         self.over_limit = False
-        self._enqueue(frame, size, hold)
+        self._enqueue(frame, size, held, deadline)
         return DELIVERED
 
-    def _enqueue(self, frame: bytes, size: int, hold: float) -> None:
+    def _enqueue(self, frame: bytes, size: int, held: bool, deadline: float) -> None:
         """Append to the queue.  The first frame of an iteration schedules the
-        flush; with *hold* > 0 (a fan-out with a flush interval) the first frame
-        arms the hub's held flush instead, at most *hold* seconds away."""
+        flush; with *held* (a fan-out with a flush interval) the first frame arms
+        the hub's held flush instead, to run by *deadline* (the loop's clock)."""
         self._pending.append(frame)
         self.pending_size += size
-        if hold > 0.0:
+        if held:
             if not self._scheduled and not self._held:
                 self._held = True
                 self._hub._held_peers.append(self)
-                self._hub._arm(hold)
+                self._hub._arm(deadline)
         elif not self._scheduled:
             self._scheduled = True
             self._hub._dirty.append(self)
@@ -270,7 +270,7 @@ class Peer:
         size = len(frame)
         hub._pushed += 1
         hub._bytes_queued += size
-        self._enqueue(frame, size, 0.0)
+        self._enqueue(frame, size, False, 0.0)
         if self.pending_size > self.max_write_buffer:
             self.flush()
         return DELIVERED
@@ -476,9 +476,8 @@ class Hub:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush_soon)
 
-    def _arm(self, hold: float) -> None:
-        """Make sure the held flush runs at most *hold* seconds from now."""
-        deadline = self._loop.time() + hold
+    def _arm(self, deadline: float) -> None:
+        """Make sure the held flush runs by *deadline* (the loop's clock)."""
         if self._held_handle is not None:
             if self._held_deadline <= deadline:
                 return
@@ -547,9 +546,13 @@ class Hub:
                              f"not {flush_interval!r}")
         counts = [0, 0]  # DELIVERED, DROPPED
         failed: list[str] = []
+        # One deadline for the whole fan-out, read before its first member: no
+        # member's held frames wait longer than the interval.
+        held = hold > 0.0
+        deadline = self._loop.time() + hold if held else 0.0
         values = peers.values() if isinstance(peers, Mapping) else peers
         for peer in values:
-            _offer(peer, frame, exclude, counts, failed, hold)
+            _offer(peer, frame, exclude, counts, failed, held, deadline)
         self._fanouts += 1
         self._delivered += counts[DELIVERED]
         self._dropped += counts[DROPPED]
@@ -586,11 +589,11 @@ class Hub:
 
 
 def _offer(peer: Peer, frame: bytes, exclude: frozenset[str] | None,
-           counts: list[int], failed: list[str], hold: float) -> None:
+           counts: list[int], failed: list[str], held: bool, deadline: float) -> None:
     """One member of a fan-out: skip if excluded, else queue and count."""
     if exclude is not None and peer.conn_id in exclude:
         return
-    status = peer._send(frame, hold)
+    status = peer._send(frame, held, deadline)
     if status == FAILED:
         failed.append(peer.conn_id)
     else:

@@ -682,6 +682,56 @@ def test_a_frame_without_hold_writes_the_held_ones_first(run: Run, fanout_module
     run(main())
 
 
+class CountingClock:
+    """The running loop, its clock readings noted (``time()``); everything else is
+    the loop's own."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.readings: list[float] = []
+
+    def time(self) -> float:
+        now = self.loop.time()
+        self.readings.append(now)
+        return now
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loop, name)
+
+
+def test_a_held_fanout_reads_the_clock_once_and_holds_from_its_start(
+        run: Run, fanout_module: ModuleType) -> None:
+    """The held flush's deadline is read once per fan-out, before its first member
+    (one clock reading, not one per member: what the latency budget spends before
+    its timer), and frames leave one interval after the fan-out that first held
+    them; a later fan-out with a longer deadline leaves the timer where it is."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        clock = CountingClock(loop)
+        hub = fanout_module.Hub(clock)
+        async with open_links(fanout_module, 20, hub=hub) as (_, links):
+            peers = [link.peer for link in links]
+            frames = [fanout_module.build_frame(0x1, f"tick{i}".encode()) for i in range(2)]
+            before = len(clock.readings)
+            assert hub.fanout(peers, frames[0], None, 0.5) == (20, 0, [])
+            assert len(clock.readings) == before + 1
+            start = clock.readings[-1]
+            await asyncio.sleep(0.3)
+            assert all(link.read_available() == b"" for link in links)
+            assert hub.fanout(peers, frames[1], None, 0.5) == (20, 0, [])
+            assert len(clock.readings) == before + 2
+            want = b"".join(frames)
+            for link in links:
+                assert await link.read_exactly(len(want)) == want
+            waited = loop.time() - start
+            # uvloop's clock counts milliseconds; the timer fires at 0.5 s, not 0.8 s.
+            assert 0.5 - 0.002 <= waited < 0.75, waited
+            assert hub.stats()["flushes"] == 20
+
+    run(main())
+
+
 @pytest.mark.parametrize("interval", [-1.0, float("nan"), float("inf")])
 def test_fanout_rejects_a_bad_flush_interval(run: Run, fanout_module: ModuleType,
                                              interval: float) -> None:
