@@ -22,6 +22,9 @@
   connections with a long ``flush_interval``, so only the framing and the queuing
   on every member are timed (what a latency budget spends before its timer fires);
   the held frames are written out and checked between rounds.
+- Loop timers: the real hold of a 1 ms ``loop.call_at`` armed at a random moment
+  of a busy loop, on uvloop and on asyncio's loop (what bounds the merge of a
+  ``flush_interval`` under a stream).
 Per-operation times are in the report (``extra_info["ops_per_call"]``).
 """
 
@@ -31,7 +34,9 @@ import asyncio
 import concurrent.futures
 import json
 import os
+import random
 import socket
+import time
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -495,4 +500,51 @@ def test_held_broadcast_queuing(benchmark, implementation: str, members: int,
         for sock in socks:
             sock.close()
         loop.run_until_complete(server.close(timeout=5.0))
+        loop.close()
+
+
+#: Work per loop iteration of the busy loop below (a stream of broadcasts keeps
+#: the loop running like this), seconds.
+BUSY_ITERATION = 20e-6
+
+
+@pytest.mark.parametrize("loop_name", ["uvloop", "asyncio"])
+def test_timer_hold_in_a_busy_loop(benchmark, loop_name: str) -> None:
+    """How long a 1 ms timer, ``loop.call_at(loop.time() + 0.001)`` (what a held
+    fan-out arms), really holds when it is armed at a random moment of a busy
+    loop (every iteration does 20 µs of work and yields, as a stream of
+    broadcasts keeps the loop running): the time per call is the hold.  Not our
+    code: the loop's timers, which bound what a ``flush_interval`` can merge.
+    uvloop's timers count whole milliseconds, so there the hold is spread between
+    0 and 1 ms; asyncio's loop keeps time to the microsecond.  Each round waits a
+    random 0-1 ms (outside the timing) first, so the arming falls anywhere within
+    a millisecond."""
+    if loop_name == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    rng = random.Random(1)
+    clock = time.perf_counter
+
+    def spin(seconds: float) -> None:
+        start = clock()
+        while clock() - start < seconds:
+            pass
+
+    async def hold() -> None:
+        fired: list[float] = []
+        loop.call_at(loop.time() + 0.001, fired.append, 0.0)
+        while not fired:
+            spin(BUSY_ITERATION)
+            await asyncio.sleep(0)
+
+    try:
+        benchmark.group = "a 1 ms loop timer armed in a busy loop: its real hold"
+        benchmark.extra_info.update(scenario="micro", loop=loop_name, interval=0.001,
+                                    busy_iteration_s=BUSY_ITERATION)
+        benchmark.pedantic(lambda: loop.run_until_complete(hold()),
+                           setup=lambda: spin(rng.random() * 0.001),
+                           rounds=300, iterations=1, warmup_rounds=5)
+    finally:
         loop.close()
