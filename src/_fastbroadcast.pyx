@@ -34,6 +34,7 @@ cdef extern from "_fastbroadcast_compat.h":
 
 from collections.abc import Mapping as _Mapping
 from inspect import getattr_static as _getattr_static
+from weakref import ref as _weakref
 
 __all__ = ["DELIVERED", "DROPPED", "FAILED", "IMPLEMENTATION", "Hub", "Peer", "build_frame"]
 
@@ -270,7 +271,7 @@ cdef class Peer:
                 self.closed = True
                 self._drop_pending()
                 self._hub._overflows += 1
-                self._hub._loop.call_soon(self._on_overflow)
+                self._hub._get_loop().call_soon(self._on_overflow)
                 return 1
         self.over_limit = False
         self._enqueue(frame, size, held, deadline)
@@ -465,7 +466,7 @@ cdef class Peer:
         self.failed = True
         self._drop_pending()
         self._hub._write_failures += 1
-        self._hub._loop.call_soon(self._on_failure, exc)
+        self._hub._get_loop().call_soon(self._on_failure, exc)
         return 0
 
     def write_now(self, bytes frame=None):
@@ -504,7 +505,10 @@ cdef class Hub:
     everything its fan-outs and peers did."""
 
     cdef:
-        object _loop
+        # A weak reference: the hub registry (``_fanout.get_hub``) is keyed
+        # weakly by the loop, and a strong one here would keep every loop that
+        # ever had a hub (and the hub) alive for good.
+        object _loop_ref
         list _dirty
         bint _flush_scheduled
         object _flush_cb
@@ -514,7 +518,6 @@ cdef class Hub:
         object _held_handle
         double _held_deadline
         object _held_cb
-        object _time
         rws_iovec _one
         char _scratch[COALESCE_MAX]
         # Plain integers, read by stats(): no lock, no dict in the hot path.
@@ -531,7 +534,7 @@ cdef class Hub:
         long long _write_failures
 
     def __init__(self, loop):
-        self._loop = loop
+        self._loop_ref = _weakref(loop)
         self._dirty = []
         self._flush_scheduled = False
         self._flush_cb = self._flush_soon
@@ -539,7 +542,6 @@ cdef class Hub:
         self._held_handle = None
         self._held_deadline = 0.0
         self._held_cb = self._flush_held
-        self._time = loop.time
         self._fanouts = 0
         self._delivered = 0
         self._dropped = 0
@@ -554,12 +556,19 @@ cdef class Hub:
 
     @property
     def loop(self):
-        return self._loop
+        """The hub's event loop, or None once it has been garbage-collected."""
+        return self._loop_ref()
+
+    cdef object _get_loop(self):
+        loop = self._loop_ref()
+        if loop is None:
+            raise RuntimeError("the fan-out hub's event loop is gone")
+        return loop
 
     cdef int _schedule(self) except -1:
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self._loop.call_soon(self._flush_cb)
+            self._get_loop().call_soon(self._flush_cb)
         return 0
 
     cdef int _arm(self, double deadline) except -1:
@@ -569,7 +578,7 @@ cdef class Hub:
                 return 0
             self._held_handle.cancel()  # a shorter interval than the armed one
         self._held_deadline = deadline
-        self._held_handle = self._loop.call_at(deadline, self._held_cb)
+        self._held_handle = self._get_loop().call_at(deadline, self._held_cb)
         return 0
 
     def _flush_soon(self):
@@ -622,7 +631,7 @@ cdef class Hub:
         # One deadline for the whole fan-out, read before its first member: no
         # member's held frames wait longer than the interval.
         cdef bint held = flush_interval > 0.0
-        cdef double deadline = <double>self._time() + flush_interval if held else 0.0
+        cdef double deadline = <double>self._get_loop().time() + flush_interval if held else 0.0
         if type(peers) is dict:
             while PyDict_Next(peers, &pos, &key, &value):
                 _offer(<Peer?><object>value, frame, exclude, counts, failed, held, deadline)

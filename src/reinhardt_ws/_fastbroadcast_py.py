@@ -56,6 +56,7 @@ import asyncio
 import errno
 import operator
 import os
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -229,7 +230,7 @@ class Peer:
                 self.closed = True
                 self._drop_pending()
                 self._hub._overflows += 1
-                self._hub._loop.call_soon(self._on_overflow)
+                self._hub._get_loop().call_soon(self._on_overflow)
                 return DROPPED
         self.over_limit = False
         self._enqueue(frame, size, held, deadline)
@@ -387,7 +388,7 @@ class Peer:
         self.failed = True
         self._drop_pending()
         self._hub._write_failures += 1
-        self._hub._loop.call_soon(self._on_failure, exc)
+        self._hub._get_loop().call_soon(self._on_failure, exc)
 
     def write_now(self, frame: bytes | None = None) -> None:
         """Flush the queue and then *frame* (if given) synchronously, in order.
@@ -438,7 +439,7 @@ class Hub:
         "_held_deadline",
         "_held_handle",
         "_held_peers",
-        "_loop",
+        "_loop_ref",
         "_overflows",
         "_pushed",
         "_syscalls",
@@ -447,7 +448,10 @@ class Hub:
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        # A weak reference: the hub registry (``_fanout.get_hub``) is keyed
+        # weakly by the loop, and a strong one here would keep every loop that
+        # ever had a hub (and the hub) alive for good.
+        self._loop_ref = weakref.ref(loop)
         self._dirty: list[Peer] = []
         self._flush_scheduled = False
         # Peers with frames held by a fan-out's flush interval, and the timer
@@ -468,13 +472,20 @@ class Hub:
         self._write_failures = 0
 
     @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        return self._loop
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The hub's event loop, or None once it has been garbage-collected."""
+        return self._loop_ref()
+
+    def _get_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop_ref()
+        if loop is None:
+            raise RuntimeError("the fan-out hub's event loop is gone")
+        return loop
 
     def _schedule(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self._loop.call_soon(self._flush_soon)
+            self._get_loop().call_soon(self._flush_soon)
 
     def _arm(self, deadline: float) -> None:
         """Make sure the held flush runs by *deadline* (the loop's clock)."""
@@ -483,7 +494,7 @@ class Hub:
                 return
             self._held_handle.cancel()  # a shorter interval than the armed one
         self._held_deadline = deadline
-        self._held_handle = self._loop.call_at(deadline, self._flush_held)
+        self._held_handle = self._get_loop().call_at(deadline, self._flush_held)
 
     def _flush_soon(self) -> None:
         """The iteration's flush (scheduled with ``call_soon``)."""
@@ -549,7 +560,7 @@ class Hub:
         # One deadline for the whole fan-out, read before its first member: no
         # member's held frames wait longer than the interval.
         held = hold > 0.0
-        deadline = self._loop.time() + hold if held else 0.0
+        deadline = self._get_loop().time() + hold if held else 0.0
         values = peers.values() if isinstance(peers, Mapping) else peers
         for peer in values:
             _offer(peer, frame, exclude, counts, failed, held, deadline)

@@ -732,6 +732,61 @@ def test_a_held_fanout_reads_the_clock_once_and_holds_from_its_start(
     run(main())
 
 
+@pytest.mark.parametrize("loop_name", ["asyncio", "uvloop"])
+def test_a_hub_does_not_keep_its_loop_alive(fanout_module: ModuleType, loop_name: str) -> None:
+    """The hub registry is keyed weakly by the loop, so a hub must not hold its
+    loop strongly: a loop that served a room broadcast (and a held one) is
+    collected once its user drops it, its hub with it; a hub whose loop is gone
+    says so instead of scheduling on nothing."""
+    import gc
+    import weakref
+
+    import reinhardt_ws as rw
+
+    def new_loop() -> asyncio.AbstractEventLoop:
+        if loop_name == "uvloop":
+            uvloop = pytest.importorskip("uvloop")
+            return uvloop.new_event_loop()  # type: ignore[no-any-return]
+        return asyncio.new_event_loop()
+
+    async def serve_one_broadcast() -> None:
+        rooms = rw.RoomManager(flush_interval=0.01)
+        joined = asyncio.Event()
+
+        class Member(rw.WebSocketHandler):
+            async def on_connect(self, conn: Any) -> None:
+                await rooms.join("r", conn)
+                joined.set()
+
+        server = await rw.serve(Member(), "127.0.0.1", 0, ping_interval=None)
+        try:
+            async with rw.connect(f"ws://127.0.0.1:{server.port}/") as client:
+                await asyncio.wait_for(joined.wait(), 10)
+                assert (await rooms.broadcast("r", "held")).delivered == 1
+                assert (await asyncio.wait_for(client.recv(), 10)).data == "held"
+            await rooms.close()
+        finally:
+            await server.close(timeout=5.0)
+
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+    hubs = []
+    for _ in range(3):
+        loop = new_loop()
+        loop.run_until_complete(serve_one_broadcast())
+        hub = _fanout.get_hub(loop)
+        assert type(hub) is fanout_module.Hub and hub.loop is loop
+        hubs.append(hub)
+        loops.append(weakref.ref(loop))
+        loop.close()
+        del loop, hub
+    gc.collect()
+    assert [ref() for ref in loops] == [None, None, None]
+    assert all(hub.loop is None for hub in hubs)
+    frame = fanout_module.build_frame(0x1, b"x")
+    with pytest.raises(RuntimeError, match="event loop is gone"):
+        hubs[0].fanout([], frame, None, 0.01)
+
+
 @pytest.mark.parametrize("interval", [-1.0, float("nan"), float("inf")])
 def test_fanout_rejects_a_bad_flush_interval(run: Run, fanout_module: ModuleType,
                                              interval: float) -> None:
