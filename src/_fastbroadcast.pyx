@@ -5,9 +5,12 @@ Line-for-line counterpart of ``reinhardt_ws/_fastbroadcast_py.py``; read that
 module's docstring for the model (Hub per loop, Peer per connection, one coalesced
 ``sendmsg`` per connection per event-loop iteration, one shared ``bytes`` frame per
 broadcast, the slow-consumer rule about backlog, the hub's counters).  Everything
-the twin does, this does, in the same order.  What does not run per frame (the
-descriptor a peer may write to, the validation of its limits) is the selector's,
-``reinhardt_ws/_fanout.py``.
+the twin does, this does, in the same order, with one difference of means, not
+of promise: on Linux the held flush (``flush_interval``) waits on a timerfd, to
+the nanosecond, where the twin uses ``loop.call_at`` (whose uvloop timers count
+whole milliseconds and may fire up to one early; neither ever fires late by
+design).  What does not run per frame (the descriptor a peer may write to, the
+validation of its limits) is the selector's, ``reinhardt_ws/_fanout.py``.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
@@ -31,6 +34,12 @@ cdef extern from "_fastbroadcast_compat.h":
     object rws_descr_get(object descr, object obj)
     object rws_call_unbound(object func, object obj)
     int rws_would_block(int err) nogil
+    int RWS_HAVE_TIMERFD
+    double rws_monotonic() nogil
+    int rws_timer_new() nogil
+    int rws_timer_set(int fd, double deadline) nogil
+    void rws_timer_drain(int fd) nogil
+    void rws_timer_close(int fd) nogil
 
 from collections.abc import Mapping as _Mapping
 from inspect import getattr_static as _getattr_static
@@ -502,7 +511,12 @@ cdef class Peer:
 cdef class Hub:
     """Per-event-loop fan-out engine: one flush per loop iteration for all peers,
     a held flush for fan-outs with a flush interval, and the counters of
-    everything its fan-outs and peers did."""
+    everything its fan-outs and peers did.
+
+    The held flush's timer is a timerfd (Linux; made at the first held fan-out,
+    watched with ``loop.add_reader`` only while armed, closed with the hub), or
+    ``loop.call_at`` where there is none or it cannot be had.  The hub holds its
+    loop weakly: the registry of hubs is keyed weakly by the loop."""
 
     cdef:
         # A weak reference: the hub registry (``_fanout.get_hub``) is keyed
@@ -513,11 +527,18 @@ cdef class Hub:
         bint _flush_scheduled
         object _flush_cb
         # Peers with frames held by a fan-out's flush interval, and the timer
-        # that writes them (its deadline on the loop's clock).
+        # that writes them: a timerfd where there is one (_use_timerfd; its
+        # deadline on CLOCK_MONOTONIC, see _fastbroadcast_compat.h), else a
+        # loop.call_at handle (the deadline on the loop's clock).
         list _held_peers
-        object _held_handle
+        bint _armed
         double _held_deadline
+        object _held_handle
         object _held_cb
+        bint _use_timerfd
+        int _timer_fd
+        bint _timer_watched
+        object _timer_cb
         rws_iovec _one
         char _scratch[COALESCE_MAX]
         # Plain integers, read by stats(): no lock, no dict in the hot path.
@@ -539,9 +560,14 @@ cdef class Hub:
         self._flush_scheduled = False
         self._flush_cb = self._flush_soon
         self._held_peers = []
+        self._armed = False
         self._held_handle = None
         self._held_deadline = 0.0
         self._held_cb = self._flush_held
+        self._use_timerfd = RWS_HAVE_TIMERFD
+        self._timer_fd = -1
+        self._timer_watched = False
+        self._timer_cb = self._on_timer
         self._fanouts = 0
         self._delivered = 0
         self._dropped = 0
@@ -571,15 +597,99 @@ cdef class Hub:
             self._get_loop().call_soon(self._flush_cb)
         return 0
 
+    def __cinit__(self):
+        self._timer_fd = -1
+
+    def __dealloc__(self):
+        if self._timer_fd >= 0:
+            rws_timer_close(self._timer_fd)
+
+    cdef double _now(self) except? -1.0:
+        """The clock of the held flush's deadlines: CLOCK_MONOTONIC with the
+        timerfd, else the loop's."""
+        if self._use_timerfd:
+            return rws_monotonic()
+        return <double>self._get_loop().time()
+
     cdef int _arm(self, double deadline) except -1:
-        """Make sure the held flush runs by *deadline* (the loop's clock)."""
-        if self._held_handle is not None:
+        """Make sure the held flush runs by *deadline* (the clock of ``_now``)."""
+        if self._armed:
             if self._held_deadline <= deadline:
                 return 0
-            self._held_handle.cancel()  # a shorter interval than the armed one
-        self._held_deadline = deadline
+            if self._held_handle is not None:
+                self._held_handle.cancel()  # a shorter interval than the armed one
+                self._held_handle = None
+        self._armed = False
+        if self._use_timerfd:
+            try:
+                self._arm_timerfd(deadline)
+                self._held_deadline = deadline
+                self._armed = True
+                return 0
+            except Exception:
+                # No timerfd to be had (descriptors exhausted, a loop without
+                # add_reader): from now on, the loop's timers.
+                self._drop_timerfd()
+                deadline = <double>self._get_loop().time() + (deadline - rws_monotonic())
         self._held_handle = self._get_loop().call_at(deadline, self._held_cb)
+        self._held_deadline = deadline
+        self._armed = True
         return 0
+
+    cdef int _arm_timerfd(self, double deadline) except -1:
+        cdef int err
+        if self._timer_fd < 0:
+            self._timer_fd = rws_timer_new()
+            if self._timer_fd < 0:
+                err = errno
+                raise OSError(err, strerror(err).decode("utf-8", "replace"))
+        if rws_timer_set(self._timer_fd, deadline) < 0:
+            err = errno
+            raise OSError(err, strerror(err).decode("utf-8", "replace"))
+        if not self._timer_watched:
+            self._get_loop().add_reader(self._timer_fd, self._timer_cb)
+            self._timer_watched = True
+        return 0
+
+    cdef int _unwatch_timer(self) except -1:
+        if self._timer_watched:
+            self._timer_watched = False
+            loop = self._loop_ref()
+            if loop is not None and not loop.is_closed():
+                loop.remove_reader(self._timer_fd)
+        return 0
+
+    cdef void _drop_timerfd(self):
+        self._use_timerfd = False
+        try:
+            self._unwatch_timer()
+        except Exception:
+            pass
+        if self._timer_fd >= 0:
+            rws_timer_close(self._timer_fd)
+            self._timer_fd = -1
+
+    cdef int _disarm(self) except -1:
+        if not self._armed:
+            return 0
+        self._armed = False
+        if self._held_handle is not None:
+            self._held_handle.cancel()
+            self._held_handle = None
+        if self._timer_fd >= 0:
+            rws_timer_set(self._timer_fd, -1.0)
+            self._unwatch_timer()
+        return 0
+
+    def _on_timer(self):
+        """The timerfd is readable: its deadline passed (or it was re-armed for a
+        later one after it fired, and this is what is left of that)."""
+        rws_timer_drain(self._timer_fd)
+        if self._armed and rws_monotonic() < self._held_deadline:
+            return  # armed again, for later: wait for that expiry
+        self._unwatch_timer()
+        if self._armed:
+            self._flush_held()
 
     def _flush_soon(self):
         """The iteration's flush (scheduled with ``call_soon``)."""
@@ -590,6 +700,7 @@ cdef class Hub:
 
     def _flush_held(self):
         """The held flush (the timer armed by a fan-out with a flush interval)."""
+        self._armed = False
         self._held_handle = None
         cdef list held = self._held_peers
         self._held_peers = []
@@ -597,8 +708,7 @@ cdef class Hub:
 
     def flush(self):
         """Write out every peer that has something queued, held frames included."""
-        if self._held_handle is not None:
-            self._held_handle.cancel()
+        self._disarm()
         self._flush_soon()
         self._flush_held()
 
@@ -631,7 +741,7 @@ cdef class Hub:
         # One deadline for the whole fan-out, read before its first member: no
         # member's held frames wait longer than the interval.
         cdef bint held = flush_interval > 0.0
-        cdef double deadline = <double>self._get_loop().time() + flush_interval if held else 0.0
+        cdef double deadline = self._now() + flush_interval if held else 0.0
         if type(peers) is dict:
             while PyDict_Next(peers, &pos, &key, &value):
                 _offer(<Peer?><object>value, frame, exclude, counts, failed, held, deadline)

@@ -20,13 +20,14 @@ not a copy.
 
 Held frames (``Hub.fanout(..., flush_interval=t)``, what ``RoomManager(flush_interval=t)``
 uses): the frame is queued as above, but instead of the iteration's flush the
-first held frame arms one hub timer (``loop.call_at``) at most *t* seconds after
-its fan-out began (the loop's clock is read once per fan-out), which writes every
-peer's held queue at once; frames of later iterations join the same write.  A
-peer flushed earlier for another reason (a frame queued without hold, an early
-write under the rule below, a close) writes its held frames then, in order.  One
-write per member per interval instead of per iteration: fewer syscalls for a
-stream of single broadcasts, at up to *t* of added latency.
+first held frame arms one hub timer (``loop.call_at`` here; the C twin uses a
+timerfd on Linux) at most *t* seconds after its fan-out began (the clock is read
+once per fan-out), which writes every peer's held queue at once; frames of later
+iterations join the same write.  A peer flushed earlier for another reason (a
+frame queued without hold, an early write under the rule below, a close) writes
+its held frames then, in order.  One write per member per interval instead of
+per iteration: fewer syscalls for a stream of single broadcasts, at up to *t* of
+added latency.
 
 Slow consumers: the rule is about *backlog*, the transport's buffer (what the socket
 refused) plus the queue.  A peer with no backlog always takes the frame offered,
