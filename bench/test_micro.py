@@ -38,7 +38,7 @@ import random
 import socket
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sized
 from typing import Any
 
 import pytest
@@ -124,11 +124,7 @@ def test_room_join_leave(benchmark, implementation: str, bench_config) -> None:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
             assert head.startswith(b"HTTP/1.1 101"), head
             writers.append(writer)
-        for _ in range(500):
-            if len(conns) == ROOM_CONNECTIONS:
-                break
-            await asyncio.sleep(0.01)
-        assert len(conns) == ROOM_CONNECTIONS
+        await _until_joined(conns, ROOM_CONNECTIONS)
         return server, writers
 
     async def stop(server: Any, writers: list[asyncio.StreamWriter]) -> None:
@@ -244,6 +240,16 @@ SMALL_ROOM_BROADCASTS = 200  # per round: 200 x 5 x 66 B stay within the socket 
 SMALL_ROOM_SIZE = 64
 
 
+async def _until_joined(joined: Sized, count: int, timeout: float = 10.0) -> None:
+    """Wait until the server side has seen *count* connections join (*joined*
+    grows as they do), or fail after *timeout* seconds."""
+    for _ in range(int(timeout / 0.01)):
+        if len(joined) == count:
+            return
+        await asyncio.sleep(0.01)
+    assert len(joined) == count, (len(joined), count)
+
+
 async def _raw_client(loop: asyncio.AbstractEventLoop, port: int) -> socket.socket:
     """A raw client socket past the handshake, left unregistered with the loop (it
     is drained between rounds, so no client work is timed)."""
@@ -322,11 +328,7 @@ def test_small_room_broadcast(benchmark, variant: str, bench_config) -> None:
             server = await serve(Member(), "127.0.0.1", 0, ping_interval=None)
             port = server.port
         socks = [await _raw_client(loop, port) for _ in range(SMALL_ROOM)]
-        for _ in range(500):
-            if len(members) == SMALL_ROOM:
-                break
-            await asyncio.sleep(0.01)
-        assert len(members) == SMALL_ROOM
+        await _until_joined(members, SMALL_ROOM)
         return server, socks
 
     if variant == "picows":
@@ -461,11 +463,7 @@ def test_held_broadcast_queuing(benchmark, implementation: str, members: int,
         server = await serve(Member(), "127.0.0.1", 0, ping_interval=None,
                              max_connections=None)
         socks = [await _raw_client(loop, server.port) for _ in range(members)]
-        for _ in range(1000):
-            if len(joined) == members:
-                break
-            await asyncio.sleep(0.01)
-        assert len(joined) == members
+        await _until_joined(joined, members)
         return server, socks
 
     async def run() -> None:
