@@ -290,7 +290,8 @@ cdef class Peer:
                              double deadline) except -1:
         """Append to the queue.  The first frame of an iteration schedules the
         flush; with *held* (a fan-out with a flush interval) the first frame arms
-        the hub's held flush instead, to run by *deadline* (the loop's clock)."""
+        the hub's held flush instead, to run by *deadline* (the hub's clock, see
+        Hub._now)."""
         self._append(frame)
         self.pending_size += size
         if held:
