@@ -438,7 +438,7 @@ cdef class Peer:
                     err = errno
                     # As in asyncio's transports, every other error is fatal.
                     if not rws_would_block(err):
-                        raise OSError(err, strerror(err).decode("utf-8", "replace"))
+                        _raise_os_error(err)
                     sent = 0
                 # Walk past what the kernel took; hand the rest to the transport.
                 for i in range(cnt):
@@ -638,15 +638,12 @@ cdef class Hub:
         return 0
 
     cdef int _arm_timerfd(self, double deadline) except -1:
-        cdef int err
         if self._timer_fd < 0:
             self._timer_fd = rws_timer_new()
             if self._timer_fd < 0:
-                err = errno
-                raise OSError(err, strerror(err).decode("utf-8", "replace"))
+                _raise_os_error(errno)
         if rws_timer_set(self._timer_fd, deadline) < 0:
-            err = errno
-            raise OSError(err, strerror(err).decode("utf-8", "replace"))
+            _raise_os_error(errno)
         if not self._timer_watched:
             self._get_loop().add_reader(self._timer_fd, self._timer_cb)
             self._timer_watched = True
@@ -773,6 +770,11 @@ cdef class Hub:
             "transport_writes": self._transport_writes,
             "write_failures": self._write_failures,
         }
+
+
+cdef int _raise_os_error(int err) except -1:
+    """Raise the OSError of *err* (an errno value), as the os module would."""
+    raise OSError(err, strerror(err).decode("utf-8", "replace"))
 
 
 cdef object _type_attribute(obj, str name):
