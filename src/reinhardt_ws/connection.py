@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import logging
 import sys
 import time
@@ -69,6 +70,8 @@ class ConnectionOwner(Protocol):
 
     _messages_received: int
     _bytes_received: int
+    #: Where workers linger between messages (None: they do not; see _run_handler).
+    _lingering: Lingering | None
 
     def _adopt(self, conn: WebSocketConnection) -> None: ...
     def _forget(self, conn: WebSocketConnection) -> None: ...
@@ -98,6 +101,7 @@ class WebSocketConnection:
         "_closed_fut",
         "_closing",
         "_connect_done",
+        "_context",
         "_disconnect_done",
         "_disconnect_watch",
         "_dispatch_stopped",
@@ -123,6 +127,7 @@ class WebSocketConnection:
         "_recv_waiter",
         "_rx_seen",
         "_user_data",
+        "_wakeup",
         "_worker",
         "_write_paused",
         "_ws",
@@ -183,6 +188,10 @@ class WebSocketConnection:
         self._inline_budget = opts.max_queue
         self._parked: collections.deque[tuple[int, bool, int, bytes]] | None = None
         self._worker: asyncio.Task[None] | None = None
+        # The context every callback of this connection runs in (see _start_worker).
+        self._context: contextvars.Context | None = None
+        # The lingering worker's wait for the next message (see _run_handler).
+        self._wakeup: asyncio.Future[bool] | None = None
         self._connect_done = False
         self._accepted = False
         self._disconnect_done = False
@@ -294,8 +303,11 @@ class WebSocketConnection:
         :class:`SendError` for what cannot be sent.
         """
         if type(message) is Message:  # an echo or a relay: no conversion to make
-            data_opcode = _DATA_OPCODES.get(message.type)
-            if data_opcode is not None:
+            # Identity tests: hashing an Enum member is a Python-level call.
+            kind = message.type
+            data_opcode = (OPCODE_TEXT if kind is _TEXT_TYPE
+                           else OPCODE_BINARY if kind is _BINARY_TYPE else 0)
+            if data_opcode:
                 if self._write_paused:
                     await self._wait_writable()
                 self._send_frame(data_opcode, message._payload)
@@ -580,7 +592,7 @@ class WebSocketConnection:
             # full of small messages cannot keep the loop from the other connections.
             self._inline_budget -= 1
             asyncio.Task(self._run_handler(message), loop=asyncio.get_running_loop(),
-                         eager_start=True)  # type: ignore[call-arg]
+                         eager_start=True, context=self._callback_context())  # type: ignore[call-arg]
             return
         if inbox is _NO_INBOX:  # idle memory: the deque comes with the first message
             inbox = self._inbox = collections.deque()
@@ -595,11 +607,26 @@ class WebSocketConnection:
             self._wake_receiver()
         elif self._worker is None:
             self._start_worker()
+        else:  # what _wake_worker(True) does, without one more call per message
+            wakeup = self._wakeup
+            if wakeup is not None:
+                self._wakeup = None
+                if not wakeup.done():
+                    wakeup.set_result(True)
+
+    def _wake_worker(self, more: bool) -> None:
+        """End a lingering worker's wait: *more* (a message came, or the connection
+        is gone) or not (it has been idle a whole linger period: it ends)."""
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            if not wakeup.done():
+                wakeup.set_result(more)
 
     def _take(self) -> Message:
         message = self._inbox.popleft()
         self._inbox_bytes -= len(message._payload)
-        if self._below_low_water():
+        if (self._parked is not None or self._reading_paused) and self._below_low_water():
             if self._parked is not None:
                 self._unpark()
             if self._reading_paused and self._closing.is_open and self._parked is None:
@@ -641,8 +668,24 @@ class WebSocketConnection:
                 self._ws.underlying_transport.resume_reading()
 
     # -- delivery to the handler (server side) ------------------------------------
-    def _start_worker(self) -> None:
-        self._worker = asyncio.get_running_loop().create_task(self._run_handler())
+    if sys.version_info >= (3, 11):
+        def _start_worker(self) -> None:
+            self._worker = asyncio.get_running_loop().create_task(
+                self._run_handler(), context=self._callback_context())
+    else:  # no context= (each task runs in a copy of the current context)
+        def _start_worker(self) -> None:
+            self._worker = asyncio.get_running_loop().create_task(self._run_handler())
+
+    def _callback_context(self) -> contextvars.Context:
+        """The connection's context (Python 3.11+): every callback of the
+        connection runs in it, whichever task runs the callback (an eager task, a
+        worker, a lingering worker), so a context variable set in ``on_connect`` is
+        seen by the later callbacks of the same connection and by no other
+        connection's."""
+        context = self._context
+        if context is None:
+            context = self._context = contextvars.copy_context()
+        return context
 
     def _dispatching(self) -> bool:
         """Whether queued messages still go to ``on_message``: not after a callback
@@ -652,11 +695,19 @@ class WebSocketConnection:
     async def _run_handler(self, first: Message | None = None) -> None:
         """The worker task: on_connect, then the inbox, one on_message at a time;
         *first*: a message that nothing was ahead of, handled first (an eager task
-        started by :meth:`_deliver`)."""
+        started by :meth:`_deliver`).
+
+        Without eager tasks (Python 3.11) a worker that handled a message lingers
+        once the inbox is empty: it waits for the next message instead of ending,
+        so a conversation costs no new task per message (a task's creation is
+        about 40 % of the receive path's own CPU).  A worker idle for a whole
+        linger period ends (:class:`Lingering`): idle connections hold no task.
+        """
         handler = self._handler
         assert handler is not None
-        # An eager task runs before its creator could note it: it notes itself.
-        self._worker = asyncio.current_task()
+        if first is not None:
+            # An eager task runs before its creator could note it: it notes itself.
+            self._worker = asyncio.current_task()
         fair_share = self._opts.max_queue
         handled = 0
         try:
@@ -673,20 +724,38 @@ class WebSocketConnection:
                         await handler.on_connect(self)
                     except Exception as exc:
                         self._handler_error("on_connect", exc)
-            while self._inbox:  # read each time: the inbox is made, or dropped, meanwhile
-                message = self._take()
-                if not self._dispatching():
-                    self._drop_inbox()
+            while True:
+                while self._inbox:  # read each time: the inbox is made, or dropped, meanwhile
+                    message = self._take()
+                    if self._dispatch_stopped:  # not _dispatching(): one call less
+                        self._drop_inbox()
+                        break
+                    try:
+                        await handler.on_message(self, message)
+                    except Exception as exc:
+                        self._handler_error("on_message", exc)
+                    handled += 1
+                    if handled % fair_share == 0:
+                        # One socket read can queue hundreds of small messages; an
+                        # on_message that never suspends must not starve the others.
+                        await asyncio.sleep(0)
+                owner = self._owner
+                lingering = owner._lingering if owner is not None else None
+                if (lingering is None or not handled or self._lost or self._inbox
+                        or self._dispatch_stopped):
                     break
+                loop = asyncio.get_running_loop()
+                wakeup: asyncio.Future[bool] = loop.create_future()
+                self._wakeup = wakeup
+                lingering.waiting.add(self)
+                if lingering.handle is None:
+                    lingering.arm(loop)
                 try:
-                    await handler.on_message(self, message)
-                except Exception as exc:
-                    self._handler_error("on_message", exc)
-                handled += 1
-                if handled % fair_share == 0:
-                    # One socket read can queue hundreds of small messages; an
-                    # on_message that never suspends must not starve the others.
-                    await asyncio.sleep(0)
+                    more = await wakeup
+                finally:
+                    self._wakeup = None
+                if not more and not self._inbox:
+                    break
             if self._lost and not self._disconnect_done:
                 await self._run_on_disconnect(handler)
         except asyncio.CancelledError:
@@ -961,6 +1030,10 @@ class WebSocketConnection:
             self._release()
         elif self._worker is None and not self._disconnect_done:
             self._start_worker()
+        else:
+            self._wake_worker(True)  # a lingering worker runs on_disconnect
+        if self._owner is not None and self._owner._lingering is not None:
+            self._owner._lingering.discard(self)
 
     def _note(self, limit: str) -> None:
         """Count a limit hit in the server's ``stats()``."""
@@ -980,9 +1053,51 @@ class WebSocketConnection:
 _PICOWS_CODES = frozenset(c.value for c in WSCloseCode)
 #: asyncio.Task(..., eager_start=True): Python 3.12+.
 _EAGER_TASKS = sys.version_info >= (3, 12)
+#: Without eager tasks, a worker waits for the next message (see _run_handler);
+#: not on 3.10, whose tasks cannot share the connection's context.
+LINGER = sys.version_info[:2] == (3, 11)
+#: Seconds a lingering worker waits for a message at least (at most twice that).
+LINGER_PERIOD = 1.0
+
+
+class Lingering:
+    """The lingering workers of one server (package-internal), and the one timer
+    that ends those idle for a whole period: a sweep ends the workers still
+    waiting since the sweep before, so a worker ends between one and two periods
+    after its last message.  A wait costs one set insertion; the timer runs only
+    while some worker lingers."""
+
+    __slots__ = ("handle", "marked", "waiting")
+
+    def __init__(self) -> None:
+        self.waiting: set[WebSocketConnection] = set()  # waited since the last sweep
+        self.marked: set[WebSocketConnection] = set()  # waiting at the last sweep
+        self.handle: asyncio.TimerHandle | None = None
+
+    def arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Sweep in a period (a worker that starts waiting adds itself to
+        ``waiting`` and arms this when it is not armed)."""
+        self.handle = loop.call_later(LINGER_PERIOD, self._sweep, loop)
+
+    def discard(self, conn: WebSocketConnection) -> None:
+        """*conn* is gone: hold it no longer."""
+        self.waiting.discard(conn)
+        self.marked.discard(conn)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.handle = None
+        waiting = self.waiting
+        for conn in self.marked:
+            if conn not in waiting:  # it has waited since the last sweep, unwoken
+                conn._wake_worker(False)
+        self.marked = {conn for conn in waiting if conn._wakeup is not None}
+        self.waiting = set()
+        if self.marked:
+            self.arm(loop)
+
+
 _OPEN = CloseState.OPEN
-#: The data messages' opcodes by type (``send``'s fast path).
-_DATA_OPCODES = {MessageType.TEXT: OPCODE_TEXT, MessageType.BINARY: OPCODE_BINARY}
+_TEXT_TYPE, _BINARY_TYPE = MessageType.TEXT, MessageType.BINARY
 
 
 #: The inbox of a connection with nothing queued yet (falsy, len 0; never

@@ -29,7 +29,16 @@ class WebSocketHandler:
     3.12+ a message with nothing ahead of it (no callback of that connection
     running, nothing queued) starts ``on_message`` in an eager task, in the read
     callback: a call that never suspends (an echo, a broadcast) completes there,
-    without a trip through the loop.
+    without a trip through the loop.  On Python 3.11 the task that handled a
+    message waits for the connection's next one (up to one to two seconds of
+    silence) instead of ending, so a conversation does not pay for a new task
+    per message; which task runs a callback is not part of the contract.
+
+    Context variables (Python 3.11+): all the callbacks of one connection run in
+    that connection's own context, so a value set in ``on_connect`` (a request
+    id for the logs, say) is seen by its ``on_message`` and ``on_disconnect``,
+    and never by another connection's callbacks.  On 3.10 each task runs in a
+    copy of it.
     """
 
     async def on_connect(self, conn: WebSocketConnection) -> None:

@@ -22,7 +22,7 @@ from . import _fanout
 from ._http import RequestReader
 from ._keepalive import Keepalive
 from ._listener import ConnectionListener
-from .connection import WebSocketConnection
+from .connection import LINGER, Lingering, WebSocketConnection
 from .handler import WebSocketHandler
 from .options import ServerOptions, deflate_settings, keepalive_periods, picows_options
 from .protocol.extensions.permessage_deflate import PerMessageDeflate, negotiate
@@ -108,6 +108,9 @@ class Server:
         self._bytes_received = 0
         self._closed_codes: collections.Counter[int] = collections.Counter()
         self._limit_hits: collections.Counter[str] = collections.Counter()
+        # Workers wait for a connection's next message where tasks start lazily
+        # (Python 3.11; see WebSocketConnection._run_handler).
+        self._lingering = Lingering() if LINGER else None
         self._admission = Admission(
             handler=self.handler, router=self.router, origins=self._origins,
             process_request=options.process_request, subprotocols=options.subprotocols,

@@ -3,8 +3,10 @@ it (no callback running, nothing queued), in an eager task started in the read
 callback; otherwise, and always on 3.11, through the connection's worker task.
 The handler's promises hold on both paths: always inside a task, one call at a
 time, arrival order, a failing call closes with 1011, a context variable set by
-one call is not seen by a later one that starts in a new task, and the loop
-gets its turn at least every max_queue messages."""
+one connection is never seen by another's callbacks (and, on 3.11+, is seen by
+the same connection's later ones), and the loop gets its turn at least every
+max_queue messages.  On 3.11 a worker that handled a message lingers for the
+next one, and ends once idle."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed as WsClosed
 
 import reinhardt_ws as rw
+from reinhardt_ws import connection as connection_module
 
 from ..core_helpers import Run
 from ..fixtures import Recorder, eventually, running_server, url_of
@@ -121,31 +124,124 @@ def test_a_failing_on_message_closes_with_1011_and_nothing_after_it_is_handled(
 
 
 class ContextUser(Recorder):
-    """Sets a context variable in every call and reports what it found first."""
+    """Sets a context variable in on_connect (the connection's name) and in every
+    on_message (the message), and notes what each call found first."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.seen: list[tuple[str, str]] = []
+        self.seen: dict[str, list[str]] = collections.defaultdict(list)
+
+    async def on_connect(self, conn: rw.WebSocketConnection) -> None:
+        TAG.set(f"connect {conn.path}")
 
     async def on_message(self, conn: rw.WebSocketConnection, message: rw.Message) -> None:
         text = str(message.data)
-        before = TAG.get()
-        TAG.set(text)
+        self.seen[conn.path].append(TAG.get())
+        TAG.set(f"{conn.path} {text}")
         if text.startswith("wait"):
             await asyncio.sleep(0.01)
-        self.seen.append((before, TAG.get()))
+        assert TAG.get() == f"{conn.path} {text}"  # survives a suspension
         await conn.send(text)
 
 
-def test_context_values_do_not_leak_between_calls_one_at_a_time(run: Run) -> None:
+def test_a_connections_callbacks_share_its_context_and_no_other_sees_it(
+        run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python 3.11+: every callback of a connection runs in the connection's own
+    context, whichever task runs it (a worker, a lingering one, a new one after
+    the last ended, an eager one); on 3.10 each task has a copy.  Either way no
+    connection ever sees another's values."""
+    monkeypatch.setattr(connection_module, "LINGER_PERIOD", 0.02)
+
     async def main() -> None:
         handler = ContextUser()
-        async with running_server(handler) as server, ws_connect(url_of(server)) as ws:
-            for name in ("one", "wait-two", "three"):
+        async with running_server(handler) as server, \
+                ws_connect(url_of(server, "/a")) as a, ws_connect(url_of(server, "/b")) as b:
+            for ws, name in ((a, "1"), (b, "1"), (a, "wait-2"), (b, "2"), (a, "3")):
                 await ws.send(name)
                 assert await asyncio.wait_for(ws.recv(), 5) == name
-        # No call sees another's value; a value set before a suspension survives it.
-        assert handler.seen == [("unset", "one"), ("unset", "wait-two"), ("unset", "three")]
+            await asyncio.sleep(0.1)  # past any linger: the next worker is a new task
+            for ws in (a, b):
+                await ws.send("4")
+                assert await asyncio.wait_for(ws.recv(), 5) == "4"
+        for path, seen in handler.seen.items():
+            assert all(value == "unset" or value.startswith(("connect " + path, path))
+                       for value in seen), handler.seen
+        if sys.version_info >= (3, 11):
+            assert handler.seen == {"/a": ["connect /a", "/a 1", "/a wait-2", "/a 3"],
+                                    "/b": ["connect /b", "/b 1", "/b 2"]}
+        else:
+            assert handler.seen["/a"][0] == "unset"
+
+    run(main())
+
+
+class TaskNoter(Recorder):
+    """Notes the task that runs each on_message, and echoes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tasks: list[asyncio.Task[Any] | None] = []
+        self.conns: list[rw.WebSocketConnection] = []
+
+    async def on_message(self, conn: rw.WebSocketConnection, message: rw.Message) -> None:
+        await super().on_message(conn, message)
+        self.tasks.append(asyncio.current_task())
+        self.conns.append(conn)
+        await conn.send(message)
+
+
+lingering_only = pytest.mark.skipif(not connection_module.LINGER,
+                                    reason="workers linger on Python 3.11 only")
+
+
+@lingering_only
+def test_a_conversation_is_handled_by_one_lingering_worker_that_ends_when_idle(
+        run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One message at a time, each after the last echo: one task handles them all
+    (no task per message); once the connection is idle a whole linger period the
+    task ends, and the next message gets a new one."""
+    monkeypatch.setattr(connection_module, "LINGER_PERIOD", 0.05)
+
+    async def main() -> None:
+        handler = TaskNoter()
+        async with running_server(handler) as server, ws_connect(url_of(server)) as ws:
+            for i in range(20):
+                await ws.send(f"m{i}")
+                assert await asyncio.wait_for(ws.recv(), 5) == f"m{i}"
+            assert len(set(map(id, handler.tasks))) == 1
+            worker = handler.tasks[0]
+            assert worker is not None and not worker.done()  # waiting for the next
+            conn = handler.conns[0]
+            await eventually(lambda: worker.done(), timeout=2)
+            assert conn._worker is None and conn._wakeup is None
+            await ws.send("again")
+            assert await asyncio.wait_for(ws.recv(), 5) == "again"
+            assert handler.tasks[-1] is not worker
+        assert [k for k, _c, _m in handler.events].count("disconnect") == 1
+
+    run(main())
+
+
+@lingering_only
+@pytest.mark.parametrize("how", ["client closes", "server closes"])
+def test_a_lingering_worker_runs_on_disconnect_once(run: Run, how: str) -> None:
+    async def main() -> None:
+        handler = TaskNoter()
+        server = await rw.serve(handler, "127.0.0.1", 0, ping_interval=None)
+        try:
+            async with ws_connect(url_of(server)) as ws:
+                await ws.send("x")
+                assert await asyncio.wait_for(ws.recv(), 5) == "x"
+                worker = handler.tasks[0]
+                assert worker is not None and not worker.done()
+                if how == "server closes":
+                    await server.close(timeout=2)
+        finally:
+            await server.close(timeout=2)
+        await eventually(lambda: worker.done())
+        assert not worker.cancelled()
+        assert [k for k, _c, _m in handler.events].count("disconnect") == 1
+        assert handler.conns[0]._worker is None
 
     run(main())
 
