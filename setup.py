@@ -56,6 +56,12 @@ def extensions() -> list[Extension]:
     else:
         compile_args = ["-O2", "-g0", "-DNDEBUG"]
     macros = [("CYTHON_TRACE", "1"), ("CYTHON_TRACE_NOGIL", "1")] if TRACE else []
+    # The listener reads picows' structures (cimported from its picows.pxd): the
+    # build records the release it compiled against, and reinhardt_ws/_fanout.py
+    # uses the listener only with that release installed.
+    from importlib.metadata import version
+
+    macros.append(("RWS_PICOWS_VERSION", '"%s"' % version("picows")))
     ext = Extension(
         "reinhardt_ws._fastbroadcast",
         ["src/_fastbroadcast.pyx"],

@@ -11,18 +11,29 @@ the nanosecond, where the twin uses ``loop.call_at`` (whose uvloop timers count
 whole milliseconds and may fire up to one early; neither ever fires late by
 design).  What does not run per frame (the descriptor a peer may write to, the
 validation of its limits) is the selector's, ``reinhardt_ws/_fanout.py``.
+
+``Listener`` is the counterpart of ``reinhardt_ws/_listener.py``'s
+``ConnectionListener``: the same calls into the connection for every frame,
+and one shortcut, for a whole text or binary message in one plain frame while
+the connection takes messages as they come, which builds the message here (what
+the connection's ``_on_data_frame`` and the assembler would do) and hands it to
+``_deliver``.  It reads picows' frame and transport structures directly, so the
+selector uses it only with the picows release it was compiled against
+(``PICOWS_VERSION``).
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.dict cimport PyDict_Next
 from cpython.number cimport PyNumber_Index
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
-from cpython.object cimport PyObject
+from cpython.object cimport PyObject, PyObject_GenericSetAttr
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from cpython.set cimport PySet_Contains
 from libc.errno cimport errno
 from libc.string cimport memcpy
 from libc.string cimport strerror
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from picows.picows cimport WSFrame, WSListener, WSMsgType, WSTransport
 
 cdef extern from "_fastbroadcast_compat.h":
     ctypedef struct rws_iovec:
@@ -40,14 +51,22 @@ cdef extern from "_fastbroadcast_compat.h":
     int rws_timer_set(int fd, double deadline) nogil
     void rws_timer_drain(int fd) nogil
     void rws_timer_close(int fd) nogil
+    const char *RWS_PICOWS_VERSION
 
 from collections.abc import Mapping as _Mapping
 from inspect import getattr_static as _getattr_static
 from weakref import ref as _weakref
 
-__all__ = ["DELIVERED", "DROPPED", "FAILED", "IMPLEMENTATION", "Hub", "Peer", "build_frame"]
+from reinhardt_ws.protocol.messages import CloseCode as _CloseCode
+from reinhardt_ws.protocol.messages import Message as _Message
+from reinhardt_ws.protocol.messages import MessageType as _MessageType
+
+__all__ = ["DELIVERED", "DROPPED", "FAILED", "IMPLEMENTATION", "PICOWS_VERSION", "Hub",
+           "Listener", "Peer", "build_frame"]
 
 IMPLEMENTATION = "cython"
+#: The picows release whose structures ``Listener`` was compiled against.
+PICOWS_VERSION = RWS_PICOWS_VERSION.decode("ascii")
 
 DELIVERED = 0
 DROPPED = 1
@@ -832,3 +851,99 @@ cdef inline int _offer(Peer peer, bytes frame, object exclude, Py_ssize_t *count
     else:
         counts[status] += 1
     return 0
+
+
+# -- the frame listener (counterpart of reinhardt_ws/_listener.py) -------------------
+
+cdef object _new_object = object.__new__
+cdef object _TEXT_TYPE = _MessageType.TEXT
+cdef object _BINARY_TYPE = _MessageType.BINARY
+cdef object _PROTOCOL_ERROR = _CloseCode.PROTOCOL_ERROR
+
+
+cdef class Listener(WSListener):
+    """picows listener of one connection: frames in, events out (see the module
+    docstring for its one shortcut)."""
+
+    cdef public object conn
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    cpdef on_ws_connected(self, WSTransport transport):
+        self.conn._on_connected(transport)
+
+    cpdef on_ws_frame(self, WSTransport transport, WSFrame frame):
+        conn = self.conn
+        conn._rx_seen = True  # keep-alive: not silent (see _keepalive)
+        closing = conn._closing
+        if closing.received:
+            return  # nothing may follow a close frame (picows still delivers it)
+        if transport.is_close_frame_sent and not closing.sent:
+            conn._on_transport_close()
+        cdef WSMsgType op = frame.msg_type
+        cdef int rsv = frame.rsv1 << 2 | frame.rsv2 << 1 | frame.rsv3  # RSV1 = 4: deflate
+        if op == WSMsgType.TEXT or op == WSMsgType.BINARY:
+            if (frame.fin and rsv == 0 and not closing.sent and conn._parked is None
+                    and not conn._reading_paused and not conn._dispatch_stopped):
+                if _deliver_whole(conn, op, frame):
+                    return
+            conn._on_data_frame(<int>op, frame.fin, rsv, frame.get_payload_as_bytes())
+        elif op == WSMsgType.CONTINUATION:
+            conn._on_data_frame(0, frame.fin, rsv, frame.get_payload_as_bytes())
+        elif rsv:
+            conn._fail(_PROTOCOL_ERROR, "reserved bits set on a control frame")
+        elif op == WSMsgType.PING:
+            conn._on_ping(frame.get_payload_as_bytes())
+        elif op == WSMsgType.PONG:
+            conn._on_pong(frame.get_payload_as_bytes())
+        elif op == WSMsgType.CLOSE:
+            if frame.payload_size >= 2:
+                conn._on_close_frame(<int>frame.get_close_code(),
+                                     frame.get_close_reason() or "")
+            else:
+                conn._on_close_frame(None, "")
+
+    cpdef on_ws_disconnected(self, WSTransport transport):
+        self.conn._on_lost()
+
+    cpdef pause_writing(self):
+        self.conn._on_pause_writing()
+
+    cpdef resume_writing(self):
+        self.conn._on_resume_writing()
+
+
+cdef bint _deliver_whole(object conn, WSMsgType op, WSFrame frame) except -1:
+    """A whole message in one plain frame, to a connection that takes messages as
+    they come: what the assembler's first-frame path and ``text_message`` /
+    ``binary_message`` do, then ``conn._deliver``.  False (nothing done) when the
+    assembler has a message in progress (its error to raise), the message is over
+    the size limit (1009) or its text is not UTF-8 (1007): the caller then takes
+    the connection's own path."""
+    assembler = conn._assembler
+    if assembler._opcode != -1:
+        return False
+    limit = assembler._max
+    if limit is not None and frame.payload_size > limit:
+        return False
+    if op == WSMsgType.TEXT:
+        try:
+            data = PyUnicode_DecodeUTF8(frame.payload_ptr, frame.payload_size, NULL)
+        except UnicodeDecodeError:
+            return False
+        kind = _TEXT_TYPE
+        payload = frame.get_payload_as_bytes()
+    else:
+        kind = _BINARY_TYPE
+        payload = data = frame.get_payload_as_bytes()
+    message = _new_object(_Message)
+    # Message is immutable (its __setattr__ raises): set its slots as its own
+    # package-internal constructors do.
+    PyObject_GenericSetAttr(message, "type", kind)
+    PyObject_GenericSetAttr(message, "data", data)
+    PyObject_GenericSetAttr(message, "code", None)
+    PyObject_GenericSetAttr(message, "reason", "")
+    PyObject_GenericSetAttr(message, "_payload", payload)
+    conn._deliver(message)
+    return True

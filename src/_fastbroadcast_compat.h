@@ -4,6 +4,11 @@
 #ifndef RWS_FASTBROADCAST_COMPAT_H
 #define RWS_FASTBROADCAST_COMPAT_H
 
+/* The picows release the build compiled Listener against (setup.py defines it). */
+#ifndef RWS_PICOWS_VERSION
+#define RWS_PICOWS_VERSION ""
+#endif
+
 #include <errno.h>
 #include <string.h>
 

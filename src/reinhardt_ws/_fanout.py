@@ -17,6 +17,11 @@ never ``from _fanout import build_frame``.
 What does not run per frame lives here, not in the twins: which transports the
 twins may write to directly (:func:`direct_fd`), and the validation of a peer's
 limits (:func:`new_peer`).
+
+The frame listener of a connection (:func:`new_listener`) follows the same
+choice: the extension's ``Listener`` reads picows' structures, so it is used
+only with the picows release the extension was compiled against; with another
+one the Python listener (``_listener.py``) runs, with a ``RuntimeWarning``.
 """
 
 from __future__ import annotations
@@ -33,7 +38,10 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+import picows
+
 from . import _fastbroadcast_py
+from ._listener import ConnectionListener
 
 if TYPE_CHECKING:
     from ._fastbroadcast_py import (
@@ -45,6 +53,7 @@ if TYPE_CHECKING:
         Peer,
         build_frame,
     )
+    from .connection import WebSocketConnection
 
 __all__ = [
     "DELIVERED",
@@ -58,6 +67,7 @@ __all__ = [
     "build_frame",
     "direct_fd",
     "get_hub",
+    "new_listener",
     "new_peer",
     "use",
 ]
@@ -110,6 +120,35 @@ def _bind(module: ModuleType) -> None:
 
 
 _bind(_extension if _extension is not None else _fastbroadcast_py)
+
+
+def _compiled_listener(module: ModuleType | None, installed: str) -> Any:
+    """The extension's ``Listener`` if *module* was compiled against picows
+    *installed*, else None (and a ``RuntimeWarning`` when there is a module)."""
+    if module is None:
+        return None
+    built = getattr(module, "PICOWS_VERSION", "")
+    if built != installed:
+        warnings.warn(
+            f"reinhardt_ws: the C extension was compiled against picows {built or '?'} "
+            f"and picows {installed} is installed; frames go through the Python "
+            "listener (the fan-out stays in C). Reinstall reinhardt-ws to rebuild it.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+    return module.Listener
+
+
+_listener_c = _compiled_listener(_extension, str(getattr(picows, "__version__", "")))
+
+
+def new_listener(conn: WebSocketConnection) -> Any:
+    """The picows listener of *conn*, of the current implementation: the
+    extension's (when it matches the installed picows) or the Python one."""
+    if _listener_c is not None and IMPLEMENTATION == "cython":
+        return _listener_c(conn)
+    return ConnectionListener(conn)
 
 
 def available() -> dict[str, ModuleType]:

@@ -1,12 +1,17 @@
 # Type stub of the compiled module built from src/_fastbroadcast.pyx.
-# Its interface is exactly that of reinhardt_ws._fastbroadcast_py (the Python twin).
+# Its interface is exactly that of reinhardt_ws._fastbroadcast_py (the Python twin),
+# plus Listener, whose twin is reinhardt_ws._listener.ConnectionListener.
 import asyncio
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
-__all__ = ["DELIVERED", "DROPPED", "FAILED", "IMPLEMENTATION", "Hub", "Peer", "build_frame"]
+from picows import WSListener
+
+__all__ = ["DELIVERED", "DROPPED", "FAILED", "IMPLEMENTATION", "PICOWS_VERSION", "Hub",
+           "Listener", "Peer", "build_frame"]
 
 IMPLEMENTATION: Final[str]
+PICOWS_VERSION: Final[str]
 DELIVERED: Final[int]
 DROPPED: Final[int]
 FAILED: Final[int]
@@ -57,3 +62,7 @@ class Hub:
         flush_interval: float = 0.0,
     ) -> tuple[int, int, list[str]]: ...
     def stats(self) -> dict[str, int]: ...
+
+class Listener(WSListener):
+    conn: Any
+    def __init__(self, conn: Any) -> None: ...

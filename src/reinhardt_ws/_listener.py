@@ -1,13 +1,21 @@
 """The picows listener of one connection: thin glue from picows' frame callbacks
-to :class:`~reinhardt_ws.WebSocketConnection` and its sans-I/O protocol state."""
+to :class:`~reinhardt_ws.WebSocketConnection` and its sans-I/O protocol state.
+
+This is the Python twin; the C extension's ``Listener`` makes the same calls and
+builds a whole single-frame message itself.  ``_fanout.new_listener`` chooses.
+"""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import picows
 from picows import WSListener, WSMsgType
 
-from .connection import WebSocketConnection
 from .protocol.messages import CloseCode
+
+if TYPE_CHECKING:
+    from .connection import WebSocketConnection
 
 __all__ = ["ConnectionListener"]
 

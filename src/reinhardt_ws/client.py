@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import picows
 
-from ._listener import ConnectionListener
+from . import _fanout
 from .connection import WebSocketConnection
 from .errors import HandshakeError
 from .options import ClientOptions, deflate_settings, picows_options
@@ -53,7 +53,7 @@ class _Connect:
         if deflate is not None:
             headers["Sec-WebSocket-Extensions"] = client_offer(deflate)
 
-        def factory(request: Any, response: Any) -> ConnectionListener:
+        def factory(request: Any, response: Any) -> Any:
             offered = response.headers.get("sec-websocket-protocol")
             if offered is not None and offered not in opts.subprotocols:
                 raise HandshakeError(f"server chose a subprotocol we did not offer: {offered!r}",
@@ -75,7 +75,7 @@ class _Connect:
             conn = WebSocketConnection(path=path, headers=response.headers,
                                        subprotocol=offered, opts=opts, is_client=True,
                                        extension=extension)
-            return ConnectionListener(conn)
+            return _fanout.new_listener(conn)
 
         try:
             _transport, listener = await asyncio.wait_for(
@@ -94,10 +94,11 @@ class _Connect:
             raise HandshakeError(str(exc), status, exc.raw_body or b"") from exc
         except (asyncio.TimeoutError, TimeoutError) as exc:
             raise HandshakeError(f"opening handshake with {self.url} timed out") from exc
-        if not isinstance(listener, ConnectionListener):
+        conn = getattr(listener, "conn", None)
+        if not isinstance(conn, WebSocketConnection):
             # picows returns without a listener when the peer hung up mid-handshake.
             raise HandshakeError(f"{self.url} closed the connection during the opening handshake")
-        return listener.conn
+        return conn
 
     def __await__(self) -> Generator[Any, None, WebSocketConnection]:
         return self._connect().__await__()

@@ -21,7 +21,6 @@ from picows.picows import WSProtocol  # type: ignore[attr-defined]
 from . import _fanout
 from ._http import RequestReader
 from ._keepalive import Keepalive
-from ._listener import ConnectionListener
 from .connection import LINGER, Lingering, WebSocketConnection
 from .handler import WebSocketHandler
 from .options import ServerOptions, deflate_settings, keepalive_periods, picows_options
@@ -347,7 +346,7 @@ class Server:
         # Counted and registered by _adopt() once picows sends the 101 (in this same
         # call from picows, so no other handshake runs in between): picows may still
         # refuse the request (400), and then the connection never opens nor closes.
-        listener = ConnectionListener(conn)
+        listener = _fanout.new_listener(conn)
         return WSUpgradeResponseWithListener(self._upgrade_response(extra), listener)
 
     def _upgrade_response(self, extra: dict[str, str]) -> WSUpgradeResponse:

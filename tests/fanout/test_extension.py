@@ -31,6 +31,49 @@ def test_normal_build_loads_the_extension(request: pytest.FixtureRequest) -> Non
     assert "cython" in _fanout.available()
 
 
+@pytest.mark.pure
+def test_normal_build_runs_the_c_listener_with_its_picows(
+        request: pytest.FixtureRequest) -> None:
+    """The extension's frame listener was compiled against the installed picows,
+    so the selector uses it."""
+    if c_extensions_disabled(request.config):
+        pytest.skip("this run is the no-extension axis")
+    import picows
+
+    from reinhardt_ws import _fastbroadcast
+
+    assert _fastbroadcast.PICOWS_VERSION == picows.__version__
+    assert _fanout._listener_c is _fastbroadcast.Listener
+
+
+def test_new_listener_follows_the_implementation(implementation: str) -> None:
+    from reinhardt_ws._listener import ConnectionListener
+
+    conn = object()
+    listener = _fanout.new_listener(conn)  # type: ignore[arg-type]
+    assert listener.conn is conn
+    if implementation == "cython":
+        assert type(listener) is _fanout.available()["cython"].Listener
+    else:
+        assert type(listener) is ConnectionListener
+
+
+@pytest.mark.pure
+def test_a_listener_compiled_against_another_picows_is_not_used(
+        request: pytest.FixtureRequest) -> None:
+    """It reads picows' structures: with another release installed, frames go
+    through the Python listener, and a warning says why."""
+    if c_extensions_disabled(request.config):
+        pytest.skip("this run is the no-extension axis")
+    from reinhardt_ws import _fastbroadcast
+
+    built = _fastbroadcast.PICOWS_VERSION
+    assert _fanout._compiled_listener(_fastbroadcast, built) is _fastbroadcast.Listener
+    with pytest.warns(RuntimeWarning, match=f"compiled against picows {built} and picows 9.9"):
+        assert _fanout._compiled_listener(_fastbroadcast, "9.9.9") is None
+    assert _fanout._compiled_listener(None, built) is None  # the twin: nothing to say
+
+
 def _implementation_in_subprocess(env_extra: dict[str, str]) -> str:
     env = child_env("cython", **env_extra)
     out = subprocess.run(
@@ -67,7 +110,11 @@ def test_use_rejects_unknown_implementation() -> None:
 def test_twins_export_the_same_interface(fanout_module: object) -> None:
     from reinhardt_ws import _fastbroadcast_py
 
-    assert sorted(fanout_module.__all__) == sorted(_fastbroadcast_py.__all__)  # type: ignore[attr-defined]
+    # The extension adds its frame listener (whose twin is _listener.py) and the
+    # picows release that listener was compiled against.
+    extra = {"Listener", "PICOWS_VERSION"} if fanout_module is not _fastbroadcast_py else set()
+    assert sorted(fanout_module.__all__) == sorted(  # type: ignore[attr-defined]
+        {*_fastbroadcast_py.__all__, *extra})
     for name in ("Peer", "Hub"):
         public = {n for n in dir(getattr(_fastbroadcast_py, name)) if not n.startswith("_")}
         other = {n for n in dir(getattr(fanout_module, name)) if not n.startswith("_")}
@@ -123,8 +170,15 @@ def test_the_stub_declares_the_twins_interface() -> None:
     the same public members, the same parameters."""
     from reinhardt_ws import _fastbroadcast_py as twin
 
+    from reinhardt_ws._listener import ConnectionListener
+
     stub = _stub_interface()
-    assert sorted(stub) == sorted(twin.__all__)
+    # Beyond the fan-out twin's: the listener (twin: _listener.ConnectionListener)
+    # and the picows release it was compiled against.
+    assert sorted(stub) == sorted({*twin.__all__, "Listener", "PICOWS_VERSION"})
+    assert set(stub["Listener"]) == {"__init__", "conn"}
+    assert stub["Listener"]["__init__"] == list(
+        inspect.signature(ConnectionListener.__init__).parameters)[1:]
     assert stub["build_frame"] == list(inspect.signature(twin.build_frame).parameters)
     for name in ("Peer", "Hub"):
         cls = getattr(twin, name)

@@ -20,7 +20,7 @@ import websockets
 from websockets.asyncio.client import connect as ws_connect
 
 import reinhardt_ws as rw
-from reinhardt_ws import _listener
+from reinhardt_ws import _fanout
 from reinhardt_ws import server as server_module
 from tests.core_helpers import TEXT, Run
 from tests.fixtures import Recorder, client_frame, eventually, running_server, url_of
@@ -38,10 +38,12 @@ class CountingConnection(rw.WebSocketConnection):
         super().__init__(**kwargs)
 
 
-class CountingListener(_listener.ConnectionListener):
-    def __init__(self, conn: rw.WebSocketConnection) -> None:
-        created["listeners"] += 1
-        super().__init__(conn)
+_new_listener = _fanout.new_listener
+
+
+def counting_listener(conn: rw.WebSocketConnection) -> Any:
+    created["listeners"] += 1
+    return _new_listener(conn)
 
 
 @pytest.fixture(autouse=True)
@@ -49,7 +51,7 @@ def count_objects(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Count the real connection and listener objects the server creates."""
     created.update(connections=0, listeners=0)
     monkeypatch.setattr(server_module, "WebSocketConnection", CountingConnection)
-    monkeypatch.setattr(server_module, "ConnectionListener", CountingListener)
+    monkeypatch.setattr(_fanout, "new_listener", counting_listener)
     yield
 
 
