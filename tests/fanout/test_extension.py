@@ -42,7 +42,7 @@ def test_normal_build_runs_the_c_listener_with_its_picows(
 
     from reinhardt_ws import _fastbroadcast
 
-    assert _fastbroadcast.PICOWS_VERSION == picows.__version__
+    assert picows.__version__ == _fastbroadcast.PICOWS_VERSION
     assert _fanout._listener_c is _fastbroadcast.Listener
 
 
@@ -169,7 +169,6 @@ def test_the_stub_declares_the_twins_interface() -> None:
     """The .pyi beside the compiled module matches the Python twin: the same names,
     the same public members, the same parameters."""
     from reinhardt_ws import _fastbroadcast_py as twin
-
     from reinhardt_ws._listener import ConnectionListener
 
     stub = _stub_interface()
