@@ -710,6 +710,7 @@ class WebSocketConnection:
             self._worker = asyncio.current_task()
         fair_share = self._opts.max_queue
         handled = 0
+        pristine: contextvars.Context | None = None
         try:
             if first is not None:
                 try:
@@ -718,6 +719,8 @@ class WebSocketConnection:
                     self._handler_error("on_message", exc)
             elif not self._connect_done:
                 self._connect_done = True
+                if self._context is not None:
+                    pristine = self._context.copy()
                 if await self._authenticate():
                     self._accepted = True
                     try:
@@ -772,6 +775,10 @@ class WebSocketConnection:
                 # A worker that took its turn in the loop: what it handled since its
                 # last yield counts against this iteration's share.
                 self._inline_budget = fair_share - handled % fair_share
+        if pristine is not None and not handled and self._context == pristine:
+            # Idle memory: on_connect set no context variable, so the context a
+            # later worker copies afresh is this one's equal; none is kept meanwhile.
+            self._context = None
         if (self._inbox and self._dispatching()) or (self._lost and not self._disconnect_done):
             # Something arrived while the last await was finishing.
             self._start_worker()

@@ -89,6 +89,10 @@ def test_an_idle_connection_defers_its_inbox_pings_and_waiters(run: Any) -> None
             assert conn._inbox == () and not conn._inbox
             assert conn._pings is None and conn._drain_waiters is None
             assert conn._user_data is None and conn._close_listeners is None
+            # on_connect set no context variable: no context is kept (it comes
+            # with the next callback, equal to the one on_connect ran in).
+            await eventually(lambda: conn._worker is None)
+            assert conn._context is None
             conn.user_data["who"] = "ada"  # made on first use, then kept
             assert conn.user_data == {"who": "ada"}
             conn.user_data = {"fresh": True}
