@@ -699,8 +699,8 @@ class WebSocketConnection:
 
         Without eager tasks (Python 3.11) a worker that handled a message lingers
         once the inbox is empty: it waits for the next message instead of ending,
-        so a conversation costs no new task per message (a task's creation is
-        about 40 % of the receive path's own CPU).  A worker idle for a whole
+        so a conversation costs no new task per message (a task's creation was
+        over a third of the receive path's own CPU).  A worker idle for a whole
         linger period ends (:class:`Lingering`): idle connections hold no task.
         """
         handler = self._handler

@@ -30,6 +30,13 @@ from ..fixtures import Recorder, eventually, running_server, url_of
 TAG: contextvars.ContextVar[str] = contextvars.ContextVar("TAG", default="unset")
 
 
+async def one_at_a_time(ws: Any, count: int) -> None:
+    """Send m0, m1, ... each after the echo of the one before."""
+    for i in range(count):
+        await ws.send(f"m{i}")
+        assert await asyncio.wait_for(ws.recv(), 5) == f"m{i}"
+
+
 class Mixed(Recorder):
     """Messages named ``wait*`` suspend (twice); the others complete at once.
     Records the order of starts and ends and any overlap on a connection."""
@@ -205,9 +212,7 @@ def test_a_conversation_is_handled_by_one_lingering_worker_that_ends_when_idle(
     async def main() -> None:
         handler = TaskNoter()
         async with running_server(handler) as server, ws_connect(url_of(server)) as ws:
-            for i in range(20):
-                await ws.send(f"m{i}")
-                assert await asyncio.wait_for(ws.recv(), 5) == f"m{i}"
+            await one_at_a_time(ws, 20)
             assert len(set(map(id, handler.tasks))) == 1
             worker = handler.tasks[0]
             assert worker is not None and not worker.done()  # waiting for the next
@@ -346,9 +351,7 @@ def test_the_loop_gets_its_turn_at_least_every_max_queue_messages(run: Run) -> N
         async with running_server(handler, max_queue=4) as server, \
                 ws_connect(url_of(server)) as ws:
             handler.tick()
-            for i in range(10):  # one at a time: nothing is ever queued
-                await ws.send(f"m{i}")
-                assert await asyncio.wait_for(ws.recv(), 5) == f"m{i}"
+            await one_at_a_time(ws, 10)  # nothing is ever queued
             flood = [f"f{i}" for i in range(40)]
             for name in flood:  # back to back: most arrive in one read
                 await ws.send(name)
@@ -372,8 +375,6 @@ def test_asyncio_timeout_works_before_the_first_await(run: Run) -> None:
     async def main() -> None:
         handler = TimeoutFirst()
         async with running_server(handler) as server, ws_connect(url_of(server)) as ws:
-            for i in range(5):
-                await ws.send(f"m{i}")
-                assert await asyncio.wait_for(ws.recv(), 5) == f"m{i}"
+            await one_at_a_time(ws, 5)
 
     run(main())
