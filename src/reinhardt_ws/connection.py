@@ -1004,6 +1004,7 @@ class WebSocketConnection:
         # picows may have failed the connection itself (a frame over
         # max_frame_size: 1009, a malformed frame: 1002, no pong: 1001).
         self._closing.lost(*_picows_sent_close(self._ws))
+        _mark_closed(self._ws)
         # The connection log (DEBUG).
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("connection %s closed: peer %s, path %r, code %s", self.id,
@@ -1113,6 +1114,19 @@ _NO_INBOX = cast("collections.deque[Message]", ())
 
 
 # Peer addresses in the connection log.
+def _mark_closed(ws: Any) -> None:
+    """Close the transport of a lost connection if it does not say it is closed:
+    Python 3.10's TLS transport (asyncio's old ``sslproto``) is not marked closed
+    when the peer vanishes, and warns "unclosed transport" when collected.  A
+    no-op for every transport that closes itself on loss."""
+    try:
+        transport = ws.underlying_transport
+        if not transport.is_closing():
+            transport.close()
+    except Exception:  # no transport, or one already torn down
+        pass
+
+
 def _address(peer: object) -> str:
     """A peer address for the logs: ``host:port`` (``[host]:port`` for IPv6)."""
     if isinstance(peer, tuple) and len(peer) >= 2:
