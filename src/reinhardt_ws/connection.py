@@ -196,6 +196,8 @@ class WebSocketConnection:
         self._accepted = False
         self._disconnect_done = False
         self._disconnect_watch: asyncio.Task[None] | None = None
+        # Queued messages no longer go to on_message: a callback failed, or the
+        # server decided to close (but for a shutdown).
         self._dispatch_stopped = False
         self._lost = False
         self._done: asyncio.Future[None] | None = None
@@ -687,11 +689,6 @@ class WebSocketConnection:
             context = self._context = contextvars.copy_context()
         return context
 
-    def _dispatching(self) -> bool:
-        """Whether queued messages still go to ``on_message``: not after a callback
-        failed, nor once the server decided to close (but for a shutdown)."""
-        return not self._dispatch_stopped
-
     async def _run_handler(self, first: Message | None = None) -> None:
         """The worker task: on_connect, then the inbox, one on_message at a time;
         *first*: a message that nothing was ahead of, handled first (an eager task
@@ -730,7 +727,7 @@ class WebSocketConnection:
             while True:
                 while self._inbox:  # read each time: the inbox is made, or dropped, meanwhile
                     message = self._take()
-                    if self._dispatch_stopped:  # not _dispatching(): one call less
+                    if self._dispatch_stopped:
                         self._drop_inbox()
                         break
                     try:
@@ -779,7 +776,8 @@ class WebSocketConnection:
             # Idle memory: on_connect set no context variable, so the context a
             # later worker copies afresh is this one's equal; none is kept meanwhile.
             self._context = None
-        if (self._inbox and self._dispatching()) or (self._lost and not self._disconnect_done):
+        if ((self._inbox and not self._dispatch_stopped)
+                or (self._lost and not self._disconnect_done)):
             # Something arrived while the last await was finishing.
             self._start_worker()
 

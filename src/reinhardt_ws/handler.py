@@ -38,7 +38,7 @@ class WebSocketHandler:
     that connection's own context, so a value set in ``on_connect`` (a request
     id for the logs, say) is seen by its ``on_message`` and ``on_disconnect``,
     and never by another connection's callbacks.  On 3.10 each task runs in a
-    copy of it.
+    copy of the context it was created in, as asyncio's tasks do.
     """
 
     async def on_connect(self, conn: WebSocketConnection) -> None:
